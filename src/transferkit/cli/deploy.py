@@ -1,0 +1,10 @@
+"""`transferkit deploy` (implemented by issue 6)."""
+
+from __future__ import annotations
+
+from transferkit.cli._common import not_implemented
+
+
+def deploy() -> None:
+    """Not implemented yet."""
+    not_implemented("deploy", 6)

@@ -1,0 +1,1 @@
+"""ONNX export with a parity gate, and quantization with an accuracy gate."""

@@ -1,0 +1,101 @@
+"""``io_spec.json``: the contract between the export step and the serving step.
+
+The export step writes it next to the ONNX graphs; the Triton repository builder reads it to name
+inputs/outputs, pick the graph variant and set up preprocessing. Layout of an export directory::
+
+    model.onnx            fp32 graph (always present)
+    model.int8.onnx       dynamic int8 (target cpu), when kept by the accuracy gate
+    model.qdq.onnx        static QDQ int8 (target gpu), when kept
+    model.fp16.onnx       fp16 (target gpu), when kept
+    io_spec.json          this file
+    labels.json           label names, index = class id
+    tokenizer/            tokenizer files (text models)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transferkit.errors import ExportError
+from transferkit.io import write_json
+
+IO_SPEC_FILE = "io_spec.json"
+IO_SPEC_VERSION = 1
+VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "qdq": "model.qdq.onnx", "fp16": "model.fp16.onnx"}
+
+
+@dataclass
+class TensorSpec:
+    """One named graph input or output. ``dims`` use -1 for dynamic axes (batch first)."""
+
+    name: str
+    dtype: str  # numpy dtype name: int64, float32, float16, string
+    dims: list[int]
+
+
+@dataclass
+class VariantSpec:
+    """One ONNX graph variant in the export directory."""
+
+    file: str
+    precision: str  # fp32, int8, qdq-int8, fp16
+    size_bytes: int
+    primary_metric: float | None = None
+
+
+@dataclass
+class IOSpec:
+    """Everything a server needs to run the exported model."""
+
+    task: str
+    model_type: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    labels: list[str]
+    max_length: int | None
+    opset: int
+    variants: dict[str, VariantSpec]
+    recommended_variant: str
+    tokenizer_dir: str | None = "tokenizer"
+    tokenizer_files: list[str] = field(default_factory=list)
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    format_version: int = IO_SPEC_VERSION
+
+    def __post_init__(self) -> None:
+        if self.recommended_variant not in self.variants:
+            raise ExportError(
+                f"io_spec: recommended_variant {self.recommended_variant!r} not among {sorted(self.variants)}"
+            )
+        if not self.inputs or not self.outputs:
+            raise ExportError("io_spec: at least one input and one output are required")
+
+    @property
+    def recommended_file(self) -> str:
+        """File name of the recommended graph variant."""
+        return self.variants[self.recommended_variant].file
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``io_spec.json`` into ``directory``."""
+        return write_json(Path(directory) / IO_SPEC_FILE, asdict(self))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> IOSpec:
+        """Read ``io_spec.json`` from an export directory.
+
+        Raises:
+            ExportError: The file is missing or malformed.
+        """
+        path = Path(directory) / IO_SPEC_FILE
+        if not path.is_file():
+            raise ExportError(f"{path}: missing (not an export directory from `transferkit export`)")
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            raw["inputs"] = [TensorSpec(**t) for t in raw["inputs"]]
+            raw["outputs"] = [TensorSpec(**t) for t in raw["outputs"]]
+            raw["variants"] = {k: VariantSpec(**v) for k, v in raw["variants"].items()}
+            return cls(**raw)
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ExportError(f"{path}: malformed io_spec ({type(exc).__name__}: {exc})") from exc

@@ -1,0 +1,52 @@
+"""Fetch and cache the offline assets that ``make setup`` prepares (idempotent).
+
+Run as ``python -m transferkit.setup_assets``. Each step is cached under ``$TRANSFERKIT_CACHE``; a
+second run only checks that the caches exist.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+from transferkit.errors import TransferkitError
+from transferkit.log import configure_logging
+
+logger = logging.getLogger("transferkit.setup")
+
+
+def _builtin_datasets() -> None:
+    from transferkit.data.builtin import BUILTINS, load_builtin
+
+    for name in BUILTINS:
+        load_builtin(f"builtin:{name}")
+
+
+def _base_models() -> None:
+    from transferkit.models.catalog import resolve_model
+
+    resolve_model("minilm-l6")
+
+
+STEPS: list[tuple[str, Callable[[], None]]] = [
+    ("built-in datasets", _builtin_datasets),
+    ("base models", _base_models),
+]
+
+
+def main() -> int:
+    """Run every setup step; return a process exit code."""
+    configure_logging()
+    for label, step in STEPS:
+        try:
+            step()
+        except TransferkitError as exc:
+            logger.error("setup: %s: %s", label, exc)
+            return 2
+        logger.info("setup: %s ready", label)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Fine-tuning: transfer strategies, optimizer groups, callbacks, checkpoint/resume, distributed launch."""

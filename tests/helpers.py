@@ -1,0 +1,41 @@
+"""Test helpers that build small, real inputs (no data-prep step required)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from transferkit.data.builtin import load_builtin
+
+MOVIE_LABELS = ["negative", "positive"]
+
+
+def write_movie_slice(out: Path, train: int = 64, validation: int = 32, test: int = 32, seed: int = 0) -> Path:
+    """Write a prepared-dataset directory from a seeded slice of real movie-review sentences."""
+    table = load_builtin("builtin:movie-sentiment")
+    rows = list(zip(table.column("text").to_pylist(), table.column("label").to_pylist(), strict=True))
+    random.Random(seed).shuffle(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    start = 0
+    for split, count in (("train", train), ("validation", validation), ("test", test)):
+        chunk = rows[start : start + count]
+        start += count
+        pq.write_table(
+            pa.table({
+                "text": [t for t, _ in chunk],
+                "label": pa.array([MOVIE_LABELS.index(lbl) for _, lbl in chunk], pa.int64()),
+                "label_name": [lbl for _, lbl in chunk],
+            }),
+            out / f"{split}.parquet",
+        )
+    (out / "labels.json").write_text(json.dumps(MOVIE_LABELS))
+    (out / "schema.json").write_text(json.dumps({
+        "task": "text-classification", "source": "builtin:movie-sentiment", "text_column": "text",
+        "text_pair_column": None, "label_column": "label", "group_column": None, "format_version": 1,
+    }))
+    (out / "stats.json").write_text(json.dumps({"rows": {"train": train, "validation": validation, "test": test}}))
+    return out
