@@ -29,9 +29,16 @@ def _base_models() -> None:
     resolve_model("minilm-l6")
 
 
+def _local_triton() -> None:
+    from transferkit.serve.install import install_triton
+
+    install_triton()
+
+
 STEPS: list[tuple[str, Callable[[], None]]] = [
     ("built-in datasets", _builtin_datasets),
     ("base models", _base_models),
+    ("local Triton server", _local_triton),
 ]
 
 

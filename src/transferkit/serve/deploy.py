@@ -1,0 +1,374 @@
+"""The deploy step: publish an exported model to a Triton model repository and roll it out safely.
+
+Modes:
+
+- ``triton``: against a running Triton that shares the repository (Helm-deployed or local): publish
+  version N+1, load it through the model-control API, wait until ready, smoke-test it against ONNX
+  Runtime in-process, then retire old versions. Any failure rolls back: the new version is removed,
+  the previous one reloaded and left serving, and the error says why.
+- ``gitops``: publish, then commit ``name``/``version``/``repositoryUri`` into a values file in a Git
+  repository (and push when a remote is given); Argo CD or Flux roll it out.
+- ``kserve``: publish, then create/patch a KServe ``InferenceService`` and wait until it is Ready;
+  on failure the previous spec is restored (or the new service deleted).
+
+In every mode a failure leaves nothing half-published: the version written to the repository is
+removed again (version numbers are still never reused).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from transferkit.errors import ConfigError, DeploymentError, TransferkitError
+from transferkit.serve.control import DEFAULT_KEY_ENV, TritonControl, read_api_key, split_url
+from transferkit.serve.local import RESTRICTED_HEADER
+from transferkit.serve.publish import Publication, RepositoryStore, open_store
+from transferkit.serve.repository import (
+    ExportedModel,
+    ModelBundle,
+    RepositoryOptions,
+    load_export,
+    model_names,
+    validate_model_name,
+    write_model_tree,
+)
+from transferkit.serve.smoke import DEFAULT_SMOKE_TEXTS, SmokeResult, smoke_test
+
+logger = logging.getLogger(__name__)
+
+MODES = ("triton", "gitops", "kserve")
+
+
+@dataclass
+class DeployConfig:
+    """Configuration of the deploy step (validated on construction).
+
+    Attributes:
+        onnx_dir: Export directory (``io_spec.json``, ONNX graphs, labels, tokenizer).
+        name: Public model name (the ensemble clients call).
+        mode: ``triton``, ``gitops`` or ``kserve``.
+        repository: Model repository to publish into: a path (local disk or mounted PVC) or ``s3://``.
+        storage_uri: How the cluster sees the repository (written to Git / ``storageUri``); default
+            ``repository``.
+        options: Generated config options (batching, instance kind, TensorRT, ...).
+        keep_versions: Versions kept in the repository after a successful rollout.
+        s3_endpoint_url: S3-compatible endpoint (else ``AWS_ENDPOINT_URL``).
+        triton_url: ``http://host:port`` of the running Triton (mode ``triton``).
+        api_key_env: Environment variable holding the restricted model-control key.
+        api_key_file: Mounted secret file holding the key (wins over the variable).
+        api_key_header: Header name Triton checks (``--http-restricted-api=model-repository:HEADER=...``).
+        attempts: Connection attempts to Triton / Kubernetes before failing (exponential backoff).
+        backoff_s: First retry delay.
+        smoke_test: Run the smoke test after loading (mode ``triton``).
+        smoke_texts: Fixed sentences for the smoke test.
+        smoke_expected_labels: Labels the smoke sentences must get (optional, same length).
+        smoke_tolerance: Max |logit diff| vs in-process ONNX Runtime (default by precision).
+        git_repo: Git work tree holding the values file (mode ``gitops``).
+        values_file: Values file path inside ``git_repo``.
+        values_key: Dotted key of the mapping that receives name/version/repositoryUri.
+        git_remote: Remote to push to (name or URL); no push when unset.
+        git_branch: Branch to commit on (default: the checked-out branch).
+        namespace: Kubernetes namespace (mode ``kserve``).
+        isvc_name: InferenceService name (default ``name``; must be a DNS-1123 label).
+        kserve_runtime: ServingRuntime name (``None`` lets KServe pick one for the triton format).
+        gpus: GPUs per predictor (0 for CPU clusters).
+        kubeconfig: Kubeconfig file (else in-cluster, then the default kubeconfig).
+        kube_context: Kubeconfig context.
+        kube_api_url: Plain API URL (testing against a local API stand-in).
+        ready_timeout_s: How long to wait for the InferenceService to become Ready.
+    """
+
+    onnx_dir: Path
+    name: str
+    mode: str = "triton"
+    repository: str = ""
+    storage_uri: str | None = None
+    options: RepositoryOptions = field(default_factory=RepositoryOptions)
+    keep_versions: int = 3
+    s3_endpoint_url: str | None = None
+    triton_url: str | None = None
+    api_key_env: str | None = DEFAULT_KEY_ENV
+    api_key_file: str | None = None
+    api_key_header: str = RESTRICTED_HEADER
+    attempts: int = 5
+    backoff_s: float = 0.5
+    smoke_test: bool = True
+    smoke_texts: list[str] = field(default_factory=lambda: list(DEFAULT_SMOKE_TEXTS))
+    smoke_expected_labels: list[str] | None = None
+    smoke_tolerance: float | None = None
+    git_repo: Path | None = None
+    values_file: str = "values.yaml"
+    values_key: str = "model"
+    git_remote: str | None = None
+    git_branch: str | None = None
+    namespace: str = "default"
+    isvc_name: str | None = None
+    kserve_runtime: str | None = "kserve-tritonserver"
+    gpus: int = 1
+    kubeconfig: str | None = None
+    kube_context: str | None = None
+    kube_api_url: str | None = None
+    ready_timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        self.onnx_dir = Path(self.onnx_dir)
+        validate_model_name(self.name)
+        if self.mode not in MODES:
+            raise ConfigError(f"mode: expected one of {list(MODES)}, got {self.mode!r}")
+        if not self.repository:
+            raise ConfigError("repository: a model repository path or s3:// URI is required")
+        if self.keep_versions < 1:
+            raise ConfigError(f"keep_versions: must be >= 1, got {self.keep_versions}")
+        if self.keep_versions < self.options.versions_to_serve:
+            raise ConfigError(f"keep_versions: {self.keep_versions} < options.versions_to_serve "
+                              f"({self.options.versions_to_serve})")
+        if self.attempts < 1 or self.backoff_s < 0:
+            raise ConfigError("attempts/backoff_s: need attempts >= 1 and backoff_s >= 0")
+        if self.smoke_tolerance is not None and self.smoke_tolerance <= 0:
+            raise ConfigError(f"smoke_tolerance: must be > 0, got {self.smoke_tolerance}")
+        if not self.smoke_texts:
+            raise ConfigError("smoke_texts: at least one sentence is required")
+        if self.smoke_expected_labels is not None and len(self.smoke_expected_labels) != len(self.smoke_texts):
+            raise ConfigError(f"smoke_expected_labels: {len(self.smoke_expected_labels)} labels for "
+                              f"{len(self.smoke_texts)} smoke_texts")
+        if self.mode == "triton":
+            if not self.triton_url:
+                raise ConfigError("triton_url: required in mode 'triton' (http://host:port)")
+            split_url(self.triton_url)
+        if self.mode == "gitops":
+            if self.git_repo is None:
+                raise ConfigError("git_repo: required in mode 'gitops' (a git work tree)")
+            self.git_repo = Path(self.git_repo)
+            if not self.values_key or any(not p for p in self.values_key.split(".")):
+                raise ConfigError(f"values_key: {self.values_key!r} is not a dotted key")
+        if self.mode == "kserve":
+            from transferkit.serve.kserve import check_dns_label
+
+            check_dns_label(self.isvc_name or self.name, "isvc_name" if self.isvc_name else "name")
+            check_dns_label(self.namespace, "namespace")
+            if self.gpus < 0:
+                raise ConfigError(f"gpus: must be >= 0, got {self.gpus}")
+            if not str(self.storage_uri or self.repository).startswith(("s3://", "gs://", "pvc://", "https://")):
+                raise ConfigError("storage_uri: KServe needs s3://, gs://, pvc:// or https:// (set storage_uri when "
+                                  "repository is a local mount)")
+
+
+@dataclass
+class DeployResult:
+    """What a deployment produced (the deployment record a KFP component outputs)."""
+
+    model_name: str
+    version: int
+    previous_version: int | None
+    mode: str
+    endpoint: str | None
+    repository_uri: str
+    models: list[str]
+    smoke_test: dict[str, Any] | None = None
+    retired_versions: list[int] = field(default_factory=list)
+    git_commit: str | None = None
+    inference_service: str | None = None
+    duration_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly view."""
+        return asdict(self)
+
+    def to_markdown(self) -> str:
+        """A short Markdown deployment record."""
+        rows = [("model", self.model_name), ("version", self.version), ("previous version", self.previous_version),
+                ("mode", self.mode), ("endpoint", self.endpoint or "-"), ("repository", self.repository_uri),
+                ("models", ", ".join(self.models)), ("retired versions", self.retired_versions or "-")]
+        if self.smoke_test is not None:
+            passed = "passed" if self.smoke_test.get("passed") else "failed"
+            rows.append(("smoke test", f"{passed} (max |diff| {self.smoke_test.get('max_abs_diff', 0):.3g})"))
+        if self.git_commit:
+            rows.append(("git commit", self.git_commit))
+        if self.inference_service:
+            rows.append(("InferenceService", self.inference_service))
+        lines = [f"# Deployment of `{self.model_name}` version {self.version}", "", "| field | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in rows]
+        return "\n".join(lines) + "\n"
+
+
+def _stage(exported: ExportedModel, config: DeployConfig, store: RepositoryStore, tmp: Path) -> ModelBundle:
+    names = model_names(config.name, text=exported.tokenizer_dir is not None)
+    version = store.next_version(config.name, names)
+    written = write_model_tree(exported, config.name, tmp, version, config.options)
+    return ModelBundle(name=config.name, root=tmp, version=version, models=written)
+
+
+def _record_history(store: RepositoryStore, name: str, version: int, mode: str, status: str) -> None:
+    record = store.record(name)
+    history = list(record.get("history", []))[-49:]
+    history.append({"version": version, "mode": mode, "status": status,
+                    "at": datetime.now(UTC).isoformat(timespec="seconds")})
+    record["history"] = history
+    if status == "serving":
+        record["serving_version"] = version
+    store.write_record(name, record)
+
+
+def _check_expected_labels(smoke: SmokeResult, expected: list[str] | None) -> None:
+    if expected is None or not smoke.passed:
+        return
+    wrong = [i for i, (got, want) in enumerate(zip(smoke.labels, expected, strict=True)) if got != want]
+    if wrong:
+        smoke.passed = False
+        smoke.reason = (f"labels for smoke inputs {wrong} are {[smoke.labels[i] for i in wrong]}, expected "
+                        f"{[expected[i] for i in wrong]}")
+
+
+def _rollback_triton(control: TritonControl, publication: Publication, names: list[str],
+                     previous: int | None) -> str:
+    publication.undo()
+    try:
+        if previous is None:
+            for model in reversed(names):
+                if control.is_ready(model):
+                    control.unload(model)
+            return "no previous version; new models unloaded"
+        for model in names:
+            control.load(model)
+        if not control.is_ready(names[-1], previous):
+            return f"rollback reloaded but version {previous} is not ready"
+        return f"version {previous} still serving"
+    except TransferkitError as exc:
+        return f"rollback incomplete: {exc}"
+
+
+def _deploy_triton(config: DeployConfig, exported: ExportedModel, store: RepositoryStore) -> DeployResult:
+    assert config.triton_url is not None
+    api_key = read_api_key(config.api_key_env, config.api_key_file)
+    with TritonControl(config.triton_url, api_key=api_key, api_key_header=config.api_key_header,
+                       attempts=config.attempts, backoff_s=config.backoff_s) as control:
+        # Reachability and the model-control key are checked before anything is published.
+        control.wait_live()
+        control.check_control_access()
+        with store.lock(config.name), tempfile.TemporaryDirectory(prefix="tk-deploy-") as tmp:
+            bundle = _stage(exported, config, store, Path(tmp))
+            ready = control.ready_versions(config.name)
+            previous = ready[-1] if ready else None
+            publication = store.publish(bundle)
+            smoke: SmokeResult | None = None
+            try:
+                for model in bundle.models:  # composing models first, the ensemble last
+                    control.load(model)
+                if not control.is_ready(config.name, bundle.version):
+                    raise DeploymentError(f"{config.name} version {bundle.version} is not ready after loading")
+                if config.smoke_test and exported.tokenizer_dir is not None:
+                    smoke = smoke_test(control, exported, config.name, bundle.version, config.smoke_texts,
+                                       config.smoke_tolerance)
+                    _check_expected_labels(smoke, config.smoke_expected_labels)
+                    if not smoke.passed:
+                        raise DeploymentError(f"smoke test failed: {smoke.reason}")
+            except TransferkitError as exc:
+                outcome = _rollback_triton(control, publication, bundle.models, previous)
+                _record_history(store, config.name, bundle.version, "triton", "rolled_back")
+                raise DeploymentError(f"{config.name} version {bundle.version} not deployed: {exc}; "
+                                      f"rolled back ({outcome})") from exc
+            retired = store.prune(bundle.models, config.keep_versions, protect=bundle.version)
+            _record_history(store, config.name, bundle.version, "triton", "serving")
+    return DeployResult(
+        model_name=config.name, version=bundle.version, previous_version=previous, mode="triton",
+        endpoint=f"{config.triton_url.rstrip('/')}/v2/models/{config.name}/infer",
+        repository_uri=config.storage_uri or store.uri, models=bundle.models,
+        smoke_test=smoke.to_dict() if smoke else None, retired_versions=retired,
+    )
+
+
+def _deploy_gitops(config: DeployConfig, exported: ExportedModel, store: RepositoryStore) -> DeployResult:
+    from transferkit.serve.gitops import commit_values
+
+    assert config.git_repo is not None
+    uri = config.storage_uri or store.uri
+    with store.lock(config.name), tempfile.TemporaryDirectory(prefix="tk-deploy-") as tmp:
+        bundle = _stage(exported, config, store, Path(tmp))
+        previous = store.record(config.name).get("serving_version")
+        publication = store.publish(bundle)
+        message = (f"deploy {config.name} version {bundle.version}\n\n"
+                   f"Model repository: {uri}\nModels: {', '.join(bundle.models)}\n"
+                   f"Source: {exported.directory.name} ({exported.variant} graph)\nCommitted by transferkit.")
+        try:
+            commit = commit_values(config.git_repo, config.values_file, config.values_key,
+                                   {"name": config.name, "version": bundle.version, "repositoryUri": uri},
+                                   message, remote=config.git_remote, branch=config.git_branch)
+        except TransferkitError:
+            publication.undo()
+            raise
+        retired = store.prune(bundle.models, config.keep_versions, protect=bundle.version)
+        _record_history(store, config.name, bundle.version, "gitops", "serving")
+    return DeployResult(
+        model_name=config.name, version=bundle.version, previous_version=previous, mode="gitops", endpoint=None,
+        repository_uri=uri, models=bundle.models, retired_versions=retired, git_commit=commit.sha,
+    )
+
+
+def _deploy_kserve(config: DeployConfig, exported: ExportedModel, store: RepositoryStore) -> DeployResult:
+    from transferkit.serve.kserve import KServeDeployer, KServeTarget, build_inference_service, endpoint_of
+
+    uri = config.storage_uri or store.uri
+    target = KServeTarget(name=config.isvc_name or config.name, namespace=config.namespace,
+                          runtime=config.kserve_runtime, gpus=config.gpus, kubeconfig=config.kubeconfig,
+                          context=config.kube_context, api_url=config.kube_api_url,
+                          ready_timeout_s=config.ready_timeout_s, attempts=config.attempts)
+    deployer = KServeDeployer(target)
+    deployer.get()  # reachability and credentials before anything is published
+    with store.lock(config.name), tempfile.TemporaryDirectory(prefix="tk-deploy-") as tmp:
+        bundle = _stage(exported, config, store, Path(tmp))
+        previous = store.record(config.name).get("serving_version")
+        publication = store.publish(bundle)
+        body = build_inference_service(target, uri, config.name, bundle.version)
+        prior: dict[str, Any] | None = None
+        applied = False
+        try:
+            _, prior = deployer.apply(body)
+            applied = True
+            ready = deployer.wait_ready()
+        except TransferkitError as exc:
+            outcome = "nothing applied"
+            if applied:
+                try:
+                    deployer.restore(prior)
+                    outcome = "previous spec restored" if prior else "new InferenceService deleted"
+                except TransferkitError as restore_exc:
+                    outcome = f"restore failed: {restore_exc}"
+            publication.undo()
+            raise DeploymentError(f"{config.name} version {bundle.version} not deployed: {exc}; {outcome}") from exc
+        retired = store.prune(bundle.models, config.keep_versions, protect=bundle.version)
+        _record_history(store, config.name, bundle.version, "kserve", "serving")
+    return DeployResult(
+        model_name=config.name, version=bundle.version, previous_version=previous, mode="kserve",
+        endpoint=endpoint_of(ready, config.name), repository_uri=uri, models=bundle.models,
+        retired_versions=retired, inference_service=f"{target.namespace}/{target.name}",
+    )
+
+
+def deploy_model(config: DeployConfig) -> DeployResult:
+    """Publish ``config.onnx_dir`` as a new version and roll it out in ``config.mode``.
+
+    Returns:
+        The deployment record.
+
+    Raises:
+        ServingError: Bad export directory or repository.
+        ServerUnavailableError: Triton/Kubernetes/S3 unreachable after bounded retries.
+        AuthError: Missing or rejected credentials (model-control key, S3, Git).
+        DeploymentError: The rollout failed; the previous version remains in service.
+    """
+    started = time.monotonic()
+    exported = load_export(config.onnx_dir, variant=config.options.variant)
+    store = open_store(config.repository, s3_endpoint_url=config.s3_endpoint_url)
+    store.check_access()
+    handler = {"triton": _deploy_triton, "gitops": _deploy_gitops, "kserve": _deploy_kserve}[config.mode]
+    result = handler(config, exported, store)
+    result.duration_s = round(time.monotonic() - started, 3)
+    logger.info("Deployed %s version %d (%s mode) in %.1fs", result.model_name, result.version, result.mode,
+                result.duration_s)
+    return result

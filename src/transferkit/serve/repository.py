@@ -1,0 +1,499 @@
+"""Build a Triton model repository from an export directory (``io_spec.json`` + ONNX graphs).
+
+For a model published as ``NAME`` the repository holds one ensemble and its composing models::
+
+    NAME/                      ensemble: clients send raw strings, get logits, probabilities, label
+      config.pbtxt
+      labels.txt               classification extension (``label_filename``)
+      <v>/ENSEMBLE.txt         placeholder: object stores have no empty folders
+    NAME_tokenizer/            python backend, ``tokenizers`` library (text models only)
+      config.pbtxt
+      <v>/model.py  <v>/tokenizer/tokenizer.json ...
+    NAME_onnx/                 the exported graph
+      config.pbtxt             production: platform onnxruntime_onnx, KIND_GPU (or KIND_CPU), TensorRT
+      configs/local.pbtxt      local: python backend running the same model.onnx with ONNX Runtime on CPU
+      labels.txt
+      <v>/model.onnx  <v>/model.py
+    NAME_postprocess/          python backend: softmax + label names
+      config.pbtxt  labels.txt  <v>/model.py
+
+A production Triton reads ``config.pbtxt``; the local server is started with
+``--model-config-name=local`` and reads ``configs/local.pbtxt`` where it exists (falling back to
+``config.pbtxt`` elsewhere), so one repository serves both worlds. Configs are built as
+``model_config_pb2.ModelConfig`` messages and written in protobuf text format, so every file parses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import text_format
+
+from transferkit.errors import ConfigError, ExportError, ServingError
+from transferkit.export.io_spec import IOSpec, TensorSpec
+from transferkit.io import atomic_output_dir
+
+logger = logging.getLogger(__name__)
+
+LOCAL_CONFIG_NAME = "local"
+LABELS_FILE = "labels.txt"
+TEXT_INPUT = "text"
+PROBABILITIES_OUTPUT = "probabilities"
+LABEL_OUTPUT = "label"
+ENSEMBLE_PLACEHOLDER = "ENSEMBLE.txt"
+_MODELS_PKG = Path(__file__).with_name("triton_models")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_DTYPES = {
+    "bool": "TYPE_BOOL", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8", "int32": "TYPE_INT32",
+    "int64": "TYPE_INT64", "float16": "TYPE_FP16", "float32": "TYPE_FP32", "float64": "TYPE_FP64",
+    "string": "TYPE_STRING",
+}
+_TOKENIZER_FIELDS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def validate_model_name(name: str, *, field_name: str = "name") -> str:
+    """Return ``name`` if it is a safe Triton model name.
+
+    Raises:
+        ConfigError: Empty, a path (``/``, backslash, ``..``), or characters outside ``[A-Za-z0-9_.-]``.
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{field_name}: a model name is required")
+    if "/" in name or "\\" in name or ".." in name:
+        raise ConfigError(f"{field_name}: {name!r} must not contain path separators or '..'")
+    if not _NAME_RE.match(name):
+        raise ConfigError(
+            f"{field_name}: {name!r} must be 1-63 characters of letters, digits, '_', '.', '-' "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass
+class RepositoryOptions:
+    """How the repository's configs are generated (production and local variants).
+
+    Attributes:
+        max_batch_size: Largest batch Triton forms (``max_batch_size``).
+        preferred_batch_sizes: Dynamic batcher's preferred sizes (each <= ``max_batch_size``).
+        max_queue_delay_us: How long the dynamic batcher waits to fill a batch. Every request pays up
+            to this delay, so keep it small for latency (the 20 ms often seen costs 20 ms at low load).
+        instance_kind: ``"gpu"`` (KIND_GPU, production default) or ``"cpu"`` (KIND_CPU clusters).
+        instance_count: Model instances per device in production.
+        tensorrt_fp16: Add the TensorRT execution accelerator with FP16 precision (GPU only).
+        variant: Graph variant from the export (``fp32``, ``int8``, ``qdq``, ``fp16``); default is the
+            export's recommended variant.
+        local_threads: ONNX Runtime intra-op threads of the local python-backend variant.
+        local_instance_count: Instances of the local python-backend variant.
+        versions_to_serve: Version policy: how many of the newest versions Triton keeps loaded.
+        pad_to_multiple_of: Tokenizer pads each request to a multiple of this, so similar lengths
+            share a shape and batch on backends without ragged batching.
+    """
+
+    max_batch_size: int = 32
+    preferred_batch_sizes: tuple[int, ...] = (4, 8, 16)
+    max_queue_delay_us: int = 2000
+    instance_kind: str = "gpu"
+    instance_count: int = 1
+    tensorrt_fp16: bool = False
+    variant: str | None = None
+    local_threads: int = 2
+    local_instance_count: int = 1
+    versions_to_serve: int = 1
+    pad_to_multiple_of: int = 8
+
+    def __post_init__(self) -> None:
+        self.preferred_batch_sizes = tuple(int(s) for s in self.preferred_batch_sizes)
+        if self.max_batch_size < 1:
+            raise ConfigError(f"max_batch_size: must be >= 1, got {self.max_batch_size}")
+        bad = [s for s in self.preferred_batch_sizes if s < 1 or s > self.max_batch_size]
+        if bad:
+            raise ConfigError(f"preferred_batch_sizes: {bad} outside 1..max_batch_size ({self.max_batch_size})")
+        if self.max_queue_delay_us < 0:
+            raise ConfigError(f"max_queue_delay_us: must be >= 0, got {self.max_queue_delay_us}")
+        if self.instance_kind not in ("gpu", "cpu"):
+            raise ConfigError(f"instance_kind: expected 'gpu' or 'cpu', got {self.instance_kind!r}")
+        for name in ("instance_count", "local_threads", "local_instance_count", "versions_to_serve",
+                     "pad_to_multiple_of"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.tensorrt_fp16 and self.instance_kind != "gpu":
+            raise ConfigError("tensorrt_fp16: the TensorRT accelerator needs instance_kind='gpu'")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly view."""
+        return asdict(self)
+
+
+@dataclass
+class ExportedModel:
+    """A validated export directory."""
+
+    directory: Path
+    spec: IOSpec
+    variant: str
+    onnx_path: Path
+    tokenizer_dir: Path | None
+
+    @property
+    def labels(self) -> list[str]:
+        """Class names, index = class id."""
+        return list(self.spec.labels)
+
+    @property
+    def logits(self) -> TensorSpec:
+        """The classifier output (first output of the graph)."""
+        return self.spec.outputs[0]
+
+
+def load_export(export_dir: str | Path, *, variant: str | None = None, check_onnx: bool = True) -> ExportedModel:
+    """Validate an export directory: ``io_spec.json``, the ONNX graph, labels and tokenizer files.
+
+    Args:
+        export_dir: Directory written by ``transferkit export``.
+        variant: Graph variant to serve; default is the recommended one.
+        check_onnx: Load the graph with ONNX Runtime and compare its input/output names to the spec.
+
+    Raises:
+        ServingError: Anything is missing or does not load.
+    """
+    directory = Path(export_dir)
+    if not directory.is_dir():
+        raise ServingError(f"{directory}: export directory does not exist")
+    try:
+        spec = IOSpec.load(directory)
+    except ExportError as exc:
+        raise ServingError(str(exc)) from exc
+    chosen = variant or spec.recommended_variant
+    if chosen not in spec.variants:
+        raise ServingError(f"{directory / 'io_spec.json'}: variant {chosen!r} not among {sorted(spec.variants)}")
+    onnx_path = directory / spec.variants[chosen].file
+    if not onnx_path.is_file():
+        raise ServingError(f"{onnx_path}: missing (listed as variant {chosen!r} in io_spec.json)")
+    if not spec.labels:
+        raise ServingError(f"{directory / 'io_spec.json'}: labels: a classifier needs at least one label")
+    tokenizer_dir = None
+    if spec.tokenizer_dir:
+        tokenizer_dir = directory / spec.tokenizer_dir
+        if not (tokenizer_dir / "tokenizer.json").is_file():
+            raise ServingError(f"{tokenizer_dir / 'tokenizer.json'}: missing (a fast tokenizer file is required)")
+        unknown = [t.name for t in spec.inputs if t.name not in _TOKENIZER_FIELDS]
+        if unknown:
+            raise ServingError(
+                f"{directory / 'io_spec.json'}: inputs {unknown} cannot be produced by the tokenizer "
+                f"(expected a subset of {list(_TOKENIZER_FIELDS)})"
+            )
+    for tensor in [*spec.inputs, *spec.outputs]:
+        if tensor.dtype not in _DTYPES:
+            raise ServingError(f"{directory / 'io_spec.json'}: tensor {tensor.name!r} has unsupported dtype "
+                               f"{tensor.dtype!r} (expected one of {sorted(_DTYPES)})")
+    exported = ExportedModel(directory, spec, chosen, onnx_path, tokenizer_dir)
+    if check_onnx:
+        check_onnx_graph(exported)
+    return exported
+
+
+def check_onnx_graph(exported: ExportedModel) -> None:
+    """Load the graph with ONNX Runtime and check that the spec's tensor names exist.
+
+    Raises:
+        ServingError: The file does not load or its names differ from ``io_spec.json``.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(exported.onnx_path), sess_options=options,
+                                       providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ServingError(f"{exported.onnx_path}: ONNX Runtime cannot load the graph ({message})") from exc
+    graph_inputs = {i.name for i in session.get_inputs()}
+    graph_outputs = {o.name for o in session.get_outputs()}
+    missing_in = [t.name for t in exported.spec.inputs if t.name not in graph_inputs]
+    missing_out = [t.name for t in exported.spec.outputs if t.name not in graph_outputs]
+    if missing_in or missing_out:
+        raise ServingError(
+            f"{exported.onnx_path}: graph lacks io_spec tensors inputs={missing_in} outputs={missing_out} "
+            f"(graph has inputs {sorted(graph_inputs)}, outputs {sorted(graph_outputs)})"
+        )
+
+
+@dataclass
+class ModelBundle:
+    """A built repository tree holding one version of every model of a deployment."""
+
+    name: str
+    root: Path
+    version: int
+    models: list[str] = field(default_factory=list)  # composing models first, entry point last
+
+    @property
+    def entry_model(self) -> str:
+        """The model clients call (the ensemble)."""
+        return self.models[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly view."""
+        return {"name": self.name, "root": str(self.root), "version": self.version, "models": self.models}
+
+
+def model_names(name: str, *, text: bool) -> list[str]:
+    """Names of the models of a deployment in load order (entry point last)."""
+    composing = [f"{name}_tokenizer"] if text else []
+    return [*composing, f"{name}_onnx", f"{name}_postprocess", name]
+
+
+# --- config builders ---------------------------------------------------------------------------
+
+
+def _pb():
+    from tritonclient.grpc import model_config_pb2
+
+    return model_config_pb2
+
+
+def _dims(tensor: TensorSpec) -> list[int]:
+    # io_spec dims include the batch axis; Triton's exclude it when max_batch_size > 0.
+    return list(tensor.dims[1:]) if tensor.dims else [-1]
+
+
+def _logit_dims(exported: ExportedModel) -> list[int]:
+    dims = _dims(exported.logits)
+    if dims and dims[-1] == -1:
+        dims[-1] = len(exported.labels)
+    return dims
+
+
+def _set_common(config: Any, options: RepositoryOptions, *, kind: str, count: int) -> None:
+    pb = _pb()
+    config.max_batch_size = options.max_batch_size
+    config.version_policy.latest.num_versions = options.versions_to_serve
+    group = config.instance_group.add()
+    group.kind = pb.ModelInstanceGroup.KIND_GPU if kind == "gpu" else pb.ModelInstanceGroup.KIND_CPU
+    group.count = count
+    batching = config.dynamic_batching
+    batching.preferred_batch_size.extend(options.preferred_batch_sizes)
+    batching.max_queue_delay_microseconds = options.max_queue_delay_us
+
+
+def _param(config: Any, key: str, value: str) -> None:
+    config.parameters[key].string_value = value
+
+
+def _add_tensor(container: Any, name: str, dtype: str, dims: list[int], **extra: Any) -> Any:
+    pb = _pb()
+    tensor = container.add()
+    tensor.name = name
+    tensor.data_type = pb.DataType.Value(_DTYPES[dtype])
+    tensor.dims.extend(dims)
+    for key, value in extra.items():
+        setattr(tensor, key, value)
+    return tensor
+
+
+def onnx_production_config(name: str, exported: ExportedModel, options: RepositoryOptions) -> Any:
+    """``NAME_onnx/config.pbtxt``: ONNX Runtime backend for GPU (or CPU) nodes."""
+    config = _pb().ModelConfig(name=name, platform="onnxruntime_onnx", default_model_filename="model.onnx")
+    _set_common(config, options, kind=options.instance_kind, count=options.instance_count)
+    for tensor in exported.spec.inputs:
+        _add_tensor(config.input, tensor.name, tensor.dtype, _dims(tensor))
+    for i, tensor in enumerate(exported.spec.outputs):
+        dims = _logit_dims(exported) if i == 0 else _dims(tensor)
+        extra = {"label_filename": LABELS_FILE} if i == 0 else {}
+        _add_tensor(config.output, tensor.name, tensor.dtype, dims, **extra)
+    if options.tensorrt_fp16:
+        accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add()
+        accelerator.name = "tensorrt"
+        accelerator.parameters["precision_mode"] = "FP16"
+        accelerator.parameters["max_workspace_size_bytes"] = str(1 << 30)
+    return config
+
+
+def onnx_local_config(name: str, exported: ExportedModel, options: RepositoryOptions) -> Any:
+    """``NAME_onnx/configs/local.pbtxt``: python backend running the same graph on CPU."""
+    config = _pb().ModelConfig(name=name, backend="python")
+    _set_common(config, options, kind="cpu", count=options.local_instance_count)
+    for tensor in exported.spec.inputs:
+        _add_tensor(config.input, tensor.name, tensor.dtype, _dims(tensor), allow_ragged_batch=True)
+    for i, tensor in enumerate(exported.spec.outputs):
+        dims = _logit_dims(exported) if i == 0 else _dims(tensor)
+        extra = {"label_filename": LABELS_FILE} if i == 0 else {}
+        _add_tensor(config.output, tensor.name, tensor.dtype, dims, **extra)
+    _param(config, "model_file", "model.onnx")
+    _param(config, "intra_op_threads", str(options.local_threads))
+    _param(config, "pad_values", json.dumps({t.name: 0 for t in exported.spec.inputs}))
+    return config
+
+
+def tokenizer_config(name: str, exported: ExportedModel, options: RepositoryOptions, pad_id: int) -> Any:
+    """``NAME_tokenizer/config.pbtxt`` (python backend; the same on every server)."""
+    config = _pb().ModelConfig(name=name, backend="python")
+    _set_common(config, options, kind="cpu", count=1)
+    _add_tensor(config.input, TEXT_INPUT, "string", [1])
+    for tensor in exported.spec.inputs:
+        _add_tensor(config.output, tensor.name, tensor.dtype, [-1])
+    _param(config, "max_length", str(exported.spec.max_length or 0))
+    _param(config, "pad_to_multiple_of", str(options.pad_to_multiple_of))
+    _param(config, "pad_id", str(pad_id))
+    return config
+
+
+def postprocess_config(name: str, exported: ExportedModel, options: RepositoryOptions) -> Any:
+    """``NAME_postprocess/config.pbtxt``: softmax and label names (python backend)."""
+    config = _pb().ModelConfig(name=name, backend="python")
+    _set_common(config, options, kind="cpu", count=1)
+    _add_tensor(config.input, exported.logits.name, exported.logits.dtype, _logit_dims(exported))
+    _add_tensor(config.output, PROBABILITIES_OUTPUT, "float32", _logit_dims(exported))
+    _add_tensor(config.output, LABEL_OUTPUT, "string", [1])
+    return config
+
+
+def ensemble_config(name: str, exported: ExportedModel, options: RepositoryOptions) -> Any:
+    """``NAME/config.pbtxt``: the entry point chaining tokenizer -> graph -> postprocess."""
+    config = _pb().ModelConfig(name=name, platform="ensemble", max_batch_size=options.max_batch_size)
+    config.version_policy.latest.num_versions = options.versions_to_serve
+    logits = exported.logits
+    text = exported.tokenizer_dir is not None
+    if text:
+        _add_tensor(config.input, TEXT_INPUT, "string", [1])
+    else:
+        for tensor in exported.spec.inputs:
+            _add_tensor(config.input, tensor.name, tensor.dtype, _dims(tensor))
+    _add_tensor(config.output, logits.name, logits.dtype, _logit_dims(exported), label_filename=LABELS_FILE)
+    _add_tensor(config.output, PROBABILITIES_OUTPUT, "float32", _logit_dims(exported))
+    _add_tensor(config.output, LABEL_OUTPUT, "string", [1])
+    steps = config.ensemble_scheduling.step
+    if text:
+        step = steps.add(model_name=f"{name}_tokenizer", model_version=-1)
+        step.input_map[TEXT_INPUT] = TEXT_INPUT
+        for tensor in exported.spec.inputs:
+            step.output_map[tensor.name] = f"_{tensor.name}"
+    step = steps.add(model_name=f"{name}_onnx", model_version=-1)
+    for tensor in exported.spec.inputs:
+        step.input_map[tensor.name] = f"_{tensor.name}" if text else tensor.name
+    step.output_map[logits.name] = logits.name
+    step = steps.add(model_name=f"{name}_postprocess", model_version=-1)
+    step.input_map[logits.name] = logits.name
+    step.output_map[PROBABILITIES_OUTPUT] = PROBABILITIES_OUTPUT
+    step.output_map[LABEL_OUTPUT] = LABEL_OUTPUT
+    return config
+
+
+def to_pbtxt(config: Any) -> str:
+    """Protobuf text format of a ``ModelConfig``."""
+    return text_format.MessageToString(config)
+
+
+def parse_pbtxt(text: str, *, source: str = "config.pbtxt") -> Any:
+    """Parse a ``config.pbtxt``.
+
+    Raises:
+        ServingError: Syntax errors, unknown fields or bad enum values.
+    """
+    try:
+        return text_format.Parse(text, _pb().ModelConfig())
+    except text_format.ParseError as exc:
+        raise ServingError(f"{source}: invalid model config ({exc})") from exc
+
+
+# --- builder -----------------------------------------------------------------------------------
+
+
+def _pad_id(tokenizer_dir: Path) -> int:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    padding = tokenizer.padding
+    if padding and "pad_id" in padding:
+        return int(padding["pad_id"])
+    for token in ("[PAD]", "<pad>", "<|endoftext|>"):
+        token_id = tokenizer.token_to_id(token)
+        if token_id is not None:
+            return int(token_id)
+    return 0
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def write_model_tree(exported: ExportedModel, name: str, root: Path, version: int,
+                     options: RepositoryOptions) -> list[str]:
+    """Write every model folder of deployment ``name`` with one version into ``root`` (no atomicity).
+
+    Returns:
+        Model names, entry point last.
+    """
+    validate_model_name(name)
+    if version < 1:
+        raise ConfigError(f"version: must be >= 1, got {version}")
+    text = exported.tokenizer_dir is not None
+    names = model_names(name, text=text)
+    labels = "".join(f"{label}\n" for label in exported.labels)
+    v = str(version)
+
+    if text:
+        assert exported.tokenizer_dir is not None
+        tok = root / f"{name}_tokenizer"
+        config = tokenizer_config(tok.name, exported, options, _pad_id(exported.tokenizer_dir))
+        _write(tok / "config.pbtxt", to_pbtxt(config))
+        (tok / v).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(_MODELS_PKG / "tokenizer_model.py", tok / v / "model.py")
+        shutil.copytree(exported.tokenizer_dir, tok / v / "tokenizer", dirs_exist_ok=True)
+
+    onnx = root / f"{name}_onnx"
+    _write(onnx / "config.pbtxt", to_pbtxt(onnx_production_config(onnx.name, exported, options)))
+    _write(onnx / "configs" / f"{LOCAL_CONFIG_NAME}.pbtxt", to_pbtxt(onnx_local_config(onnx.name, exported, options)))
+    _write(onnx / LABELS_FILE, labels)
+    (onnx / v).mkdir(parents=True, exist_ok=True)
+    shutil.copy2(exported.onnx_path, onnx / v / "model.onnx")
+    shutil.copy2(_MODELS_PKG / "onnx_model.py", onnx / v / "model.py")
+
+    post = root / f"{name}_postprocess"
+    _write(post / "config.pbtxt", to_pbtxt(postprocess_config(post.name, exported, options)))
+    _write(post / LABELS_FILE, labels)
+    (post / v).mkdir(parents=True, exist_ok=True)
+    shutil.copy2(_MODELS_PKG / "postprocess_model.py", post / v / "model.py")
+
+    ens = root / name
+    _write(ens / "config.pbtxt", to_pbtxt(ensemble_config(name, exported, options)))
+    _write(ens / LABELS_FILE, labels)
+    _write(ens / v / ENSEMBLE_PLACEHOLDER,
+           f"Ensemble {name} version {v}: tokenizer -> {name}_onnx -> {name}_postprocess (no files needed).\n")
+    return names
+
+
+def build_model_repository(export_dir: str | Path, name: str, out_dir: str | Path, *, version: int = 1,
+                           options: RepositoryOptions | None = None) -> ModelBundle:
+    """Build a complete model repository for one deployment (written atomically).
+
+    Args:
+        export_dir: Export directory (``io_spec.json``, ONNX graphs, labels, tokenizer).
+        name: Public model name (the ensemble); composing models get suffixes.
+        out_dir: Repository folder to create (replaced if it exists).
+        version: Version number of every model folder.
+        options: Config generation options.
+
+    Returns:
+        The bundle describing the written tree.
+
+    Raises:
+        ConfigError: Bad name or options.
+        ServingError: The export directory is incomplete or its graph does not load.
+    """
+    validate_model_name(name)
+    options = options or RepositoryOptions()
+    exported = load_export(export_dir, variant=options.variant)
+    with atomic_output_dir(out_dir) as tmp:
+        names = write_model_tree(exported, name, tmp, version, options)
+    logger.info("Built Triton repository %s (models %s, version %d)", out_dir, ", ".join(names), version)
+    return ModelBundle(name=name, root=Path(out_dir), version=version, models=names)
