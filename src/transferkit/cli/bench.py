@@ -1,15 +1,65 @@
-"""`transferkit bench` (implemented by issue 6)."""
+"""`transferkit bench serve`: bounded load generator for a Triton endpoint (HTTP and gRPC)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
 
-from transferkit.cli._common import not_implemented
+from transferkit.cli._common import console, handle_errors
 
 app = typer.Typer(no_args_is_help=True)
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    from transferkit.errors import ConfigError
+
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise ConfigError(f"concurrency: expected comma-separated integers, got {text!r}") from exc
+
+
 @app.command("serve")
-def serve() -> None:
-    """Load-test a Triton endpoint (not implemented yet)."""
-    not_implemented("bench serve", 6)
+@handle_errors
+def serve(
+    model: str = typer.Option(..., "--model", "-m", help="Model to call (text ensemble: BYTES input 'text')."),
+    http_url: str = typer.Option("http://127.0.0.1:8000", help="Triton HTTP endpoint."),
+    grpc_url: str = typer.Option("127.0.0.1:8001", help="Triton gRPC endpoint (host:port)."),
+    metrics_url: str = typer.Option("http://127.0.0.1:8002/metrics", help="Prometheus metrics ('' to skip)."),
+    protocol: str = typer.Option("http,grpc", help="Protocols to sweep."),
+    concurrency: str = typer.Option("1,4,16", help="Concurrency levels."),
+    requests: int = typer.Option(200, help="Requests per level (bounded)."),
+    duration: float = typer.Option(30.0, help="Seconds per level at most (bounded)."),
+    batch_model: str = typer.Option("", help="Model whose server-side batch size is reported (default MODEL_onnx)."),
+    allow_remote: bool = typer.Option(False, help="Allow non-loopback targets."),
+    output: Path = typer.Option(None, help="Write the JSON result here."),
+) -> None:
+    """Sweep concurrency over HTTP/gRPC: req/s, p50/p95/p99, errors, server-side batch size.
+
+    Hand-written because perf_analyzer is not available here; it stops after the request count or the
+    time limit per level and only targets loopback unless --allow-remote is given.
+    """
+    from transferkit.serve.loadgen import LoadConfig, run_load
+
+    config = LoadConfig(http_url=http_url, grpc_url=grpc_url, metrics_url=metrics_url or None, model=model,
+                        batch_model=batch_model or None,
+                        protocols=tuple(p.strip() for p in protocol.split(",") if p.strip()),
+                        concurrency=_ints(concurrency), requests=requests, duration_s=duration,
+                        allow_remote=allow_remote)
+    result = run_load(config)
+    console.print(f"{'protocol':<8} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+                  f"{'errors':>6} {'batch':>6}")
+    for lv in result.levels:
+        batch = f"{lv.server_avg_batch_size:.2f}" if lv.server_avg_batch_size is not None else "-"
+        console.print(f"{lv.protocol:<8} {lv.concurrency:>4} {lv.throughput_rps:>8.1f} {lv.p50_ms:>8.1f} "
+                      f"{lv.p95_ms:>8.1f} {lv.p99_ms:>8.1f} {lv.errors:>6} {batch:>6}")
+    payload = json.dumps(result.to_dict(), sort_keys=True)
+    if output:
+        from transferkit.io import write_text_atomic
+
+        write_text_atomic(output, payload + "\n")
+    console.print(payload, markup=False)
+    if result.total_errors:
+        raise typer.Exit(1)

@@ -1,10 +1,76 @@
-"""`transferkit deploy` (implemented by issue 6)."""
+"""`transferkit deploy`: publish an exported model and roll it out (triton, gitops or kserve mode)."""
 
 from __future__ import annotations
 
-from transferkit.cli._common import not_implemented
+import json
+from pathlib import Path
+
+import typer
+
+from transferkit.cli._common import console, handle_errors
 
 
-def deploy() -> None:
-    """Not implemented yet."""
-    not_implemented("deploy", 6)
+@handle_errors
+def deploy(
+    onnx: Path = typer.Option(..., "--onnx", help="Export directory (io_spec.json, ONNX graphs, tokenizer)."),
+    name: str = typer.Option(..., "--name", help="Public model name (letters, digits, '_', '.', '-')."),
+    mode: str = typer.Option("triton", "--mode", help="triton | gitops | kserve."),
+    repository: str = typer.Option(..., "--repository", help="Model repository: path/PVC mount or s3://bucket/prefix."),
+    storage_uri: str = typer.Option("", help="Repository URI as the cluster sees it (default: --repository)."),
+    variant: str = typer.Option("", help="Graph variant (fp32, int8, qdq, fp16); default: the recommended one."),
+    keep: int = typer.Option(3, help="Versions kept in the repository."),
+    instance_kind: str = typer.Option("gpu", help="Production instance kind: gpu or cpu."),
+    instance_count: int = typer.Option(1, help="Production instances per device."),
+    tensorrt_fp16: bool = typer.Option(False, help="Add the TensorRT FP16 accelerator (GPU)."),
+    max_batch_size: int = typer.Option(32, help="Triton max_batch_size."),
+    queue_delay_us: int = typer.Option(2000, help="Dynamic batcher max queue delay (microseconds)."),
+    local_threads: int = typer.Option(2, help="ONNX Runtime threads of the local python-backend variant."),
+    s3_endpoint_url: str = typer.Option("", help="S3-compatible endpoint (else AWS_ENDPOINT_URL)."),
+    triton_url: str = typer.Option("", help="Triton HTTP endpoint (mode triton), e.g. http://127.0.0.1:8000."),
+    api_key_env: str = typer.Option("TRANSFERKIT_TRITON_API_KEY", help="Env var with the model-control key."),
+    api_key_file: Path = typer.Option(None, help="Mounted secret file with the model-control key."),
+    attempts: int = typer.Option(5, help="Connection attempts before failing (exponential backoff)."),
+    smoke: bool = typer.Option(True, "--smoke/--no-smoke", help="Smoke-test the new version (mode triton)."),
+    git_repo: Path = typer.Option(None, help="Git work tree with the values file (mode gitops)."),
+    values_file: str = typer.Option("values.yaml", help="Values file inside --git-repo."),
+    values_key: str = typer.Option("model", help="Dotted key that receives name/version/repositoryUri."),
+    git_remote: str = typer.Option("", help="Remote to push to (mode gitops; none = commit only)."),
+    git_branch: str = typer.Option("", help="Branch to commit on (default: current)."),
+    namespace: str = typer.Option("default", help="Kubernetes namespace (mode kserve)."),
+    isvc_name: str = typer.Option("", help="InferenceService name (default: --name)."),
+    runtime: str = typer.Option("kserve-tritonserver", help="KServe ServingRuntime ('' = auto)."),
+    gpus: int = typer.Option(1, help="GPUs per predictor (0 = CPU)."),
+    kubeconfig: str = typer.Option("", help="Kubeconfig file (default: in-cluster, then ~/.kube/config)."),
+    kube_context: str = typer.Option("", help="Kubeconfig context."),
+    ready_timeout: float = typer.Option(600.0, help="Seconds to wait for the InferenceService to be Ready."),
+    output: Path = typer.Option(None, help="Write the deployment record (JSON) here; Markdown next to it."),
+) -> None:
+    """Publish version N+1 and roll it out; roll back if anything fails.
+
+    The restricted model-control key is read from --api-key-env or --api-key-file only.
+    """
+    from transferkit.serve.deploy import DeployConfig, deploy_model
+    from transferkit.serve.repository import RepositoryOptions
+
+    options = RepositoryOptions(max_batch_size=max_batch_size, max_queue_delay_us=queue_delay_us,
+                                instance_kind=instance_kind, instance_count=instance_count,
+                                tensorrt_fp16=tensorrt_fp16, variant=variant or None, local_threads=local_threads,
+                                preferred_batch_sizes=tuple(s for s in (4, 8, 16) if s <= max_batch_size))
+    config = DeployConfig(
+        onnx_dir=onnx, name=name, mode=mode, repository=repository, storage_uri=storage_uri or None,
+        options=options, keep_versions=keep, s3_endpoint_url=s3_endpoint_url or None,
+        triton_url=triton_url or None, api_key_env=api_key_env or None,
+        api_key_file=str(api_key_file) if api_key_file else None, attempts=attempts, smoke_test=smoke,
+        git_repo=git_repo, values_file=values_file, values_key=values_key, git_remote=git_remote or None,
+        git_branch=git_branch or None, namespace=namespace, isvc_name=isvc_name or None,
+        kserve_runtime=runtime or None, gpus=gpus, kubeconfig=kubeconfig or None,
+        kube_context=kube_context or None, ready_timeout_s=ready_timeout,
+    )
+    result = deploy_model(config)
+    payload = json.dumps(result.to_dict(), indent=2, sort_keys=True)
+    if output:
+        from transferkit.io import write_text_atomic
+
+        write_text_atomic(output, payload + "\n")
+        write_text_atomic(output.with_suffix(".md"), result.to_markdown())
+    console.print(payload, markup=False)

@@ -200,6 +200,16 @@ class LocalTriton:
         """Server process id while running."""
         return self._process.pid if self._process else None
 
+    def stub_pids(self) -> list[int]:
+        """Process ids of the server's descendants (python-backend stubs)."""
+        return _descendants(self._process.pid) if self.running() and self._process else []
+
+    def shm_regions(self) -> set[str]:
+        """Python-backend shared-memory regions this server's stubs use (and used so far)."""
+        if self.running() and self._process:
+            self._regions |= _shm_regions_of(_descendants(self._process.pid))
+        return set(self._regions)
+
     def running(self) -> bool:
         """True while the server process is alive."""
         return self._process is not None and self._process.poll() is None

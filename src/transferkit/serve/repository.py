@@ -347,12 +347,13 @@ def tokenizer_config(name: str, exported: ExportedModel, options: RepositoryOpti
 
 
 def postprocess_config(name: str, exported: ExportedModel, options: RepositoryOptions) -> Any:
-    """``NAME_postprocess/config.pbtxt``: softmax and label names (python backend)."""
+    """``NAME_postprocess/config.pbtxt``: softmax, label names, and the logits passed through."""
     config = _pb().ModelConfig(name=name, backend="python")
     _set_common(config, options, kind="cpu", count=1)
     _add_tensor(config.input, exported.logits.name, exported.logits.dtype, _logit_dims(exported))
     _add_tensor(config.output, PROBABILITIES_OUTPUT, "float32", _logit_dims(exported))
     _add_tensor(config.output, LABEL_OUTPUT, "string", [1])
+    _add_tensor(config.output, exported.logits.name, exported.logits.dtype, _logit_dims(exported))
     return config
 
 
@@ -379,9 +380,12 @@ def ensemble_config(name: str, exported: ExportedModel, options: RepositoryOptio
     step = steps.add(model_name=f"{name}_onnx", model_version=-1)
     for tensor in exported.spec.inputs:
         step.input_map[tensor.name] = f"_{tensor.name}" if text else tensor.name
-    step.output_map[logits.name] = logits.name
+    step.output_map[logits.name] = f"_{logits.name}"
+    # Every ensemble output comes from the last step (which passes the logits through): Triton 2.51
+    # deadlocks when a client requests a subset of outputs and an intermediate is also an output.
     step = steps.add(model_name=f"{name}_postprocess", model_version=-1)
-    step.input_map[logits.name] = logits.name
+    step.input_map[logits.name] = f"_{logits.name}"
+    step.output_map[logits.name] = logits.name
     step.output_map[PROBABILITIES_OUTPUT] = PROBABILITIES_OUTPUT
     step.output_map[LABEL_OUTPUT] = LABEL_OUTPUT
     return config

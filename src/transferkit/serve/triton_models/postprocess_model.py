@@ -1,4 +1,4 @@
-"""Triton python-backend model: logits in, probabilities and label names out.
+"""Triton python-backend model: logits in, probabilities, label names and the logits out.
 
 Copied into ``<name>_postprocess/<version>/model.py``; the label names come from ``labels.txt`` in the
 model folder (one per line, index = class id), the same file the classification extension uses.
@@ -21,7 +21,7 @@ class TritonPythonModel:
             self.labels = np.array([line.rstrip("\n").encode("utf-8") for line in handle if line.strip()], dtype=object)
         self.logits_name = config["input"][0]["name"]
         names = [o["name"] for o in config["output"]]
-        self.probabilities_name, self.label_name = names[0], names[1]
+        self.probabilities_name, self.label_name, self.passthrough_name = names[0], names[1], names[2]
 
     def execute(self, requests):
         """Compute a numerically stable softmax and the best label per row."""
@@ -34,5 +34,6 @@ class TritonPythonModel:
             responses.append(pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor(self.probabilities_name, probabilities.astype(np.float32)),
                 pb_utils.Tensor(self.label_name, labels),
+                pb_utils.Tensor(self.passthrough_name, logits),
             ]))
         return responses

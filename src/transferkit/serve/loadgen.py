@@ -1,0 +1,354 @@
+"""A small, bounded load generator for Triton (HTTP and gRPC).
+
+This is the one piece written by hand: NVIDIA's ``perf_analyzer`` is not installable here (the
+registry's ``perf-analyzer`` package is an empty placeholder). It sends raw sentences to a text model
+(or any BYTES-input model) from ``concurrency`` closed-loop workers, each with its own client, and
+stops by itself after a fixed request count or time, whichever comes first. It only targets loopback
+addresses unless ``allow_remote`` is set. Server-side batching is read from Triton's Prometheus
+metrics (``nv_inference_count`` / ``nv_inference_exec_count`` deltas of the batched model).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import re
+import socket
+import threading
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from transferkit.errors import ConfigError, ServerUnavailableError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TEXTS = (
+    "A gripping, beautifully acted film.",
+    "Dull and overlong.",
+    "The plot makes no sense, but the soundtrack is wonderful and the cast clearly had fun with it.",
+    "not my kind of movie",
+    "An instant classic that I will happily watch again next week with the whole family.",
+    "meh",
+)
+_METRIC_RE = re.compile(r'^(nv_inference_count|nv_inference_exec_count)\{([^}]*)\}\s+([0-9.eE+-]+)$')
+
+
+@dataclass
+class LoadConfig:
+    """One load-generation run.
+
+    Attributes:
+        http_url: ``http://host:port`` of Triton's HTTP endpoint.
+        grpc_url: ``host:port`` of the gRPC endpoint (needed for protocol ``grpc``).
+        metrics_url: Prometheus ``/metrics`` URL (optional: server-side batch sizes).
+        model: Model to call (the text ensemble).
+        batch_model: Model whose batching is reported (default ``<model>_onnx``).
+        protocols: ``http`` and/or ``grpc``.
+        concurrency: Closed-loop worker counts to sweep.
+        requests: Requests per (protocol, concurrency) level.
+        duration_s: Time limit per level.
+        warmup: Requests sent before each level's clock starts.
+        texts: Sentences cycled through.
+        text_input: Input tensor name.
+        outputs: Output names requested.
+        timeout_s: Per-request network timeout.
+        allow_remote: Permit non-loopback targets.
+    """
+
+    http_url: str
+    model: str
+    grpc_url: str | None = None
+    metrics_url: str | None = None
+    batch_model: str | None = None
+    protocols: tuple[str, ...] = ("http",)
+    concurrency: tuple[int, ...] = (1, 4, 16)
+    requests: int = 200
+    duration_s: float = 30.0
+    warmup: int = 4
+    texts: tuple[str, ...] = DEFAULT_TEXTS
+    text_input: str = "text"
+    outputs: tuple[str, ...] = ("label",)
+    timeout_s: float = 30.0
+    allow_remote: bool = False
+
+    def __post_init__(self) -> None:
+        self.protocols = tuple(self.protocols)
+        self.concurrency = tuple(int(c) for c in self.concurrency)
+        bad = [p for p in self.protocols if p not in ("http", "grpc")]
+        if bad or not self.protocols:
+            raise ConfigError(f"protocols: expected http and/or grpc, got {list(self.protocols)}")
+        if "grpc" in self.protocols and not self.grpc_url:
+            raise ConfigError("grpc_url: required when protocols include grpc")
+        if not self.concurrency or min(self.concurrency) < 1 or max(self.concurrency) > 256:
+            raise ConfigError(f"concurrency: values must be in 1..256, got {list(self.concurrency)}")
+        if self.requests < 1 or self.duration_s <= 0:
+            raise ConfigError("requests/duration_s: a run needs requests >= 1 and duration_s > 0 (it is bounded)")
+        if not self.texts:
+            raise ConfigError("texts: at least one sentence is required")
+        urls = [self.http_url, self.grpc_url, self.metrics_url]
+        for url in filter(None, urls):
+            host = _host_of(url)
+            if not self.allow_remote and not _is_loopback(host):
+                raise ConfigError(f"{url}: {host} is not a loopback address (set allow_remote to target it)")
+
+
+def _host_of(url: str) -> str:
+    parsed = urlparse(url if "://" in url else f"tcp://{url}")
+    return parsed.hostname or ""
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except socket.gaierror:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
+
+
+@dataclass
+class LevelResult:
+    """Measurements of one (protocol, concurrency) level."""
+
+    protocol: str
+    concurrency: int
+    requests: int
+    errors: int
+    duration_s: float
+    throughput_rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+    server_avg_batch_size: float | None = None
+    server_executions: int | None = None
+    versions_seen: dict[str, int] = field(default_factory=dict)
+    first_error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly view."""
+        return asdict(self)
+
+
+@dataclass
+class LoadResult:
+    """A whole sweep."""
+
+    model: str
+    levels: list[LevelResult]
+
+    @property
+    def total_errors(self) -> int:
+        """Failed requests over all levels."""
+        return sum(level.errors for level in self.levels)
+
+    def level(self, protocol: str, concurrency: int) -> LevelResult:
+        """Find one level."""
+        return next(lv for lv in self.levels if lv.protocol == protocol and lv.concurrency == concurrency)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly view."""
+        return {"model": self.model, "total_errors": self.total_errors, "levels": [lv.to_dict() for lv in self.levels]}
+
+
+def read_batch_counters(metrics_url: str, model: str) -> tuple[float, float] | None:
+    """(inference count, execution count) of ``model`` summed over versions, from Prometheus text.
+
+    Parsed by hand: two counters do not justify a Prometheus client dependency.
+    """
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=5) as response:
+            text = response.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    totals = {"nv_inference_count": 0.0, "nv_inference_exec_count": 0.0}
+    found = False
+    for line in text.splitlines():
+        match = _METRIC_RE.match(line.strip())
+        if match and f'model="{model}"' in match.group(2):
+            totals[match.group(1)] += float(match.group(3))
+            found = True
+    return (totals["nv_inference_count"], totals["nv_inference_exec_count"]) if found else None
+
+
+class _Worker:
+    """One closed-loop client (own connection) of a level."""
+
+    def __init__(self, config: LoadConfig, protocol: str) -> None:
+        self.config = config
+        self.protocol = protocol
+        if protocol == "http":
+            import tritonclient.http as client_mod
+
+            netloc = urlparse(config.http_url if "://" in config.http_url else f"http://{config.http_url}").netloc
+            self.client = client_mod.InferenceServerClient(netloc, network_timeout=config.timeout_s,
+                                                           connection_timeout=config.timeout_s)
+        else:
+            import tritonclient.grpc as client_mod  # type: ignore[no-redef]
+
+            assert config.grpc_url is not None
+            self.client = client_mod.InferenceServerClient(config.grpc_url)
+        self.mod = client_mod
+
+    def send(self, text: str) -> str:
+        """One request; returns the model version that answered."""
+        batch = np.array([[text.encode("utf-8")]], dtype=object)
+        tensor = self.mod.InferInput(self.config.text_input, [1, 1], "BYTES")
+        tensor.set_data_from_numpy(batch)
+        outputs = [self.mod.InferRequestedOutput(name) for name in self.config.outputs]
+        if self.protocol == "http":
+            result = self.client.infer(self.config.model, [tensor], outputs=outputs)
+        else:
+            result = self.client.infer(self.config.model, [tensor], outputs=outputs,
+                                       client_timeout=self.config.timeout_s)
+        response = result.get_response()
+        version = response.get("model_version", "") if isinstance(response, dict) else response.model_version
+        return str(version)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _run_level(config: LoadConfig, protocol: str, concurrency: int) -> LevelResult:
+    # tritonclient's HTTP client is gevent-based and bound to the thread that created it, so every
+    # worker creates, warms up and closes its own client inside its own thread.
+    batch_model = config.batch_model or f"{config.model}_onnx"
+    lock = threading.Lock()
+    ready = threading.Barrier(concurrency + 1)
+    go = threading.Event()
+    issued = 0
+    latencies: list[float] = []
+    errors: list[str] = []
+    setup_errors: list[str] = []
+    versions: Counter[str] = Counter()
+    deadline = float("inf")
+
+    def loop(k: int) -> None:
+        nonlocal issued
+        worker = None
+        try:
+            worker = _Worker(config, protocol)
+            for i in range(k, config.warmup, concurrency):
+                worker.send(config.texts[i % len(config.texts)])
+        except Exception as exc:
+            with lock:
+                setup_errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        with contextlib.suppress(threading.BrokenBarrierError):
+            ready.wait(timeout=config.timeout_s * 2)
+        go.wait(timeout=config.timeout_s * 2)
+        i = k
+        while worker is not None and not setup_errors and time.monotonic() < deadline:
+            with lock:
+                if issued >= config.requests:
+                    break
+                issued += 1
+            start = time.perf_counter()
+            try:
+                version = worker.send(config.texts[i % len(config.texts)])
+            except Exception as exc:
+                with lock:
+                    errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            else:
+                elapsed = (time.perf_counter() - start) * 1000.0
+                with lock:
+                    latencies.append(elapsed)
+                    versions[version] += 1
+            i += concurrency
+        if worker is not None:
+            worker.close()
+
+    threads = [threading.Thread(target=loop, args=(k,), name=f"load-{protocol}-{k}", daemon=True)
+               for k in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    try:
+        ready.wait(timeout=config.timeout_s * 2)
+    except threading.BrokenBarrierError:
+        setup_errors.append("workers did not get ready in time")
+    before = read_batch_counters(config.metrics_url, batch_model) if config.metrics_url and not setup_errors else None
+    deadline = time.monotonic() + config.duration_s
+    started = time.perf_counter()
+    go.set()
+    for thread in threads:
+        thread.join(timeout=config.duration_s + config.timeout_s + 5)
+    duration = time.perf_counter() - started
+    if setup_errors:
+        target = config.http_url if protocol == "http" else config.grpc_url
+        raise ServerUnavailableError(f"{config.model} at {target}: warm-up failed ({setup_errors[0]})")
+    after = read_batch_counters(config.metrics_url, batch_model) if config.metrics_url else None
+    avg_batch = executions = None
+    if before and after and after[1] > before[1]:
+        executions = int(after[1] - before[1])
+        avg_batch = round((after[0] - before[0]) / executions, 3)
+    values = np.array(latencies) if latencies else np.array([np.nan])
+    result = LevelResult(
+        protocol=protocol, concurrency=concurrency, requests=len(latencies) + len(errors), errors=len(errors),
+        duration_s=round(duration, 3), throughput_rps=round(len(latencies) / duration, 2) if duration else 0.0,
+        p50_ms=round(float(np.percentile(values, 50)), 2), p95_ms=round(float(np.percentile(values, 95)), 2),
+        p99_ms=round(float(np.percentile(values, 99)), 2), mean_ms=round(float(np.mean(values)), 2),
+        server_avg_batch_size=avg_batch, server_executions=executions, versions_seen=dict(versions),
+        first_error=errors[0] if errors else None,
+    )
+    logger.info("%s c=%d: %.1f req/s, p50 %.1f ms, p99 %.1f ms, errors %d, server batch %s", protocol, concurrency,
+                result.throughput_rps, result.p50_ms, result.p99_ms, result.errors, avg_batch)
+    return result
+
+
+def run_load(config: LoadConfig) -> LoadResult:
+    """Sweep protocols x concurrency levels; each level bounded by count and time.
+
+    Raises:
+        ServerUnavailableError: The warm-up of a level failed (server down, model not loaded).
+    """
+    levels = [_run_level(config, protocol, c) for protocol in config.protocols for c in config.concurrency]
+    return LoadResult(model=config.model, levels=levels)
+
+
+class BackgroundLoad:
+    """Run one level in a background thread (e.g. during a hot swap); ``stop()`` ends it early.
+
+    Example::
+
+        with BackgroundLoad(LoadConfig(..., concurrency=(16,), requests=10**6, duration_s=60)) as load:
+            deploy_model(...)
+        assert load.result.errors == 0
+    """
+
+    def __init__(self, config: LoadConfig) -> None:
+        self.config = config
+        self.result: LevelResult | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="background-load", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.result = _run_level(self.config, self.config.protocols[0], self.config.concurrency[0])
+        except BaseException as exc:  # re-raised in stop()
+            self._error = exc
+
+    def start(self) -> BackgroundLoad:
+        """Start sending."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> LevelResult:
+        """Stop (by shortening the deadline) and return the level result."""
+        self.config.requests = 0  # workers stop after their in-flight request
+        self._thread.join(timeout=self.config.duration_s + self.config.timeout_s + 10)
+        if self._error is not None:
+            raise self._error
+        assert self.result is not None
+        return self.result
+
+    def __enter__(self) -> BackgroundLoad:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread.is_alive() or self.result is None:
+            self.stop()

@@ -1,0 +1,208 @@
+"""The real local Triton: deploy, infer with raw strings, hot swap under load, rollback, bad input.
+
+One server (restricted model-control API on) and one MiniLM export for the whole module.
+"""
+
+import json
+import os
+import shutil
+import socket
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from tests.unit.serve.exported import shared_export
+from transferkit.errors import AuthError, DeploymentError, ServerUnavailableError, ServingError
+from transferkit.serve.control import TritonControl
+from transferkit.serve.deploy import DeployConfig, deploy_model
+from transferkit.serve.loadgen import BackgroundLoad, LoadConfig, run_load
+from transferkit.serve.local import SHM_DIR, LocalTriton
+from transferkit.serve.repository import RepositoryOptions, build_model_repository
+from transferkit.serve.smoke import reference_logits
+
+pytestmark = pytest.mark.integration
+
+KEY_ENV = "TK_TEST_TRITON_KEY"
+KEY = "test-model-control-key-123"
+NAME = "sentiment"
+
+
+@pytest.fixture(scope="module")
+def export_dir():
+    return shared_export()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("triton") / "repository"
+    repo.mkdir()
+    with LocalTriton(repo, restricted_api_key=KEY, exit_timeout=3) as triton:
+        yield triton
+    assert not triton.running()
+
+
+@pytest.fixture(scope="module")
+def key_env():
+    os.environ[KEY_ENV] = KEY
+    yield KEY_ENV
+    os.environ.pop(KEY_ENV, None)
+
+
+def _config(export_dir, server, key_env, **kwargs):
+    options = RepositoryOptions(instance_kind="cpu", max_queue_delay_us=1000, local_threads=1)
+    return DeployConfig(onnx_dir=export_dir, name=NAME, repository=str(server.repository),
+                        triton_url=server.http_url, api_key_env=key_env, options=options, keep_versions=2,
+                        **kwargs)
+
+
+def _versions(server, model=NAME):
+    return sorted(int(p.name) for p in (server.repository / model).iterdir() if p.name.isdigit())
+
+
+@pytest.fixture(scope="module")
+def first_deploy(export_dir, server, key_env):
+    return deploy_model(_config(export_dir, server, key_env))
+
+
+def test_deploy_then_raw_sentence_over_plain_http(first_deploy, server, export_dir):
+    assert first_deploy.version == 1 and first_deploy.previous_version is None
+    assert first_deploy.smoke_test["passed"] is True
+    assert first_deploy.endpoint == f"{server.http_url}/v2/models/{NAME}/infer"
+    # What a user does with curl: JSON over HTTP with a raw sentence.
+    sentences = ["An absolute triumph of a film.", "Boring."]
+    body = json.dumps({"inputs": [{"name": "text", "shape": [2, 1], "datatype": "BYTES",
+                                   "data": sentences}]}).encode()
+    request = urllib.request.Request(first_deploy.endpoint, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        payload = json.loads(response.read())
+    outputs = {o["name"]: o for o in payload["outputs"]}
+    assert outputs["label"]["data"][0] in ("negative", "positive")
+    probabilities = np.array(outputs["probabilities"]["data"]).reshape(2, 2)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    from transferkit.serve.repository import load_export
+
+    expected = reference_logits(load_export(export_dir), sentences)
+    np.testing.assert_allclose(np.array(outputs["logits"]["data"]).reshape(2, 2), expected, atol=1e-3)
+    assert outputs["label"]["data"] == [["negative", "positive"][i] for i in expected.argmax(axis=1)]
+
+
+def test_classification_extension_returns_labels(first_deploy, server):
+    # Triton 2.51 ensembles deadlock when no output of the last step is requested, so the label is
+    # requested next to the classified logits.
+    body = json.dumps({"inputs": [{"name": "text", "shape": [1, 1], "datatype": "BYTES", "data": ["great"]}],
+                       "outputs": [{"name": "logits", "parameters": {"classification": 2}},
+                                   {"name": "label"}]}).encode()
+    request = urllib.request.Request(first_deploy.endpoint, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        outputs = {o["name"]: o["data"] for o in json.loads(response.read())["outputs"]}
+    entries = outputs["logits"]
+    assert sorted(e.split(":")[-1] for e in entries) == ["negative", "positive"]
+    assert entries[0].split(":")[-1] == outputs["label"][0]  # top class first
+
+
+def test_production_config_is_accepted_by_the_2_51_server(first_deploy, server, tmp_path):
+    # The local server lacks the onnxruntime backend, so the production config cannot load, but the
+    # server must get past parsing it and fail on the missing backend only.
+    source = server.repository / f"{NAME}_onnx"
+    target = server.repository / "prodcheck"
+    target.mkdir()
+    try:
+        config = (source / "config.pbtxt").read_text().replace(f'name: "{NAME}_onnx"', 'name: "prodcheck"')
+        (target / "config.pbtxt").write_text(config)
+        shutil.copytree(source / "1", target / "1")
+        with pytest.raises(ServingError) as info:
+            server.load("prodcheck")
+        message = str(info.value).lower()
+        assert "onnxruntime" in message and "parse" not in message
+    finally:
+        shutil.rmtree(target)
+
+
+def test_hot_swap_under_load_has_zero_failures(first_deploy, export_dir, server, key_env):
+    load = LoadConfig(http_url=server.http_url, model=NAME, concurrency=(16,), requests=100_000, duration_s=90,
+                      warmup=16, timeout_s=60)
+    with BackgroundLoad(load) as background:
+        result = deploy_model(_config(export_dir, server, key_env))
+        time.sleep(1.5)  # keep the load going on the new version for a moment
+        level = background.stop()
+    assert result.version == first_deploy.version + 1
+    assert level.errors == 0, level.first_error
+    assert level.requests > 50
+    assert set(level.versions_seen) == {str(first_deploy.version), str(result.version)}
+
+
+def test_failed_smoke_test_rolls_back(first_deploy, export_dir, server, key_env):
+    serving = max(_versions(server))
+    config = _config(export_dir, server, key_env, smoke_texts=["good", "bad"], smoke_expected_labels=["x", "y"])
+    with pytest.raises(DeploymentError, match=rf"version {serving + 1} not deployed: smoke test failed.*"
+                                              rf"rolled back \(version {serving} still serving\)"):
+        deploy_model(config)
+    assert max(_versions(server)) == serving
+    with TritonControl(server.http_url, api_key=KEY) as control:
+        assert control.ready_versions(NAME) == [serving]
+        out = control.infer_texts(NAME, ["still works"])
+    assert out["label"].shape == (1, 1)
+    # Versions only grow: the failed number is never reused.
+    record = json.loads((server.repository / NAME / "DEPLOYMENT.json").read_text())
+    assert record["high_water_version"] == serving + 1
+    assert record["history"][-1]["status"] == "rolled_back"
+
+
+def test_wrong_key_publishes_nothing(first_deploy, export_dir, server, monkeypatch):
+    monkeypatch.setenv("TK_WRONG_KEY", "not-the-key")
+    before = _versions(server)
+    with pytest.raises(AuthError, match="model-control key was rejected"):
+        deploy_model(_config(export_dir, server, "TK_WRONG_KEY"))
+    with pytest.raises(AuthError, match="required but none was configured"):
+        deploy_model(_config(export_dir, server, "TK_UNSET_KEY_VAR"))
+    assert _versions(server) == before
+
+
+def test_unreachable_triton_fails_after_bounded_retries(export_dir, tmp_path, key_env):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    repo = tmp_path / "repo"
+    config = DeployConfig(onnx_dir=export_dir, name=NAME, repository=str(repo), triton_url=f"http://127.0.0.1:{port}",
+                          api_key_env=key_env, attempts=3, backoff_s=0.05)
+    with pytest.raises(ServerUnavailableError, match=r"unreachable after 3 attempts"):
+        deploy_model(config)
+    assert not any(repo.rglob("*.pbtxt"))
+
+
+def test_load_generator_sweep_reports_batching(first_deploy, server):
+    result = run_load(LoadConfig(http_url=server.http_url, grpc_url=server.grpc_url, metrics_url=server.metrics_url,
+                                 model=NAME, protocols=("http", "grpc"), concurrency=(1, 8), requests=48,
+                                 duration_s=60))
+    assert result.total_errors == 0
+    assert [(lv.protocol, lv.concurrency) for lv in result.levels] == [("http", 1), ("http", 8), ("grpc", 1),
+                                                                        ("grpc", 8)]
+    for level in result.levels:
+        assert level.requests == 48 and level.throughput_rps > 0
+        assert level.p50_ms <= level.p95_ms <= level.p99_ms
+        assert level.server_avg_batch_size is not None and level.server_avg_batch_size >= 1.0
+    assert result.level("http", 1).server_avg_batch_size == pytest.approx(1.0)
+
+
+def test_server_leaves_no_stub_or_shm_behind(export_dir, tmp_path):
+    repo = tmp_path / "repo"
+    build_model_repository(export_dir, "m", repo, options=RepositoryOptions(instance_kind="cpu"))
+    with LocalTriton(repo, models=["m_postprocess"], exit_timeout=2) as triton:
+        triton.load("m_tokenizer")
+        triton.unload("m_tokenizer")  # an unloaded model's stub lingers until the server exits
+        stubs = triton.stub_pids()
+        regions = triton.shm_regions()
+        assert stubs and regions
+        assert any((SHM_DIR / r).exists() for r in regions)
+    assert [pid for pid in stubs if _alive(pid)] == []
+    assert [r for r in regions if (SHM_DIR / r).exists()] == []
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
