@@ -1,15 +1,73 @@
-"""`transferkit data prepare` (being implemented)."""
+"""`transferkit data prepare`: validate, split and profile a labelled dataset."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
 
-from transferkit.cli._common import not_implemented
+from transferkit.cli._common import console, handle_errors
 
 app = typer.Typer(no_args_is_help=True)
 
 
+@app.callback()
+def _data() -> None:
+    """Prepare datasets for the other steps."""
+
+
 @app.command("prepare")
-def prepare() -> None:
-    """Prepare a dataset (not implemented yet)."""
-    not_implemented("data prepare", 2)
+@handle_errors
+def prepare(
+    dataset: str = typer.Option(..., "--dataset", help="Path (file or directory), s3://bucket/key or builtin:NAME."),
+    out: Path = typer.Option(..., "--out", help="Output directory (replaced atomically)."),
+    task: str = typer.Option("text-classification", "--task", help="Task; only text-classification for now."),
+    text_column: str = typer.Option("text", "--text-column", help="Column holding the text."),
+    text_pair_column: str | None = typer.Option(None, "--text-pair-column", help="Optional second text column."),
+    label_column: str = typer.Option("label", "--label-column", help="Column with class names or integer ids."),
+    group_column: str | None = typer.Option(None, "--group-column", help="Optional slice column kept as 'group'."),
+    split_column: str | None = typer.Option(
+        None, "--split-column", help="Use your own split column (values train/validation/test)."
+    ),
+    validation_fraction: float = typer.Option(0.1, "--validation-fraction", help="Validation share (stratified)."),
+    test_fraction: float = typer.Option(0.1, "--test-fraction", help="Test share (stratified)."),
+    seed: int = typer.Option(42, "--seed", help="Seed for splitting, sampling and shuffling."),
+    model: str = typer.Option("minilm-l6", "--model", help="Model whose tokenizer measures token lengths."),
+    max_length: int = typer.Option(64, "--max-length", help="Sequence length for the truncation rate."),
+    max_rows: int | None = typer.Option(None, "--max-rows", help="Use a seeded sample of this many rows."),
+    min_class_count: int = typer.Option(10, "--min-class-count", help="Smallest class size for stratifying."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a summary."),
+) -> None:
+    """Validate, split (seeded, stratified) and profile a dataset into OUT."""
+    from rich.table import Table
+
+    from transferkit.data.prepare import DataPrepConfig, prepare_dataset
+
+    config = DataPrepConfig(
+        dataset=dataset, out=out, task=task, text_column=text_column, text_pair_column=text_pair_column,
+        label_column=label_column, group_column=group_column, split_column=split_column,
+        validation_fraction=validation_fraction, test_fraction=test_fraction, seed=seed, model=model,
+        max_length=max_length, max_rows=max_rows, min_class_count=min_class_count,
+    )
+    result = prepare_dataset(config)
+    if as_json:
+        console.print_json(json.dumps(result.to_dict()))
+        return
+    table = Table(title=f"Prepared {dataset}", show_header=False)
+    table.add_column("item")
+    table.add_column("value")
+    rows = result.rows
+    table.add_row("rows (train / validation / test)", f"{rows['train']} / {rows['validation']} / {rows['test']}")
+    shown = ", ".join(result.labels[:10]) + (" ..." if result.num_labels > 10 else "")
+    table.add_row("labels", f"{result.num_labels}: {shown}")
+    table.add_row("duplicates removed (leakage)", str(result.duplicates_removed))
+    tokens = result.token_length
+    table.add_row("tokens p50 / p95 / p99 / max", f"{tokens['p50']:g} / {tokens['p95']:g} / {tokens['p99']:g} / "
+                                                  f"{tokens['max']:g}")
+    table.add_row(f"truncated at max_length={max_length}", f"{result.truncation_rate * 100:.2f}%")
+    table.add_row("output", str(result.out_dir))
+    table.add_row("report", str(result.report_html))
+    console.print(table)
+    for warning in result.warnings:
+        console.print(f"warning: {warning}", markup=False)

@@ -1,0 +1,188 @@
+"""Dataset statistics (class balance, lengths, token lengths, truncation) and the data report."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from transferkit.data.splits import SPLITS
+from transferkit.reporting import Report
+
+logger = logging.getLogger(__name__)
+
+PERCENTILES = (50, 95, 99)
+TOKENIZE_CHUNK = 2048
+
+
+def summarize(values: np.ndarray) -> dict[str, float]:
+    """Min, mean, p50/p95/p99 and max of a numeric array (zeros when empty)."""
+    if len(values) == 0:
+        return {"min": 0.0, "mean": 0.0, **{f"p{q}": 0.0 for q in PERCENTILES}, "max": 0.0}
+    out = {"min": float(values.min()), "mean": round(float(values.mean()), 2)}
+    for q, v in zip(PERCENTILES, np.percentile(values, PERCENTILES), strict=True):
+        out[f"p{q}"] = round(float(v), 2)
+    out["max"] = float(values.max())
+    return out
+
+
+def class_balance(tables: dict[str, pa.Table], names: list[str]) -> dict[str, dict[str, int]]:
+    """Rows per label name in each split."""
+    balance = {}
+    for split in SPLITS:
+        ids = tables[split]["label"].to_numpy()
+        counts = np.bincount(ids, minlength=len(names))
+        balance[split] = {name: int(c) for name, c in zip(names, counts, strict=True)}
+    return balance
+
+
+def char_lengths(tables: dict[str, pa.Table]) -> np.ndarray:
+    """Characters of every text (all splits), computed in Arrow."""
+    return np.concatenate([pc.utf8_length(tables[split]["text"]).to_numpy() for split in SPLITS])
+
+
+def sample_rows(tables: dict[str, pa.Table], sample_size: int, seed: int) -> pa.Table:
+    """A seeded sample of at most ``sample_size`` rows over all splits (for the costly statistics)."""
+    combined = pa.concat_tables([tables[split] for split in SPLITS])
+    if combined.num_rows > sample_size:
+        rows = np.sort(np.random.default_rng(seed).choice(combined.num_rows, size=sample_size, replace=False))
+        combined = combined.take(pa.array(rows))
+    return combined
+
+
+def word_lengths(sample: pa.Table) -> np.ndarray:
+    """Whitespace-separated words per text of the sample (a regex count: too slow for every row)."""
+    return np.asarray(pc.count_substring_regex(sample["text"], r"\S+").to_numpy())
+
+
+def token_lengths(tokenizer: Any, sample: pa.Table) -> np.ndarray:
+    """Token counts (with special tokens, no truncation) of the sampled rows."""
+    from tqdm.auto import tqdm
+
+    texts = sample["text"].to_pylist()
+    pairs = sample["text_pair"].to_pylist() if "text_pair" in sample.column_names else None
+    lengths: list[int] = []
+    for start in tqdm(range(0, len(texts), TOKENIZE_CHUNK), desc="tokenizing sample", unit="chunk",
+                      disable=None, leave=False):
+        chunk_pairs = pairs[start : start + TOKENIZE_CHUNK] if pairs is not None else None
+        encoded = tokenizer(texts[start : start + TOKENIZE_CHUNK], chunk_pairs, add_special_tokens=True,
+                            truncation=False, return_attention_mask=False, return_token_type_ids=False,
+                            verbose=False)
+        lengths.extend(len(ids) for ids in encoded["input_ids"])
+    return np.asarray(lengths, dtype=np.int64)
+
+
+def suggest_max_length(p99: float, model_max_length: int | None) -> int:
+    """Smallest multiple of 8 covering the 99th percentile, capped at the model's limit."""
+    suggestion = max(8, math.ceil(p99 / 8.0) * 8)
+    if model_max_length and 0 < model_max_length < 100_000:
+        suggestion = min(suggestion, int(model_max_length))
+    return suggestion
+
+
+def imbalance_ratio(balance: dict[str, dict[str, int]]) -> float:
+    """Largest over smallest class count across all splits."""
+    totals = {}
+    for split in SPLITS:
+        for name, count in balance[split].items():
+            totals[name] = totals.get(name, 0) + count
+    smallest = min(totals.values())
+    return round(max(totals.values()) / smallest, 3) if smallest else math.inf
+
+
+def _class_balance_figure(balance: dict[str, dict[str, int]], names: list[str]) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = names if len(names) <= 40 else sorted(names, key=lambda n: -balance["train"][n])[:40]
+    fig, ax = plt.subplots(figsize=(min(16.0, max(6.0, 0.6 * len(shown))), 3.6))
+    x = np.arange(len(shown))
+    width = 0.27
+    for offset, split in zip((-width, 0.0, width), SPLITS, strict=True):
+        ax.bar(x + offset, [balance[split][n] for n in shown], width, label=split)
+    ax.set_xticks(x, shown, rotation=45 if len(shown) > 6 else 0, ha="right" if len(shown) > 6 else "center")
+    ax.set_ylabel("rows")
+    ax.set_title("Class balance per split" + (" (40 largest classes)" if len(shown) < len(names) else ""))
+    ax.legend()
+    return fig
+
+
+def _integer_bins(values: np.ndarray, most: int = 80) -> np.ndarray | int:
+    """One bin per integer when the range is small (no aliasing gaps), else ``most`` bins."""
+    low, high = int(values.min()), int(values.max())
+    return np.arange(low, high + 2) - 0.5 if high - low < most else most
+
+
+def _length_figure(tokens: np.ndarray, words: np.ndarray, max_length: int) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    if len(tokens):
+        left.hist(tokens, bins=_integer_bins(tokens), color="#4c72b0")
+    left.axvline(max_length, color="#c44e52", linestyle="--", label=f"max_length={max_length}")
+    left.set_xlabel("tokens per example")
+    left.set_ylabel("examples")
+    left.set_title(f"Token lengths (sample of {len(tokens)})")
+    left.legend()
+    right.hist(words, bins=_integer_bins(words), color="#55a868")
+    right.set_xlabel("words per text")
+    right.set_title(f"Word counts (sample of {len(words)})")
+    return fig
+
+
+def _number(value: float) -> int | str:
+    return int(value) if float(value).is_integer() else f"{value:g}"
+
+
+def build_report(stats: dict[str, Any], tokens: np.ndarray, words: np.ndarray) -> Report:
+    """The Markdown/HTML data report: summary, class balance chart, length histograms, warnings."""
+    report = Report(f"Data preparation: {stats['source']}")
+    rows = stats["rows"]
+    report.heading("Summary")
+    report.table(["item", "value"], [
+        ["task", stats["task"]],
+        ["source rows read", stats["source_rows"]],
+        ["rows used", stats["rows_used"]],
+        ["train / validation / test", f"{rows['train']} / {rows['validation']} / {rows['test']}"],
+        ["split", stats["split"]["mode"] + (f" (seed {stats['split']['seed']})" if stats["split"].get("seed")
+                                            is not None else "")],
+        ["labels", f"{stats['num_labels']}: " + ", ".join(stats["labels"][:20])
+         + (" ..." if stats["num_labels"] > 20 else "")],
+        ["duplicates removed from validation / test (leakage)",
+         f"{stats['duplicates_removed']['validation']} / {stats['duplicates_removed']['test']}"],
+        ["duplicate texts within train (kept)", stats["duplicates_within_train"]],
+        ["class imbalance (largest / smallest)", f"{stats['imbalance_ratio']:g}"],
+    ])
+    report.heading("Class balance")
+    balance = stats["class_balance"]
+    names = stats["labels"]
+    report.table(["label", *SPLITS], [[n, *(balance[s][n] for s in SPLITS)] for n in names[:100]])
+    report.figure("class_balance.png", _class_balance_figure(balance, names), "Rows per class in each split")
+    report.heading("Lengths")
+    tok = stats["token_length"]
+    report.paragraph(
+        f"Tokenizer of {stats['model']} on a sample of {tok['sample_size']} examples: "
+        f"{stats['truncation_rate'] * 100:.2f}% are longer than max_length={stats['max_length']} tokens and "
+        f"would be truncated; suggested max_length {stats['suggested_max_length']}."
+    )
+    report.table(["measure", "min", "mean", "p50", "p95", "p99", "max"], [
+        [label, *(_number(values[k]) for k in ("min", "mean", "p50", "p95", "p99", "max"))]
+        for label, values in (("tokens", tok), ("words", stats["text_length_words"]),
+                              ("characters", stats["text_length_chars"]))
+    ])
+    report.figure("lengths.png", _length_figure(tokens, words, stats["max_length"]),
+                  "Histogram of token and word lengths")
+    if stats["warnings"]:
+        report.heading("Warnings")
+        for warning in stats["warnings"]:
+            report.paragraph(warning, css_class="fail")
+    return report
