@@ -32,12 +32,20 @@ def atomic_output_dir(out: str | os.PathLike[str], *, overwrite: bool = True) ->
         raise FileExistsError(f"{final}: output directory exists")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    # mkdtemp creates 0700; artifacts are read by other users and pods, so use the umask-default mode.
+    tmp.chmod(0o777 & ~_umask())
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     replace_dir(tmp, final)
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def replace_dir(src: Path, dst: Path) -> None:
@@ -60,6 +68,7 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

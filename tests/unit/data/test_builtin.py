@@ -10,7 +10,8 @@ def test_movie_sentiment_has_all_rated_sentences_with_two_labels():
     assert set(table.column("label").to_pylist()) == {"negative", "positive"}
     ratings = table.column("rating").to_pylist()
     assert all(r != 0 for r in ratings)
-    assert all((r > 0) == (lbl == "positive") for r, lbl in zip(ratings, table.column("label").to_pylist(), strict=True))
+    labels = table.column("label").to_pylist()
+    assert all((r > 0) == (lbl == "positive") for r, lbl in zip(ratings, labels, strict=True))
 
 
 def test_lee_similarity_has_50_documents_and_1225_pairs():
@@ -19,7 +20,7 @@ def test_lee_similarity_has_50_documents_and_1225_pairs():
     docs = set(table.column("doc_a").to_pylist()) | set(table.column("doc_b").to_pylist())
     assert docs == set(range(50))
     scores = table.column("score").to_pylist()
-    assert 0.0 <= min(scores) and max(scores) <= 1.0
+    assert min(scores) >= 0.0 and max(scores) <= 1.0
 
 
 def test_unknown_builtin_lists_the_known_ones():
