@@ -44,5 +44,11 @@ bench: setup
 compile: setup
 	$(BIN)/transferkit pipeline compile
 
+# Lint and build the runtime, runtime-cuda and triton images (docker, podman or buildah), tagged from
+# src/transferkit/images.py. Exits 2 having built nothing where no builder exists (e.g. a dev machine
+# without a Docker daemon). IMAGES_ARGS="--push" also pushes; "--dry-run" prints the commands.
+images: $(STAMP)
+	$(BIN)/python images/build.py $(IMAGES_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
