@@ -150,7 +150,6 @@ def test_schema_is_strict_at_every_level(chart):
     [
         ({"replicas": 2}, "additional properties 'replicas' not allowed"),
         ({"image": {"tagg": "1.0"}}, "/image': additional properties 'tagg' not allowed"),
-        ({"models": []}, "/models': minItems"),
         ({"models": ["../etc"]}, "/models/0"),
         ({"gpu": {"count": -1}}, "/gpu/count': minimum"),
         ({"model": {"version": "v2"}}, "/model/version"),
@@ -172,6 +171,13 @@ def test_schema_rejects_bad_values_with_a_message_naming_the_key(chart, values, 
     with pytest.raises(helm.HelmValuesError) as excinfo:
         chart.validate_schema(chart.merge_values(values))
     assert message in str(excinfo.value)
+
+
+def test_template_requires_a_model_to_load(chart):
+    with pytest.raises(helm.HelmError, match=r"set models \(or model.name\)"):
+        render(chart, {"models": []})
+    docs = render(chart, {"models": [], "model": {"name": "movies"}})
+    assert "--load-model=movies" in triton_container(docs)["args"]
 
 
 def test_template_rejects_inverted_autoscaling_bounds(chart):
@@ -469,13 +475,22 @@ def test_rendered_args_start_triton_and_the_helm_test_script_passes(chart, tmp_p
 
 
 @pytest.mark.parametrize("env", ["dev", "prod"])
-def test_gitops_contract_model_version_drives_rollout_and_helm_test(chart, env):
-    """`transferkit deploy --mode gitops` sets model.version in helm/values/<env>.yaml; that is all it takes."""
-    values = yaml.safe_load((VALUES_DIR / f"{env}.yaml").read_text(encoding="utf-8"))
-    assert set(values["model"]) == {"version"}
-    values["model"]["version"] = "42"
+def test_gitops_contract_with_the_deploy_steps_writer(chart, env, tmp_path):
+    """`transferkit deploy --mode gitops` rewrites key `model` of helm/values/<env>.yaml; the chart follows."""
+    gitops = pytest.importorskip("transferkit.serve.gitops")
+    values_file = tmp_path / f"{env}.yaml"
+    shutil.copy(VALUES_DIR / f"{env}.yaml", values_file)
+    written = {"name": "movies", "version": 5, "repositoryUri": "s3://models/triton"}
+    assert gitops.update_values_file(values_file, "model", written)
+    values = yaml.safe_load(values_file.read_text(encoding="utf-8"))
+    assert values["model"] == written
+    report = helm.lint(str(CHART), values, strict=True, kube_version=KUBE_VERSION)
+    assert report["errors"] == []
     docs = render(chart, values)
-    template = by_kind(docs, "Deployment")[0]["spec"]["template"]
-    assert template["metadata"]["annotations"]["transferkit.io/model-version"] == "42"
+    args = triton_container(docs)["args"]
+    assert "--load-model=movies" in args and "--load-model=sentiment" in args
+    annotations = by_kind(docs, "Deployment")[0]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["transferkit.io/model-version"] == "5"  # a new version rolls the pods
+    assert annotations["transferkit.io/repository-uri"] == "s3://models/triton"
     env_vars = {e["name"]: e.get("value") for e in by_kind(docs, "Pod")[0]["spec"]["containers"][0]["env"]}
-    assert env_vars["MODEL_VERSION"] == "42"
+    assert (env_vars["MODEL"], env_vars["MODEL_VERSION"]) == ("movies", "5")

@@ -77,7 +77,7 @@ def test_rbac_is_least_privilege_in_one_namespace(rendered):
     (role,) = find(docs, "Role")
     rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): set(r["verbs"]) for r in role["rules"]}
     assert rules == {
-        (("serving.kserve.io",), ("inferenceservices",)): {"get", "create", "patch", "watch"},
+        (("serving.kserve.io",), ("inferenceservices",)): {"get", "create", "patch", "watch", "delete"},
         (("trainer.kubeflow.org",), ("trainjobs",)): {"create", "get", "watch", "delete"},
         (("",), ("pods",)): {"get", "list"},
         (("",), ("pods/log",)): {"get"},
