@@ -82,6 +82,7 @@ class DeployConfig:
         kube_context: Kubeconfig context.
         kube_api_url: Plain API URL (testing against a local API stand-in).
         ready_timeout_s: How long to wait for the InferenceService to become Ready.
+        ready_poll_s: Poll interval while waiting.
     """
 
     onnx_dir: Path
@@ -115,6 +116,7 @@ class DeployConfig:
     kube_context: str | None = None
     kube_api_url: str | None = None
     ready_timeout_s: float = 600.0
+    ready_poll_s: float = 2.0
 
     def __post_init__(self) -> None:
         self.onnx_dir = Path(self.onnx_dir)
@@ -317,7 +319,8 @@ def _deploy_kserve(config: DeployConfig, exported: ExportedModel, store: Reposit
     target = KServeTarget(name=config.isvc_name or config.name, namespace=config.namespace,
                           runtime=config.kserve_runtime, gpus=config.gpus, kubeconfig=config.kubeconfig,
                           context=config.kube_context, api_url=config.kube_api_url,
-                          ready_timeout_s=config.ready_timeout_s, attempts=config.attempts)
+                          ready_timeout_s=config.ready_timeout_s, poll_s=config.ready_poll_s,
+                          attempts=config.attempts)
     deployer = KServeDeployer(target)
     deployer.get()  # reachability and credentials before anything is published
     with store.lock(config.name), tempfile.TemporaryDirectory(prefix="tk-deploy-") as tmp:
@@ -328,9 +331,9 @@ def _deploy_kserve(config: DeployConfig, exported: ExportedModel, store: Reposit
         prior: dict[str, Any] | None = None
         applied = False
         try:
-            _, prior = deployer.apply(body)
+            response, prior = deployer.apply(body)
             applied = True
-            ready = deployer.wait_ready()
+            ready = deployer.wait_ready(response)
         except TransferkitError as exc:
             outcome = "nothing applied"
             if applied:

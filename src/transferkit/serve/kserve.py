@@ -109,11 +109,14 @@ def _api(target: KServeTarget) -> Any:
     return client.CustomObjectsApi()
 
 
-def _is_ready(obj: dict[str, Any]) -> bool:
+def _is_ready(obj: dict[str, Any], min_generation: int | None = None) -> bool:
     status = obj.get("status") or {}
-    generation = (obj.get("metadata") or {}).get("generation")
     observed = status.get("observedGeneration")
-    if generation is not None and observed is not None and int(observed) < int(generation):
+    generation = (obj.get("metadata") or {}).get("generation")
+    wanted = max(g for g in (generation, min_generation, 0) if g is not None)
+    # An API server bumps metadata.generation on every spec change; the controller reports the
+    # generation it has reconciled. Without both (API stand-ins), the Ready condition decides alone.
+    if observed is not None and wanted and int(observed) < int(wanted):
         return False
     return any(c.get("type") == "Ready" and str(c.get("status")) == "True" for c in status.get("conditions") or [])
 
@@ -180,19 +183,23 @@ class KServeDeployer:
         except ApiException as exc:
             raise DeploymentError(f"apply InferenceService {self.target.name}: HTTP {exc.status} {exc.reason}") from exc
 
-    def wait_ready(self) -> dict[str, Any]:
-        """Poll until Ready for the current generation.
+    def wait_ready(self, applied: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Poll until Ready for the generation that ``applied`` (the apply response) carries.
 
         Raises:
             DeploymentError: Not Ready within ``ready_timeout_s`` (last condition message included).
         """
+        min_generation = ((applied or {}).get("metadata") or {}).get("generation")
         deadline = time.monotonic() + self.target.ready_timeout_s
         obj: dict[str, Any] | None = None
-        while time.monotonic() < deadline:
+        while True:
+            # A freshly applied spec is never Ready at once: wait one poll before the first look.
+            time.sleep(min(self.target.poll_s, max(0.0, deadline - time.monotonic())))
             obj = self.get()
-            if obj is not None and _is_ready(obj):
+            if obj is not None and _is_ready(obj, min_generation):
                 return obj
-            time.sleep(self.target.poll_s)
+            if time.monotonic() >= deadline:
+                break
         conditions = ((obj or {}).get("status") or {}).get("conditions") or []
         detail = "; ".join(f"{c.get('type')}={c.get('status')} {c.get('message', '')}".strip() for c in conditions)
         raise DeploymentError(f"InferenceService {self.target.namespace}/{self.target.name} not Ready after "

@@ -325,7 +325,7 @@ class S3Store(RepositoryStore):
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken", "403"):
                 return AuthError(f"{self.uri}: S3 rejected the credentials during {what} ({code})")
-            if code == "NoSuchBucket":
+            if code == "NoSuchBucket" or (code in ("404", "NotFound") and what == "head_bucket"):
                 return ServingError(f"{self.uri}: bucket {self.bucket!r} does not exist")
             return ServingError(f"{self.uri}: S3 {what} failed ({code or exc})")
         return exc

@@ -21,10 +21,10 @@ SENTENCES = [
     "not bad",
     "The plot makes no sense, but the soundtrack is wonderful and the cast clearly had fun.",
 ]
-_CACHE: dict[tuple[bool, int], Path] = {}
+_CACHE: dict[int, Path] = {}
 
 
-def export_minilm(out: Path, *, int8: bool = False, seed: int = 0) -> Path:
+def export_minilm(out: Path, *, int8: bool = False, seed: int = 0, recommended: str | None = None) -> Path:
     """Export the MiniLM classifier (new 2-class head, seeded) into ``out``."""
     import torch
 
@@ -71,16 +71,18 @@ def export_minilm(out: Path, *, int8: bool = False, seed: int = 0) -> Path:
         inputs=[TensorSpec(n, "int64", [-1, -1]) for n in names],
         outputs=[TensorSpec("logits", "float32", [-1, len(LABELS)])],
         labels=LABELS, max_length=MAX_LENGTH, opset=17, variants=variants,
-        recommended_variant="int8" if int8 else "fp32", tokenizer_files=files,
+        recommended_variant=recommended or ("int8" if int8 else "fp32"), tokenizer_files=files,
     ).save(out)
     return out
 
 
-def shared_export(*, int8: bool = False, seed: int = 0) -> Path:
-    """Export once per process (per seed) into a temp dir removed at exit; callers must not modify it."""
-    key = (int8, seed)
-    if key not in _CACHE:
+def shared_export(*, seed: int = 0) -> Path:
+    """Export once per process (fp32 recommended + int8 variant) into a temp dir removed at exit.
+
+    Callers must not modify it.
+    """
+    if seed not in _CACHE:
         root = Path(tempfile.mkdtemp(prefix="tk-serve-export-"))
         atexit.register(shutil.rmtree, root, True)
-        _CACHE[key] = export_minilm(root / "export", int8=int8, seed=seed)
-    return _CACHE[key]
+        _CACHE[seed] = export_minilm(root / "export", int8=True, seed=seed, recommended="fp32")
+    return _CACHE[seed]
