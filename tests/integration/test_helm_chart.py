@@ -173,11 +173,15 @@ def test_schema_rejects_bad_values_with_a_message_naming_the_key(chart, values, 
     assert message in str(excinfo.value)
 
 
-def test_template_requires_a_model_to_load(chart):
-    with pytest.raises(helm.HelmError, match=r"set models \(or model.name\)"):
-        render(chart, {"models": []})
-    docs = render(chart, {"models": [], "model": {"name": "movies"}})
-    assert "--load-model=movies" in triton_container(docs)["args"]
+def test_no_model_starts_an_empty_ready_server_and_says_so(chart):
+    docs = render(chart)  # the defaults: a first install before anything was published
+    assert not [a for a in triton_container(docs)["args"] if a.startswith("--load-model")]
+    env = {e["name"]: e.get("value") for e in by_kind(docs, "Pod")[0]["spec"]["containers"][0]["env"]}
+    assert env["MODEL"] == ""
+    notes = chart.render(name=RELEASE, namespace=NAMESPACE)["transferkit-triton/templates/NOTES.txt"]
+    assert "WARNING: no model is loaded at startup" in notes
+    docs = render(chart, {"model": {"name": "movies", "version": ""}})
+    assert [a for a in triton_container(docs)["args"] if a.startswith("--load-model")] == ["--load-model=movies"]
 
 
 def test_template_rejects_inverted_autoscaling_bounds(chart):
@@ -458,6 +462,11 @@ def test_rendered_args_start_triton_and_the_helm_test_script_passes(chart, tmp_p
         assert stale.returncode != 0
         assert "versions/7/ready" in stale.stdout
 
+        # Without a model to call, the hook checks readiness only.
+        bare = subprocess.run(["sh", "-c", script], env={**script_env, "MODEL": "", "MODEL_VERSION": ""},
+                              capture_output=True, text=True, timeout=60)
+        assert bare.returncode == 0 and "OK: server ready; no model configured" in bare.stdout
+
         # The restricted model-control API rendered by the chart really is restricted.
         assert _status(f"{base}/v2/repository/index") == 403
         assert _status(f"{base}/v2/repository/index", {"triton-model-control-key": key}) == 200
@@ -488,7 +497,7 @@ def test_gitops_contract_with_the_deploy_steps_writer(chart, env, tmp_path):
     assert report["errors"] == []
     docs = render(chart, values)
     args = triton_container(docs)["args"]
-    assert "--load-model=movies" in args and "--load-model=sentiment" in args
+    assert [a for a in args if a.startswith("--load-model")] == ["--load-model=movies"]
     annotations = by_kind(docs, "Deployment")[0]["spec"]["template"]["metadata"]["annotations"]
     assert annotations["transferkit.io/model-version"] == "5"  # a new version rolls the pods
     assert annotations["transferkit.io/repository-uri"] == "s3://models/triton"

@@ -57,15 +57,12 @@ app.kubernetes.io/part-of: transferkit
 {{- if and .Values.model.name (not (has .Values.model.name $models)) }}
 {{- $models = append $models .Values.model.name }}
 {{- end }}
-{{- if not $models }}
-{{- fail "set models (or model.name): Triton needs at least one model to load at startup" }}
-{{- end }}
 {{- join "," $models }}
 {{- end }}
 
 {{/* The model helm test calls: test.model, else model.name, else the first loaded model. */}}
 {{- define "tkt.testModel" -}}
-{{- .Values.test.model | default .Values.model.name | default (first (splitList "," (include "tkt.loadModels" .))) }}
+{{- .Values.test.model | default .Values.model.name | default (first (compact (splitList "," (include "tkt.loadModels" .)))) }}
 {{- end }}
 
 {{/* Where Triton reads the repository from. */}}
