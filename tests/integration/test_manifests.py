@@ -66,7 +66,8 @@ def test_overlay_puts_everything_in_its_namespace(rendered, env):
         assert doc["metadata"]["labels"]["transferkit.io/environment"] == env
     (binding,) = find(docs, "RoleBinding", "transferkit-pipeline-runner")
     subjects = {(s["name"], s["namespace"]) for s in binding["subjects"]}
-    assert subjects == {("transferkit-pipeline-runner", namespace), ("pipeline-runner", "kubeflow")}
+    assert subjects == {("transferkit-pipeline-runner", namespace), ("default-editor", namespace),
+                        ("pipeline-runner", "kubeflow")}
     assert find(docs, "ServiceAccount", "transferkit-pipeline-runner")
     assert find(docs, "Role", binding["roleRef"]["name"])
 
