@@ -174,6 +174,23 @@ class TrainJobConfig:
         return self.gpus_per_node if self.gpus_per_node > 0 else 1
 
     @property
+    def mounts(self) -> list[str]:
+        """Mount paths of the claims shared by every node."""
+        return [path for claim, path in ((self.checkpoint_pvc, CHECKPOINT_MOUNT), (self.output_pvc, OUTPUT_MOUNT))
+                if claim]
+
+    def unshared_paths(self) -> list[tuple[str, str]]:
+        """``(flag, path)`` of output paths in ``train_args`` outside every mounted claim."""
+        found = []
+        for flag in _PATH_FLAGS:
+            value = _flag_value(self.train_args, flag)
+            if value is None or "://" in value:
+                continue
+            if not any(value == mount or value.startswith(mount + "/") for mount in self.mounts):
+                found.append((flag, value))
+        return found
+
+    @property
     def command(self) -> list[str]:
         """The trainer container's command: the train entry point under torchrun."""
         # torchrun takes --nnodes, --nproc-per-node, --node-rank and the master address from the PET_*
@@ -438,6 +455,9 @@ class TrainJobLauncher:
         if not config.checkpoint_pvc and not config.output_pvc:
             logger.warning("TrainJob %s/%s has no PVC: checkpoints and the trained model are lost when its pods "
                            "end unless --out points at shared storage", config.namespace, self.name)
+        for flag, path in config.unshared_paths():
+            logger.warning("TrainJob %s/%s: %s %s is not on a mounted PVC (%s); what is written there is lost "
+                           "when the pods end", config.namespace, self.name, flag, path, ", ".join(config.mounts))
         from urllib3.exceptions import HTTPError
 
         try:

@@ -213,7 +213,15 @@ def test_build_script_exits_2_without_a_builder(tmp_path):
 
 
 def _references(text: str, registry: str) -> list[str]:
-    return re.findall(rf"{re.escape(registry)}/[a-z0-9._-]+(?:[:@][A-Za-z0-9._:-]+)?", text)
+    # Trailing punctuation belongs to the sentence, not the reference ("... runtime:0.1.0.").
+    found = re.findall(rf"{re.escape(registry)}/[a-z0-9._-]+(?:[:@][A-Za-z0-9._:-]+)?", text)
+    return [ref.rstrip(".:-") for ref in found]
+
+
+def test_reference_scan_ignores_sentence_punctuation():
+    text = "Components use ghcr.io/transferkit/runtime:0.1.0. Serving: `ghcr.io/transferkit/triton`."
+    assert _references(text, "ghcr.io/transferkit") == ["ghcr.io/transferkit/runtime:0.1.0",
+                                                         "ghcr.io/transferkit/triton"]
 
 
 def test_every_image_reference_agrees_with_transferkit_images(image_refs):

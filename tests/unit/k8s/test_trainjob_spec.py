@@ -147,3 +147,12 @@ def test_config_errors_name_the_field(overrides, field):
 def test_describe_status(status, state):
     obj = {"status": status} if status is not None else {}
     assert describe_status(obj)[0] == state
+
+
+def test_output_paths_off_the_shared_claims_are_reported():
+    assert config().unshared_paths() == []
+    lost = config(train_args=["--out", "/home/me/runs/x", "--checkpoint-dir", "/mnt/checkpoints/ckpt"],
+                  output_pvc=None)
+    assert lost.unshared_paths() == [("--out", "/home/me/runs/x")]
+    assert lost.mounts == [CHECKPOINT_MOUNT]
+    assert config(train_args=["--out=s3://bucket/run"], checkpoint_pvc=None, output_pvc=None).unshared_paths() == []
