@@ -239,10 +239,10 @@ def test_failure_propagates_the_reason_and_the_pods_termination(api, caplog):
 
 
 def test_timeout_cancels_the_job(api):
-    error, controller = run_with(api, [{"jobsStatus": jobs(2, 2)}], timeout_s=1.0)
+    error, controller = run_with(api, [{"jobsStatus": jobs(2, 2)}], timeout_s=2.0)
     assert isinstance(error, TrainingError)
     name = controller.name_seen
-    assert str(error) == (f"TrainJob {NAMESPACE}/{name} did not finish within 1 s (last state Running "
+    assert str(error) == (f"TrainJob {NAMESPACE}/{name} did not finish within 2 s (last state Running "
                           "(node: 2 active, 2 ready, 0 succeeded, 0 failed)); it was deleted")
     assert api.request("GET", f"{COLLECTION}/{name}")[0] == 404
     (delete,) = api.handler[f"delete {COLLECTION}/{name}"]
