@@ -44,6 +44,9 @@ class VariantSpec:
     precision: str  # fp32, int8, qdq-int8, fp16
     size_bytes: int
     primary_metric: float | None = None
+    # Optional additions (export issue 5); older files load with the defaults.
+    primary_metric_drop_pt: float | None = None  # fp32 metric minus this variant's, in points
+    providers: list[str] = field(default_factory=list)  # ONNX Runtime execution providers it is meant for
 
 
 @dataclass
@@ -63,6 +66,8 @@ class IOSpec:
     tokenizer_files: list[str] = field(default_factory=list)
     preprocessing: dict[str, Any] = field(default_factory=dict)
     format_version: int = IO_SPEC_VERSION
+    target: str = "cpu"  # export target the variants were built for: cpu or gpu
+    primary_metric_name: str = "accuracy"  # what VariantSpec.primary_metric measures (test split)
 
     def __post_init__(self) -> None:
         if self.recommended_variant not in self.variants:

@@ -1,0 +1,210 @@
+"""Configuration and result of the export step (``transferkit export`` / the ``onnx_quantize`` component)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transferkit.errors import ConfigError
+
+TARGETS = ("cpu", "gpu")
+ON_DROP = ("fallback", "fail")
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+GPU_PREFERENCES = ("fp16", "qdq")
+# torch.onnx's legacy exporter emits LayerNormalization natively from opset 17 (fewer, faster nodes);
+# 20 is the newest opset it supports.
+MIN_OPSET, MAX_OPSET = 14, 20
+DEFAULT_OPSET = 17
+# Variants each target produces, in the order they are preferred when they pass the accuracy gate.
+TARGET_VARIANTS = {"cpu": ("int8",), "gpu": ("fp16", "qdq")}
+
+
+@dataclass
+class ExportConfig:
+    """Options of the export step.
+
+    Attributes:
+        model_dir: Model directory from the fine-tune step (safetensors weights, config, tokenizer, labels.json)
+            or a catalog name whose checkpoint already has a classification head.
+        data_dir: Prepared dataset directory (see :mod:`transferkit.data.prepared`): validation rows feed the
+            parity gate, test rows the accuracy gate, training rows the static-quantization calibration.
+        out_dir: Export directory to write (replaced atomically; nothing is left behind on failure).
+        target: ``cpu`` (dynamic int8, per channel) or ``gpu`` (static QDQ int8 + fp16).
+        opset: ONNX opset for ``torch.onnx.export``.
+        atol: Largest allowed absolute logit difference between PyTorch and ONNX Runtime.
+        max_drop: Largest allowed accuracy drop of a quantized variant, in percentage points.
+        on_drop: ``fallback`` (drop the variant and recommend the next one, finally fp32) or ``fail``
+            (raise :class:`~transferkit.errors.QuantizationGateError`).
+        max_length: Token limit recorded in ``io_spec.json``; default: the fine-tune run's ``max_length``
+            (``training_summary.json``), else 128 capped by the model's limit.
+        calibration_size: Training rows used to calibrate static QDQ quantization (target gpu).
+        calibration_method: ``minmax``, ``percentile`` or ``entropy`` (onnxruntime calibrators).
+        threads: CPU threads for PyTorch and ONNX Runtime; default: all cores.
+        gpu_prefer: Which gpu variant to recommend when both pass: ``fp16`` (any CUDA runtime) or ``qdq``
+            (int8 with the TensorRT execution provider).
+        eval_batch_size: Batch size of the accuracy evaluation.
+        max_eval_samples: Cap on test rows for the accuracy gate (None: the whole split).
+        latency_runs: Timed batch-1 runs per variant (p50/p95 latency).
+        throughput_runs: Timed batch-``throughput_batch_size`` runs per variant.
+        throughput_batch_size: Batch size of the throughput measurement.
+        allow_pickle: Accept ``pytorch_model.bin`` weights.
+        trust_remote_code: Accept models that ship custom modelling code.
+
+    """
+
+    model_dir: Path
+    data_dir: Path
+    out_dir: Path
+    target: str = "cpu"
+    opset: int = DEFAULT_OPSET
+    atol: float = 1e-4
+    max_drop: float = 0.5
+    on_drop: str = "fallback"
+    max_length: int | None = None
+    calibration_size: int = 128
+    calibration_method: str = "minmax"
+    threads: int | None = None
+    gpu_prefer: str = "fp16"
+    eval_batch_size: int = 64
+    max_eval_samples: int | None = None
+    latency_runs: int = 50
+    throughput_runs: int = 5
+    throughput_batch_size: int = 32
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        self.model_dir = Path(self.model_dir) if not isinstance(self.model_dir, Path) else self.model_dir
+        self.data_dir = Path(self.data_dir)
+        self.out_dir = Path(self.out_dir)
+        _choice("target", self.target, TARGETS)
+        _choice("on_drop", self.on_drop, ON_DROP)
+        _choice("calibration_method", self.calibration_method, CALIBRATION_METHODS)
+        _choice("gpu_prefer", self.gpu_prefer, GPU_PREFERENCES)
+        if not isinstance(self.opset, int) or not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise ConfigError(
+                f"opset: {self.opset!r} is not supported; expected an integer in [{MIN_OPSET}, {MAX_OPSET}]"
+            )
+        if not 0 < float(self.atol) <= 1:
+            raise ConfigError(f"atol: {self.atol!r} must be in (0, 1] (absolute logit difference)")
+        if not 0 <= float(self.max_drop) <= 100:
+            raise ConfigError(f"max_drop: {self.max_drop!r} must be in [0, 100] accuracy points")
+        if self.max_length is not None and not 2 <= self.max_length <= 8192:
+            raise ConfigError(f"max_length: {self.max_length!r} must be in [2, 8192] tokens")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads: {self.threads!r} must be >= 1")
+        for name in ("calibration_size", "eval_batch_size", "throughput_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name}: {getattr(self, name)!r} must be >= 1")
+        for name in ("latency_runs", "throughput_runs"):
+            if int(getattr(self, name)) < 0:
+                raise ConfigError(f"{name}: {getattr(self, name)!r} must be >= 0 (0 skips the measurement)")
+        if self.max_eval_samples is not None and self.max_eval_samples < 1:
+            raise ConfigError(f"max_eval_samples: {self.max_eval_samples!r} must be >= 1 or None")
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise ConfigError(f"out_dir: {self.out_dir} exists and is not a directory")
+        if self.out_dir.absolute() in (self.model_dir.absolute(), self.data_dir.absolute()):
+            raise ConfigError(f"out_dir: {self.out_dir} must differ from model_dir and data_dir (it is replaced)")
+
+    @property
+    def resolved_threads(self) -> int:
+        """Thread count to use (``threads`` or all cores)."""
+        return int(self.threads or os.cpu_count() or 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly view."""
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
+
+
+@dataclass
+class ParityCase:
+    """One PyTorch-vs-ONNX Runtime comparison."""
+
+    batch_size: int
+    seq_len: int
+    padding: str
+    max_abs_diff: float
+    labels_agree: bool
+
+
+@dataclass
+class VariantResult:
+    """Measurements of one graph variant and the accuracy-gate decision."""
+
+    name: str
+    file: str
+    precision: str
+    size_bytes: int
+    accuracy: float | None = None
+    accuracy_drop_pt: float | None = None
+    macro_f1: float | None = None
+    agreement_with_fp32: float | None = None
+    kept: bool = True
+    reason: str = ""
+    latency_b1_p50_ms: float | None = None
+    latency_b1_p95_ms: float | None = None
+    throughput_seq_per_s: float | None = None
+    seconds_to_build: float | None = None
+
+
+@dataclass
+class ExportResult:
+    """What the export step produced; ``to_dict()`` is what a KFP component records.
+
+    Attributes:
+        passed: True when every quantized variant the target produces held its accuracy (no fallback).
+        fallback: True when the recommended variant is not the target's first choice because a variant
+            failed the accuracy gate.
+    """
+
+    out_dir: Path
+    target: str
+    recommended_variant: str
+    recommended_file: str
+    parity_max_abs_diff: float
+    parity_cases: list[ParityCase]
+    variants: dict[str, VariantResult]
+    passed: bool
+    fallback: bool
+    labels: list[str]
+    max_length: int
+    opset: int
+    threads: int
+    io_spec_path: Path
+    metrics_path: Path
+    report_md: Path
+    report_html: Path
+    graph_rewrites: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def scalar_metrics(self) -> dict[str, float]:
+        """Flat numeric metrics (KFP ``Metrics`` artifact)."""
+        scalars: dict[str, float] = {
+            "parity_max_abs_diff": float(self.parity_max_abs_diff),
+            "passed": float(self.passed),
+            "export_seconds": float(self.seconds),
+        }
+        for name, variant in self.variants.items():
+            scalars[f"{name}_size_mb"] = round(variant.size_bytes / 1e6, 3)
+            for key in ("accuracy", "accuracy_drop_pt", "latency_b1_p50_ms", "latency_b1_p95_ms",
+                        "throughput_seq_per_s"):
+                value = getattr(variant, key)
+                if value is not None:
+                    scalars[f"{name}_{key}"] = float(value)
+        return scalars
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly view (paths as strings)."""
+        data = asdict(self)
+        for key, value in data.items():
+            if isinstance(value, Path):
+                data[key] = str(value)
+        data["scalars"] = self.scalar_metrics()
+        return data

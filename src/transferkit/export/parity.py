@@ -1,0 +1,108 @@
+"""Parity gate: PyTorch and ONNX Runtime must produce the same logits on real inputs.
+
+Optimum's exporter only warns when outputs drift; here a difference above ``atol`` or a single
+disagreeing predicted label raises :class:`~transferkit.errors.ParityError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from transferkit.errors import ExportError, ParityError
+from transferkit.export.config import ParityCase
+from transferkit.export.runtime import encode
+
+logger = logging.getLogger(__name__)
+
+# (batch size, padding, truncation length or None for max_length): single rows, dynamic padding, full
+# length padding, half and short truncation exercise the dynamic batch and sequence axes.
+PARITY_CASES: tuple[tuple[int, str, int | None], ...] = (
+    (1, "longest", None),
+    (4, "longest", None),
+    (8, "max_length", None),
+    (2, "max_length", -2),
+    (3, "longest", 8),
+)
+
+
+def _window(values: Sequence[Any], start: int, size: int) -> list[Any]:
+    return [values[(start + i) % len(values)] for i in range(size)]
+
+
+def torch_logits(model: Any, input_names: Sequence[str], feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """Run the PyTorch model in fp32 eval mode on numpy feeds."""
+    import torch
+
+    with torch.no_grad():
+        out = model(**{name: torch.from_numpy(feeds[name]) for name in input_names})
+    return out.logits.detach().float().cpu().numpy()
+
+
+def check_parity(
+    model: Any,
+    session: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    pairs: Sequence[str] | None,
+    input_names: Sequence[str],
+    max_length: int,
+    atol: float,
+    cases: Sequence[tuple[int, str, int | None]] = PARITY_CASES,
+) -> list[ParityCase]:
+    """Compare logits of ``model`` (PyTorch) and ``session`` (ONNX Runtime) over several input shapes.
+
+    Args:
+        model: PyTorch sequence classifier in eval mode.
+        session: ONNX Runtime session of the exported graph.
+        tokenizer: The model's tokenizer.
+        texts: Real validation texts (cycled when there are fewer than a case needs).
+        pairs: Second texts of text-pair tasks, or None.
+        input_names: Graph inputs.
+        max_length: Export ``max_length``.
+        atol: Largest allowed absolute logit difference.
+        cases: ``(batch_size, padding, truncation)`` shapes to test; a negative truncation ``-k`` means
+            ``max_length // k``.
+
+    Returns:
+        One :class:`ParityCase` per shape.
+
+    Raises:
+        ParityError: Any case exceeds ``atol``, any predicted label differs, or outputs are not finite.
+
+    """
+    if not texts:
+        raise ExportError("parity: no validation texts to compare on")
+    results: list[ParityCase] = []
+    offset = 0
+    for batch_size, padding, truncate in cases:
+        batch = _window(texts, offset, batch_size)
+        batch_pairs = _window(pairs, offset, batch_size) if pairs is not None else None
+        offset += batch_size
+        if truncate is not None and truncate < 0:
+            truncate = max(max_length // -truncate, 2)
+        length = min(truncate or max_length, max_length)
+        feeds = encode(tokenizer, batch, batch_pairs, input_names, length, padding=padding)
+        expected = torch_logits(model, input_names, feeds)
+        got = np.asarray(session.run(["logits"], feeds)[0], dtype=np.float32)
+        seq_len = int(feeds["input_ids"].shape[1])
+        where = f"batch {batch_size}, seq {seq_len} (padding={padding})"
+        if got.shape != expected.shape:
+            raise ParityError(f"parity: ONNX logits shape {got.shape} != PyTorch {expected.shape} at {where}")
+        if not (np.isfinite(got).all() and np.isfinite(expected).all()):
+            raise ParityError(f"parity: non-finite logits at {where}")
+        diff = float(np.max(np.abs(got - expected)))
+        agree = bool(np.array_equal(got.argmax(axis=1), expected.argmax(axis=1)))
+        results.append(ParityCase(batch_size, seq_len, padding, diff, agree))
+        logger.debug("parity %s: max |diff| %.3g, labels agree: %s", where, diff, agree)
+        if diff > atol:
+            raise ParityError(f"parity: max |logit diff| {diff:.3g} > atol {atol:g} at {where}")
+        if not agree:
+            flips = int(np.sum(got.argmax(axis=1) != expected.argmax(axis=1)))
+            raise ParityError(f"parity: predicted labels differ on {flips}/{batch_size} rows at {where}")
+    logger.info("Parity passed: max |logit diff| %.3g over %d shapes (atol %g)",
+                max(c.max_abs_diff for c in results), len(results), atol)
+    return results

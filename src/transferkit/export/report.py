@@ -1,0 +1,92 @@
+"""Markdown/HTML report of an export: parity, accuracy gate, sizes and speed per variant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transferkit.export.config import ExportConfig, ExportResult
+from transferkit.reporting import Report
+
+
+def _fmt(value: float | None, pattern: str) -> str:
+    return "n/a" if value is None else pattern.format(value)
+
+
+def _chart(result: ExportResult, batch: int) -> object:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result.variants)
+    colors = ["#1a7f37" if result.variants[n].kept else "#cf222e" for n in names]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    panels = (
+        ("Size (MB)", [result.variants[n].size_bytes / 1e6 for n in names]),
+        ("Test accuracy (%)", [100 * (result.variants[n].accuracy or 0.0) for n in names]),
+        (f"Throughput b={batch} (seq/s)", [result.variants[n].throughput_seq_per_s or 0.0 for n in names]),
+    )
+    for ax, (title, values) in zip(axes, panels, strict=True):
+        ax.bar(names, values, color=colors)
+        ax.set_title(title, fontsize=10)
+        for i, v in enumerate(values):
+            ax.annotate(f"{v:.1f}", (i, v), ha="center", va="bottom", fontsize=8)
+    fig.suptitle("Variants (green: kept by the accuracy gate, red: dropped)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def build_report(result: ExportResult, config: ExportConfig, model_path: Path, providers: list[str]) -> Report:
+    """Build the export report (written by the caller with ``Report.write``)."""
+    report = Report("ONNX export and quantization")
+    verdict = "passed" if result.passed else f"a variant was dropped; fell back to {result.recommended_variant}"
+    report.paragraph(
+        f"Model {model_path} exported for target {result.target}: recommended variant "
+        f"{result.recommended_variant} ({result.recommended_file}). Accuracy gate: {verdict}.",
+        css_class="pass" if result.passed else "fail",
+    )
+    report.heading("Parity gate (PyTorch fp32 vs ONNX Runtime)")
+    report.paragraph(
+        f"All shapes within atol {config.atol:g} with identical predicted labels; largest difference "
+        f"{result.parity_max_abs_diff:.3g}. Opset {result.opset}, max_length {result.max_length}."
+    )
+    report.table(
+        ["batch", "seq len", "padding", "max |logit diff|", "labels agree"],
+        [[c.batch_size, c.seq_len, c.padding, f"{c.max_abs_diff:.3g}", c.labels_agree] for c in result.parity_cases],
+    )
+    report.heading("Accuracy gate and speed per variant")
+    report.paragraph(
+        f"Test-split accuracy; a quantized variant is kept when it loses at most {config.max_drop:g} points "
+        f"(on_drop={config.on_drop}). Speed measured in-process with ONNX Runtime ({', '.join(providers)} for "
+        f"quantized variants), {result.threads} threads, inputs padded to {result.max_length} tokens: batch-1 "
+        f"latency over {config.latency_runs} runs, batch-{config.throughput_batch_size} throughput (median of "
+        f"{config.throughput_runs} runs). The machine may be shared: compare variants within this report only."
+    )
+    rows = []
+    for name, v in result.variants.items():
+        rows.append([
+            name, v.file, f"{v.size_bytes / 1e6:.1f}", _fmt(v.accuracy, "{:.2%}"), _fmt(v.accuracy_drop_pt, "{:.2f}"),
+            _fmt(v.agreement_with_fp32, "{:.2%}"), _fmt(v.latency_b1_p50_ms, "{:.2f}"),
+            _fmt(v.latency_b1_p95_ms, "{:.2f}"), _fmt(v.throughput_seq_per_s, "{:.1f}"),
+            "kept" if v.kept else "dropped", v.reason,
+        ])
+    report.table(
+        ["variant", "file", "size MB", "accuracy", "drop pt", "agrees w/ fp32", "b1 p50 ms", "b1 p95 ms",
+         "seq/s", "gate", "reason"],
+        rows,
+    )
+    report.figure("variants.png", _chart(result, config.throughput_batch_size),
+                  "Size, accuracy and throughput per variant")
+    if result.graph_rewrites:
+        report.heading("Graph rewrites")
+        report.paragraph(
+            "residual_add_as_sum: residual Add -> LayerNormalization pairs written as Sum so ONNX Runtime's CPU "
+            "session optimizer does not fuse them into SkipLayerNormalization, whose CPU kernel is slower than "
+            f"Add + LayerNormalization (measured). Rewritten nodes: {result.graph_rewrites}."
+        )
+    report.heading("Outputs")
+    report.paragraph(
+        f"{result.out_dir}: {', '.join(v.file for v in result.variants.values() if v.kept)}, io_spec.json, "
+        "labels.json, tokenizer/, metrics.json, report.md, report.html."
+    )
+    return report

@@ -1,0 +1,137 @@
+"""ONNX Runtime sessions, tokenization to numpy feeds, batched prediction and in-process latency."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transferkit.errors import ExportError
+
+logger = logging.getLogger(__name__)
+
+
+def select_providers(target: str) -> list[str]:
+    """Execution providers for measuring a target's variants: CUDA when the target is gpu and it exists."""
+    import onnxruntime as ort
+
+    if target == "gpu" and "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def ort_session(path: str | Path, threads: int, providers: Sequence[str] | None = None) -> Any:
+    """Open an inference session with full graph optimizations, as a server would run it.
+
+    Raises:
+        ExportError: The graph does not load.
+
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), sess_options=options,
+                                    providers=list(providers or ["CPUExecutionProvider"]))
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ExportError(f"{path}: ONNX Runtime cannot load the graph ({first})") from exc
+
+
+def encode(
+    tokenizer: Any,
+    texts: Sequence[str],
+    pairs: Sequence[str] | None,
+    input_names: Sequence[str],
+    max_length: int,
+    padding: str | bool = "longest",
+) -> dict[str, np.ndarray]:
+    """Tokenize to int64 numpy arrays holding only the graph's inputs."""
+    encoded = tokenizer(
+        list(texts), list(pairs) if pairs is not None else None, padding=padding, truncation=True,
+        max_length=max_length, return_tensors="np",
+    )
+    return {name: np.ascontiguousarray(encoded[name], dtype=np.int64) for name in input_names}
+
+
+def iter_batches(
+    tokenizer: Any,
+    texts: Sequence[str],
+    pairs: Sequence[str] | None,
+    input_names: Sequence[str],
+    max_length: int,
+    batch_size: int,
+) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Yield ``(row_indices, feeds)`` batches of similar token length (less padding, same results)."""
+    lengths = [len(ids) for ids in tokenizer(list(texts), list(pairs) if pairs else None, truncation=True,
+                                              max_length=max_length)["input_ids"]]
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batch_pairs = [pairs[i] for i in rows] if pairs is not None else None
+        yield rows, encode(tokenizer, [texts[i] for i in rows], batch_pairs, input_names, max_length)
+
+
+def predict_logits(
+    session: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    pairs: Sequence[str] | None,
+    input_names: Sequence[str],
+    max_length: int,
+    batch_size: int,
+) -> np.ndarray:
+    """Logits for every text, in input order."""
+    from tqdm.auto import tqdm
+
+    logits: np.ndarray | None = None
+    batches = iter_batches(tokenizer, texts, pairs, input_names, max_length, batch_size)
+    total = -(-len(texts) // batch_size)
+    for rows, feeds in tqdm(batches, total=total, desc="evaluate", unit="batch", leave=False, disable=None):
+        out = np.asarray(session.run(["logits"], feeds)[0], dtype=np.float32)
+        if logits is None:
+            logits = np.empty((len(texts), out.shape[1]), dtype=np.float32)
+        logits[rows] = out
+    if logits is None:
+        raise ExportError("evaluation: no texts to predict")
+    return logits
+
+
+def measure_speed(
+    session: Any,
+    feeds_b1: dict[str, np.ndarray],
+    feeds_bn: dict[str, np.ndarray],
+    latency_runs: int,
+    throughput_runs: int,
+) -> dict[str, float | None]:
+    """Batch-1 latency (p50/p95, ms) and batch-N throughput (sequences/s, from the median run)."""
+    result: dict[str, float | None] = {"latency_b1_p50_ms": None, "latency_b1_p95_ms": None,
+                                       "throughput_seq_per_s": None}
+    if latency_runs:
+        session.run(None, feeds_b1)
+        times = []
+        for _ in range(latency_runs):
+            start = time.perf_counter()
+            session.run(None, feeds_b1)
+            times.append(time.perf_counter() - start)
+        result["latency_b1_p50_ms"] = round(float(np.percentile(times, 50)) * 1000, 3)
+        result["latency_b1_p95_ms"] = round(float(np.percentile(times, 95)) * 1000, 3)
+    if throughput_runs:
+        session.run(None, feeds_bn)
+        times = []
+        for _ in range(throughput_runs):
+            start = time.perf_counter()
+            session.run(None, feeds_bn)
+            times.append(time.perf_counter() - start)
+        batch = next(iter(feeds_bn.values())).shape[0]
+        result["throughput_seq_per_s"] = round(batch / float(np.median(times)), 2)
+    return result
