@@ -51,7 +51,7 @@ def key_env():
 
 
 def _config(export_dir, server, key_env, **kwargs):
-    options = RepositoryOptions(instance_kind="cpu", max_queue_delay_us=1000, local_threads=1)
+    options = RepositoryOptions(instance_kind="cpu", max_queue_delay_us=1000)
     return DeployConfig(onnx_dir=export_dir, name=NAME, repository=str(server.repository),
                         triton_url=server.http_url, api_key_env=key_env, options=options, keep_versions=2,
                         **kwargs)

@@ -24,7 +24,8 @@ def deploy(
     tensorrt_fp16: bool = typer.Option(False, help="Add the TensorRT FP16 accelerator (GPU)."),
     max_batch_size: int = typer.Option(32, help="Triton max_batch_size."),
     queue_delay_us: int = typer.Option(2000, help="Dynamic batcher max queue delay (microseconds)."),
-    local_threads: int = typer.Option(2, help="ONNX Runtime threads of the local python-backend variant."),
+    local_threads: int = typer.Option(1, help="ONNX Runtime threads per local python-backend instance."),
+    local_instances: int = typer.Option(2, help="Instances of the local python-backend variant."),
     s3_endpoint_url: str = typer.Option("", help="S3-compatible endpoint (else AWS_ENDPOINT_URL)."),
     triton_url: str = typer.Option("", help="Triton HTTP endpoint (mode triton), e.g. http://127.0.0.1:8000."),
     api_key_env: str = typer.Option("TRANSFERKIT_TRITON_API_KEY", help="Env var with the model-control key."),
@@ -55,6 +56,7 @@ def deploy(
     options = RepositoryOptions(max_batch_size=max_batch_size, max_queue_delay_us=queue_delay_us,
                                 instance_kind=instance_kind, instance_count=instance_count,
                                 tensorrt_fp16=tensorrt_fp16, variant=variant or None, local_threads=local_threads,
+                                local_instance_count=local_instances,
                                 preferred_batch_sizes=tuple(s for s in (4, 8, 16) if s <= max_batch_size))
     config = DeployConfig(
         onnx_dir=onnx, name=name, mode=mode, repository=repository, storage_uri=storage_uri or None,

@@ -89,8 +89,10 @@ class RepositoryOptions:
         tensorrt_fp16: Add the TensorRT execution accelerator with FP16 precision (GPU only).
         variant: Graph variant from the export (``fp32``, ``int8``, ``qdq``, ``fp16``); default is the
             export's recommended variant.
-        local_threads: ONNX Runtime intra-op threads of the local python-backend variant.
-        local_instance_count: Instances of the local python-backend variant.
+        local_threads: ONNX Runtime intra-op threads per instance of the local python-backend variant.
+        local_instance_count: Instances of the local python-backend variant. Two single-threaded
+            instances beat one two-threaded instance on small text batches (measured by
+            ``benchmarks/serving.py``): while one pads and runs a batch, the other takes the next.
         versions_to_serve: Version policy: how many of the newest versions Triton keeps loaded.
         pad_to_multiple_of: Tokenizer pads each request to a multiple of this, so similar lengths
             share a shape and batch on backends without ragged batching.
@@ -103,8 +105,8 @@ class RepositoryOptions:
     instance_count: int = 1
     tensorrt_fp16: bool = False
     variant: str | None = None
-    local_threads: int = 2
-    local_instance_count: int = 1
+    local_threads: int = 1
+    local_instance_count: int = 2
     versions_to_serve: int = 1
     pad_to_multiple_of: int = 8
 

@@ -79,7 +79,8 @@ def test_local_config_is_python_backend_with_ragged_batching(repo):
     assert config.backend == "python" and not config.platform
     assert all(i.allow_ragged_batch for i in config.input)
     assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
-    assert config.parameters["intra_op_threads"].string_value == "2"
+    assert config.parameters["intra_op_threads"].string_value == "1"
+    assert config.instance_group[0].count == 2
     assert json.loads(config.parameters["pad_values"].string_value) == {
         "input_ids": 0, "attention_mask": 0, "token_type_ids": 0}
 

@@ -4,8 +4,10 @@ Copied into ``<name>_onnx/<version>/model.py`` by transferkit. Production uses t
 platform on the same file; this variant exists because the local Triton has only the python backend.
 
 Requests are batched by Triton's dynamic batcher with ``allow_ragged_batch``: each request keeps its own
-sequence length, and ``execute`` pads them to the longest one, runs one ONNX Runtime call, and splits the
-outputs again. Padding uses the value from the ``pad_values`` parameter (0 for ids and masks).
+sequence length. ``execute`` sorts them by length, cuts groups whose longest sequence is at most
+``length_group_ratio`` x the shortest (+8 tokens), pads each group once (``pad_values``, 0 for ids and
+masks), runs one ONNX Runtime call per group and splits the outputs again: padding a 10-token sentence
+to 60 tokens would cost more than a second call.
 """
 
 import json
@@ -32,32 +34,57 @@ class TritonPythonModel:
         self.inputs = [(i["name"], pb_utils.triton_string_to_numpy(i["data_type"])) for i in config["input"]]
         self.outputs = [(o["name"], pb_utils.triton_string_to_numpy(o["data_type"])) for o in config["output"]]
         self.pad_values = json.loads(params.get("pad_values", "{}"))
+        self.group_ratio = float(params.get("length_group_ratio", "1.5"))
 
     def execute(self, requests):
-        """Pad the ragged requests into one batch, run once, split the outputs per request."""
+        """Group the ragged requests by length, pad each group once, run it, split the outputs."""
         per_request = []
         for request in requests:
             per_request.append({
                 name: pb_utils.get_input_tensor_by_name(request, name).as_numpy().astype(dtype, copy=False)
                 for name, dtype in self.inputs
             })
-        sizes = [next(iter(arrays.values())).shape[0] for arrays in per_request]
+        results = [None] * len(per_request)
+        for group in self._groups(per_request):
+            outputs = self._run([per_request[i] for i in group])
+            for index, arrays in zip(group, outputs, strict=True):
+                results[index] = arrays
+        responses = []
+        for arrays in results:
+            tensors = [pb_utils.Tensor(name, array) for (name, _), array in zip(self.outputs, arrays, strict=True)]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+        return responses
+
+    def _groups(self, per_request):
+        """Split request indices into groups of similar sequence length (bounded padding waste)."""
+        first = self.inputs[0][0]
+        lengths = [arrays[first].shape[1] if arrays[first].ndim == 2 else 1 for arrays in per_request]
+        order = sorted(range(len(per_request)), key=lambda i: lengths[i])
+        groups, current = [], []
+        for index in order:
+            if current and lengths[index] > self.group_ratio * lengths[current[0]] + 8:
+                groups.append(current)
+                current = []
+            current.append(index)
+        if current:
+            groups.append(current)
+        return groups
+
+    def _run(self, group):
+        """One ONNX Runtime call over requests padded to the group's longest sequence."""
+        sizes = [next(iter(arrays.values())).shape[0] for arrays in group]
         feed = {}
         for name, dtype in self.inputs:
-            parts = [arrays[name] for arrays in per_request]
+            parts = [arrays[name] for arrays in group]
             if parts[0].ndim == 2:
                 width = max(p.shape[1] for p in parts)
                 pad = self.pad_values.get(name, 0)
                 parts = [np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=pad) for p in parts]
             feed[name] = np.ascontiguousarray(np.concatenate(parts, axis=0), dtype=dtype)
         results = self.session.run([name for name, _ in self.outputs], feed)
-        responses = []
-        start = 0
+        split, start = [], 0
         for size in sizes:
-            tensors = [
-                pb_utils.Tensor(name, np.ascontiguousarray(result[start : start + size], dtype=dtype))
-                for (name, dtype), result in zip(self.outputs, results, strict=True)
-            ]
-            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            split.append([np.ascontiguousarray(r[start : start + size], dtype=dtype)
+                          for r, (_, dtype) in zip(results, self.outputs, strict=True)])
             start += size
-        return responses
+        return split
