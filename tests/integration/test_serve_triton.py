@@ -13,7 +13,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from tests.unit.serve.exported import shared_export
+from tests.unit.serve.exported import pair_export, shared_export
 from transferkit.errors import AuthError, DeploymentError, ServerUnavailableError, ServingError
 from transferkit.serve.control import TritonControl
 from transferkit.serve.deploy import DeployConfig, deploy_model
@@ -206,3 +206,21 @@ def _alive(pid):
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_sentence_pair_deployment(server, key_env, tmp_path):
+    export = pair_export(tmp_path / "pairs")
+    config = DeployConfig(onnx_dir=export, name="pairs", repository=str(server.repository), triton_url=server.http_url,
+                          api_key_env=key_env, options=RepositoryOptions(instance_kind="cpu"))
+    result = deploy_model(config)  # the smoke test sends pairs and compares with in-process pairs
+    assert result.smoke_test["passed"]
+    from transferkit.serve.repository import load_export
+
+    with TritonControl(server.http_url) as control:
+        served = control.infer_texts("pairs", ["A man is eating.", "A dog runs."],
+                                     pairs=["Someone eats food.", "A cat sleeps."])
+    expected = reference_logits(load_export(export), ["A man is eating.", "A dog runs."],
+                                pairs=["Someone eats food.", "A cat sleeps."])
+    np.testing.assert_allclose(served["logits"], expected, atol=1e-3)
+    single = reference_logits(load_export(export), ["A man is eating.", "A dog runs."])
+    assert not np.allclose(expected, single, atol=1e-4)  # the second sentence really reached the graph

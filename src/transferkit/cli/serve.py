@@ -45,6 +45,7 @@ def serve(
     """Run a local Triton server (real tritonserver, explicit model control) until interrupted."""
     from transferkit.errors import ServingError
     from transferkit.serve.control import read_api_key
+    from transferkit.serve.install import install_triton
     from transferkit.serve.local import LocalTriton
 
     if not repository.is_dir():
@@ -53,9 +54,10 @@ def serve(
     key = read_api_key(api_key_env or None, api_key_file)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    install = install_triton()  # idempotent: a no-op after `make setup`
     server = LocalTriton(repository, models=models, host=host, http_port=http_port, grpc_port=grpc_port,
                          metrics_port=metrics_port, model_config_name=config_name or None, restricted_api_key=key,
-                         log_path=log_file)
+                         log_path=log_file, install=install)
     try:
         server.start()
         console.print(f"Triton ready (pid {server.pid}); models: {', '.join(models) or 'none'}")

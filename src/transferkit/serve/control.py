@@ -157,19 +157,24 @@ class TritonControl:
                       if e.get("name") == model and e.get("state") == "READY" and str(e.get("version", "")).isdigit())
 
     def infer_texts(self, model: str, texts: list[str], *, version: int | None = None,
-                    text_input: str = "text", outputs: tuple[str, ...] = ("logits", "probabilities", "label"),
-                    ) -> dict[str, np.ndarray]:
-        """Send raw strings to a text ensemble; return the named outputs."""
+                    pairs: list[str] | None = None,
+                    outputs: tuple[str, ...] = ("logits", "probabilities", "label")) -> dict[str, np.ndarray]:
+        """Send raw strings (and second sentences for pair models) to a text ensemble; return the outputs."""
         import tritonclient.http as httpclient
 
-        batch = np.array([[t.encode("utf-8")] for t in texts], dtype=object)
-        tensor = httpclient.InferInput(text_input, list(batch.shape), "BYTES")
-        tensor.set_data_from_numpy(batch)
+        tensors = []
+        for name, column in (("text", texts), ("text_pair", pairs)):
+            if column is None:
+                continue
+            batch = np.array([[t.encode("utf-8")] for t in column], dtype=object)
+            tensor = httpclient.InferInput(name, list(batch.shape), "BYTES")
+            tensor.set_data_from_numpy(batch)
+            tensors.append(tensor)
         wanted = [httpclient.InferRequestedOutput(name) for name in outputs]
         from tritonclient.utils import InferenceServerException
 
         try:
-            result = self.client.infer(model, [tensor], model_version="" if version is None else str(version),
+            result = self.client.infer(model, tensors, model_version="" if version is None else str(version),
                                        outputs=wanted)
         except InferenceServerException as exc:
             message = (exc.message() or str(exc)).splitlines()[0]

@@ -56,7 +56,9 @@ class LoadConfig:
         duration_s: Time limit per level.
         warmup: Requests sent before each level's clock starts.
         texts: Sentences cycled through.
+        text_pairs: Second sentences for sentence-pair models (cycled alongside ``texts``).
         text_input: Input tensor name.
+        text_pair_input: Second input's name (pair models).
         outputs: Output names requested.
         timeout_s: Per-request network timeout.
         allow_remote: Permit non-loopback targets.
@@ -73,7 +75,9 @@ class LoadConfig:
     duration_s: float = 30.0
     warmup: int = 4
     texts: tuple[str, ...] = DEFAULT_TEXTS
+    text_pairs: tuple[str, ...] | None = None
     text_input: str = "text"
+    text_pair_input: str = "text_pair"
     outputs: tuple[str, ...] = ("label",)
     timeout_s: float = 30.0
     allow_remote: bool = False
@@ -196,17 +200,22 @@ class _Worker:
             self.client = client_mod.InferenceServerClient(config.grpc_url)
         self.mod = client_mod
 
-    def send(self, text: str) -> str:
-        """One request; returns the model version that answered."""
-        batch = np.array([[text.encode("utf-8")]], dtype=object)
-        tensor = self.mod.InferInput(self.config.text_input, [1, 1], "BYTES")
-        tensor.set_data_from_numpy(batch)
-        outputs = [self.mod.InferRequestedOutput(name) for name in self.config.outputs]
+    def send(self, index: int) -> str:
+        """Request number ``index`` (cycles through the texts); returns the model version that answered."""
+        config = self.config
+        columns = [(config.text_input, config.texts)]
+        if config.text_pairs:
+            columns.append((config.text_pair_input, config.text_pairs))
+        tensors = []
+        for name, values in columns:
+            tensor = self.mod.InferInput(name, [1, 1], "BYTES")
+            tensor.set_data_from_numpy(np.array([[values[index % len(values)].encode("utf-8")]], dtype=object))
+            tensors.append(tensor)
+        outputs = [self.mod.InferRequestedOutput(name) for name in config.outputs]
         if self.protocol == "http":
-            result = self.client.infer(self.config.model, [tensor], outputs=outputs)
+            result = self.client.infer(config.model, tensors, outputs=outputs)
         else:
-            result = self.client.infer(self.config.model, [tensor], outputs=outputs,
-                                       client_timeout=self.config.timeout_s)
+            result = self.client.infer(config.model, tensors, outputs=outputs, client_timeout=config.timeout_s)
         response = result.get_response()
         version = response.get("model_version", "") if isinstance(response, dict) else response.model_version
         return str(version)
@@ -235,7 +244,7 @@ def _run_level(config: LoadConfig, protocol: str, concurrency: int) -> LevelResu
         try:
             worker = _Worker(config, protocol)
             for i in range(k, config.warmup, concurrency):
-                worker.send(config.texts[i % len(config.texts)])
+                worker.send(i)
         except Exception as exc:
             with lock:
                 setup_errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
@@ -250,7 +259,7 @@ def _run_level(config: LoadConfig, protocol: str, concurrency: int) -> LevelResu
                 issued += 1
             start = time.perf_counter()
             try:
-                version = worker.send(config.texts[i % len(config.texts)])
+                version = worker.send(i)
             except Exception as exc:
                 with lock:
                     errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")

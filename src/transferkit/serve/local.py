@@ -10,9 +10,9 @@ server or stub leaves them behind otherwise.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -33,7 +33,6 @@ logger = logging.getLogger(__name__)
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "triton_python_backend_shm_region_"
 RESTRICTED_HEADER = "triton-model-control-key"
-_PR_SET_PDEATHSIG = 1
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -43,11 +42,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    # If the Python process that started the server dies without cleaning up (SIGKILL, OOM), the
-    # kernel sends SIGTERM to the server, which then shuts down and unloads its stubs.
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _with_parent_death_signal(cmd: list[str]) -> list[str]:
+    """Prefix ``setpriv --pdeathsig TERM`` (util-linux) when available.
+
+    If the Python process that started the server dies without cleaning up (SIGKILL, OOM), the kernel
+    then sends SIGTERM to the server, which shuts down and unloads its stubs. ``setpriv`` is used
+    instead of a ``preexec_fn`` because running Python code between fork and exec is unsafe in a
+    multi-threaded parent. The signal follows the *thread* that started the server: start it from a
+    thread that outlives it (the main thread, a pytest fixture).
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *cmd] if setpriv else cmd
 
 
 def _descendants(pid: int) -> list[int]:
@@ -262,14 +267,13 @@ class LocalTriton:
         self._log_handle = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         logger.info("Starting %s", " ".join(self.command()))
         self._process = subprocess.Popen(
-            self._command(redact=False),
+            _with_parent_death_signal(self._command(redact=False)),
             stdout=self._log_handle,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=install.environment(),
             cwd=str(self.repository),
             start_new_session=True,
-            preexec_fn=_die_with_parent,
         )
         self._stopping.clear()
         self._watcher = threading.Thread(target=self._watch_regions, name="triton-shm-watch", daemon=True)

@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 LOCAL_CONFIG_NAME = "local"
 LABELS_FILE = "labels.txt"
 TEXT_INPUT = "text"
+TEXT_PAIR_INPUT = "text_pair"
 PROBABILITIES_OUTPUT = "probabilities"
 LABEL_OUTPUT = "label"
 ENSEMBLE_PLACEHOLDER = "ENSEMBLE.txt"
@@ -142,6 +143,12 @@ class ExportedModel:
     variant: str
     onnx_path: Path
     tokenizer_dir: Path | None
+    text_pair: bool = False
+
+    @property
+    def text_inputs(self) -> list[str]:
+        """Raw-string inputs of the ensemble (``text``, plus ``text_pair`` for sentence-pair models)."""
+        return [TEXT_INPUT, TEXT_PAIR_INPUT] if self.text_pair else [TEXT_INPUT]
 
     @property
     def labels(self) -> list[str]:
@@ -195,7 +202,8 @@ def load_export(export_dir: str | Path, *, variant: str | None = None, check_onn
         if tensor.dtype not in _DTYPES:
             raise ServingError(f"{directory / 'io_spec.json'}: tensor {tensor.name!r} has unsupported dtype "
                                f"{tensor.dtype!r} (expected one of {sorted(_DTYPES)})")
-    exported = ExportedModel(directory, spec, chosen, onnx_path, tokenizer_dir)
+    text_pair = bool(tokenizer_dir is not None and spec.preprocessing.get("text_pair"))
+    exported = ExportedModel(directory, spec, chosen, onnx_path, tokenizer_dir, text_pair)
     if check_onnx:
         check_onnx_graph(exported)
     return exported
@@ -339,7 +347,8 @@ def tokenizer_config(name: str, exported: ExportedModel, options: RepositoryOpti
     """``NAME_tokenizer/config.pbtxt`` (python backend; the same on every server)."""
     config = _pb().ModelConfig(name=name, backend="python")
     _set_common(config, options, kind="cpu", count=1)
-    _add_tensor(config.input, TEXT_INPUT, "string", [1])
+    for text_input in exported.text_inputs:
+        _add_tensor(config.input, text_input, "string", [1])
     for tensor in exported.spec.inputs:
         _add_tensor(config.output, tensor.name, tensor.dtype, [-1])
     _param(config, "max_length", str(exported.spec.max_length or 0))
@@ -366,7 +375,8 @@ def ensemble_config(name: str, exported: ExportedModel, options: RepositoryOptio
     logits = exported.logits
     text = exported.tokenizer_dir is not None
     if text:
-        _add_tensor(config.input, TEXT_INPUT, "string", [1])
+        for text_input in exported.text_inputs:
+            _add_tensor(config.input, text_input, "string", [1])
     else:
         for tensor in exported.spec.inputs:
             _add_tensor(config.input, tensor.name, tensor.dtype, _dims(tensor))
@@ -376,7 +386,8 @@ def ensemble_config(name: str, exported: ExportedModel, options: RepositoryOptio
     steps = config.ensemble_scheduling.step
     if text:
         step = steps.add(model_name=f"{name}_tokenizer", model_version=-1)
-        step.input_map[TEXT_INPUT] = TEXT_INPUT
+        for text_input in exported.text_inputs:
+            step.input_map[text_input] = text_input
         for tensor in exported.spec.inputs:
             step.output_map[tensor.name] = f"_{tensor.name}"
     step = steps.add(model_name=f"{name}_onnx", model_version=-1)

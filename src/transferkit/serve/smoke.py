@@ -54,8 +54,9 @@ def default_tolerance(exported: ExportedModel) -> float:
     return 1e-3
 
 
-def reference_logits(exported: ExportedModel, texts: list[str], *, threads: int = 1) -> np.ndarray:
-    """Logits of the exported graph in-process, one sentence per run (tokenised like the server)."""
+def reference_logits(exported: ExportedModel, texts: list[str], *, pairs: list[str] | None = None,
+                     threads: int = 1) -> np.ndarray:
+    """Logits of the exported graph in-process, one input per run (tokenised like the server)."""
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
@@ -70,8 +71,8 @@ def reference_logits(exported: ExportedModel, texts: list[str], *, threads: int 
     session = ort.InferenceSession(str(exported.onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
     fields = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
     rows = []
-    for text in texts:
-        encoding = tokenizer.encode(text)
+    for i, text in enumerate(texts):
+        encoding = tokenizer.encode(text, pairs[i]) if pairs is not None else tokenizer.encode(text)
         feed = {t.name: np.array([getattr(encoding, fields[t.name])], dtype=np.int64) for t in exported.spec.inputs}
         rows.append(session.run([exported.logits.name], feed)[0][0])
     return np.stack(rows).astype(np.float32)
@@ -81,9 +82,11 @@ def smoke_test(control: TritonControl, exported: ExportedModel, model: str, vers
                texts: list[str] | tuple[str, ...] = DEFAULT_SMOKE_TEXTS, tolerance: float | None = None) -> SmokeResult:
     """Compare the served model (version) with in-process ONNX Runtime on fixed sentences."""
     texts = list(texts)
+    # Sentence-pair models get each sentence paired with the next one.
+    pairs = texts[1:] + texts[:1] if exported.text_pair else None
     tol = default_tolerance(exported) if tolerance is None else tolerance
-    expected = reference_logits(exported, texts)
-    served = control.infer_texts(model, texts, version=version)
+    expected = reference_logits(exported, texts, pairs=pairs)
+    served = control.infer_texts(model, texts, version=version, pairs=pairs)
     logits = np.asarray(served["logits"], dtype=np.float32).reshape(expected.shape)
     labels = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in np.asarray(served["label"]).reshape(-1)]
     expected_labels = [exported.labels[i] for i in expected.argmax(axis=-1)]

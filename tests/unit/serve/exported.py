@@ -86,3 +86,20 @@ def shared_export(*, seed: int = 0) -> Path:
         atexit.register(shutil.rmtree, root, True)
         _CACHE[seed] = export_minilm(root / "export", int8=True, seed=seed, recommended="fp32")
     return _CACHE[seed]
+
+
+def pair_export(target: Path) -> Path:
+    """A copy of the shared export declared as a sentence-pair model (``preprocessing.text_pair``)."""
+    source = shared_export()
+    target.mkdir(parents=True, exist_ok=True)
+    for item in source.iterdir():
+        if item.is_dir():
+            shutil.copytree(item, target / item.name)
+        elif item.suffix == ".onnx":
+            (target / item.name).symlink_to(item)
+        else:
+            shutil.copy2(item, target / item.name)
+    spec = json.loads((target / "io_spec.json").read_text())
+    spec["preprocessing"] = {"kind": "tokenizer", "text_pair": True}
+    (target / "io_spec.json").write_text(json.dumps(spec))
+    return target

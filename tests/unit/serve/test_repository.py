@@ -5,7 +5,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from tests.unit.serve.exported import LABELS, shared_export
+from tests.unit.serve.exported import LABELS, pair_export, shared_export
 from transferkit.errors import ConfigError, ServingError
 from transferkit.serve.repository import (
     RepositoryOptions,
@@ -155,3 +155,12 @@ def test_missing_tokenizer_and_wrong_names(export_dir, tmp_path):
     (broken / "io_spec.json").write_text(json.dumps(spec))
     with pytest.raises(ServingError, match="graph lacks io_spec tensors"):
         load_export(broken)
+
+
+def test_sentence_pair_models_take_two_strings(tmp_path):
+    out = tmp_path / "repo"
+    build_model_repository(pair_export(tmp_path / "pairs"), "nli", out)
+    ensemble = _parse(out / "nli/config.pbtxt")
+    assert [i.name for i in ensemble.input] == ["text", "text_pair"]
+    assert dict(ensemble.ensemble_scheduling.step[0].input_map) == {"text": "text", "text_pair": "text_pair"}
+    assert [i.name for i in _parse(out / "nli_tokenizer/config.pbtxt").input] == ["text", "text_pair"]

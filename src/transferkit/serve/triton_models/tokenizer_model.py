@@ -1,4 +1,4 @@
-"""Triton python-backend model: raw strings in, token tensors out (``tokenizers`` library).
+"""Triton python-backend model: raw strings (or string pairs) in, token tensors out (``tokenizers``).
 
 Copied into ``<name>_tokenizer/<version>/model.py`` with the exported tokenizer files in
 ``<version>/tokenizer/``. Each request is padded to its own longest sequence, rounded up to a multiple
@@ -31,17 +31,20 @@ class TritonPythonModel:
             self.tokenizer.enable_truncation(max_length=max_length)
         self.multiple = max(1, int(params.get("pad_to_multiple_of", "1")))
         self.pad_id = int(params.get("pad_id", "0"))
-        self.text_input = config["input"][0]["name"]
+        # One input (text) or two (text, text_pair) for sentence-pair models.
+        self.text_inputs = [i["name"] for i in config["input"]]
         self.outputs = [(o["name"], pb_utils.triton_string_to_numpy(o["data_type"])) for o in config["output"]]
 
     def execute(self, requests):
         """Tokenize every request's strings in one ``encode_batch`` call."""
-        texts, sizes = [], []
+        columns, sizes = [[] for _ in self.text_inputs], []
         for request in requests:
-            raw = pb_utils.get_input_tensor_by_name(request, self.text_input).as_numpy().reshape(-1)
-            sizes.append(len(raw))
-            texts.extend(t.decode("utf-8", errors="replace") if isinstance(t, bytes) else str(t) for t in raw)
-        encodings = self.tokenizer.encode_batch(texts)
+            for column, name in zip(columns, self.text_inputs, strict=False):
+                raw = pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)
+                column.extend(t.decode("utf-8", errors="replace") if isinstance(t, bytes) else str(t) for t in raw)
+            sizes.append(len(columns[0]) - sum(sizes))
+        batch = columns[0] if len(columns) == 1 else list(zip(columns[0], columns[1], strict=False))
+        encodings = self.tokenizer.encode_batch(batch)
         responses = []
         start = 0
         for size in sizes:
