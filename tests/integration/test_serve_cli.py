@@ -152,3 +152,21 @@ def test_bench_refuses_remote_targets():
                                  "--protocol", "http", "--metrics-url", ""])
     assert result.exit_code != 0
     assert "is not a loopback address" in result.output
+
+
+def test_serve_stops_cleanly_on_sigterm(tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "transferkit.cli.main", "serve", "--repository", str(tmp_path), "--http-port", "0",
+         "--grpc-port", "0", "--metrics-port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if "Press Ctrl-C" in line:
+            break
+    output = "".join(lines)
+    server_pid = int(re.search(r"^Triton ready \(pid (\d+)\)", output, re.M).group(1))
+    assert "models: none" in output
+    process.terminate()
+    rest, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, rest
+    assert not _alive(server_pid)

@@ -32,7 +32,7 @@ def serve(
     repository: Path = typer.Option(..., "--repository", "-r", help="Model repository folder."),
     model: list[str] = typer.Option(None, "--model", "-m", help="Model(s) to load (default: deployed ones)."),
     host: str = typer.Option("127.0.0.1", help="Bind address (loopback by default)."),
-    http_port: int = typer.Option(8000, help="HTTP port (0 = any free port)."),
+    http_port: int = typer.Option(8000, "--http-port", "--port", help="HTTP port (0 = any free port)."),
     grpc_port: int = typer.Option(8001, help="gRPC port (0 = any free port)."),
     metrics_port: int = typer.Option(8002, help="Prometheus metrics port (0 = any free port)."),
     config_name: str = typer.Option(
