@@ -224,3 +224,24 @@ def test_sentence_pair_deployment(server, key_env, tmp_path):
     np.testing.assert_allclose(served["logits"], expected, atol=1e-3)
     single = reference_logits(load_export(export), ["A man is eating.", "A dog runs."])
     assert not np.allclose(expected, single, atol=1e-4)  # the second sentence really reached the graph
+
+
+def test_version_that_fails_to_load_in_triton_rolls_back(first_deploy, export_dir, server, key_env, tmp_path,
+                                                         monkeypatch):
+    # Fault injection: the new version's graph model crashes at load time inside Triton.
+    from transferkit.serve import repository
+
+    broken = tmp_path / "triton_models"
+    shutil.copytree(repository._MODELS_PKG, broken)
+    (broken / "onnx_model.py").write_text("raise RuntimeError('simulated load failure')\n")
+    monkeypatch.setattr(repository, "_MODELS_PKG", broken)
+    serving = max(_versions(server))
+    with pytest.raises(DeploymentError, match=rf"load '{NAME}_onnx' failed.*simulated load failure.*"
+                                              rf"rolled back \(version {serving} still serving\)"):
+        deploy_model(_config(export_dir, server, key_env))
+    assert max(_versions(server)) == serving
+    assert max(_versions(server, f"{NAME}_tokenizer")) == serving
+    with TritonControl(server.http_url, api_key=KEY) as control:
+        assert control.ready_versions(NAME) == [serving]
+        assert control.ready_versions(f"{NAME}_tokenizer") == [serving]
+        assert control.infer_texts(NAME, ["fine"])["label"].shape == (1, 1)
