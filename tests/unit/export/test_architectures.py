@@ -1,0 +1,30 @@
+"""Parity for other architectures: a tiny random GPT-2 and RoBERTa classifier (byte-level BPE built offline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+
+from tests.unit.export import models
+from tests.unit.export.conftest import quick
+from transferkit.export import ExportConfig, IOSpec, export_model
+
+
+@pytest.mark.parametrize(("build", "model_type"), [(models.tiny_gpt2, "gpt2"), (models.tiny_roberta, "roberta")])
+def test_decoder_and_roberta_classifiers_export_with_parity(build, model_type: str, movie_dir: Path,
+                                                            tmp_path: Path) -> None:
+    model_dir = build(movie_dir, tmp_path / "model")
+    # Random weights: accuracy is meaningless, so the gate is opened; parity is what is tested here.
+    result = export_model(ExportConfig(model_dir, movie_dir, tmp_path / "onnx",
+                                       **quick(max_drop=100, latency_runs=0, throughput_runs=0)))
+    assert result.parity_max_abs_diff <= 1e-4
+    assert all(c.labels_agree for c in result.parity_cases) and len(result.parity_cases) >= 4
+    spec = IOSpec.load(result.out_dir)
+    assert spec.model_type == model_type
+    # Neither architecture takes segment ids from its tokenizer.
+    assert [t.name for t in spec.inputs] == ["input_ids", "attention_mask"]
+    session = ort.InferenceSession(str(result.out_dir / "model.int8.onnx"))
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
+    assert spec.preprocessing["pad_token_id"] == (2 if model_type == "roberta" else 0)
