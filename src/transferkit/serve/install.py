@@ -178,8 +178,17 @@ def _run(cmd: list[str], what: str) -> None:
 
 
 def _create_serving_venv(venv: Path) -> None:
-    base = str(SYSTEM_PYTHON) if SYSTEM_PYTHON.exists() else sys.executable
-    _run([base, "-m", "venv", str(venv)], f"creating the serving venv with {base}")
+    bases = [str(SYSTEM_PYTHON)] if SYSTEM_PYTHON.exists() else []
+    bases.append(sys.executable)  # another CPython 3.11 also works with the 3.11 stub
+    for base in bases:
+        try:
+            _run([base, "-m", "venv", str(venv)], f"creating the serving venv with {base}")
+            break
+        except AssetError as exc:
+            shutil.rmtree(venv, ignore_errors=True)
+            if base == bases[-1]:
+                raise
+            logger.warning("%s; falling back to %s", exc, bases[-1])
     python = str(venv / "bin" / "python")
     _run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *SERVING_REQUIREMENTS],
          f"installing {' '.join(SERVING_REQUIREMENTS)} into the serving venv")
