@@ -1,10 +1,82 @@
-"""`transferkit forgetting` (implemented by issue 4)."""
+"""`transferkit forgetting`: measure catastrophic forgetting against the base model and gate on it."""
 
 from __future__ import annotations
 
-from transferkit.cli._common import not_implemented
+from pathlib import Path
+
+import typer
+
+from transferkit.cli._common import console, handle_errors
 
 
-def forgetting() -> None:
-    """Not implemented yet."""
-    not_implemented("forgetting", 4)
+def _base_from_summary(model: Path) -> str | None:
+    """The base model recorded by `transferkit train` in training_summary.json, if any."""
+    import json
+
+    summary = model / "training_summary.json"
+    if not summary.is_file():
+        return None
+    try:
+        data = json.loads(summary.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    reference = (data.get("model") or {}).get("reference") if isinstance(data.get("model"), dict) else None
+    if isinstance(reference, str):
+        return reference
+    for holder in (data, data.get("config") or {}):
+        if isinstance(holder, dict):
+            for key in ("base_model", "base", "model"):
+                if isinstance(holder.get(key), str):
+                    return holder[key]
+    return None
+
+
+@handle_errors
+def forgetting(
+    model: Path = typer.Option(..., "--model", help="Fine-tuned model (or any encoder of the same architecture)."),
+    out: Path = typer.Option(..., "--out", help="Output directory: forgetting.json, report.html/.md."),
+    base: str | None = typer.Option(
+        None, "--base", help="Base model (catalog name or directory); default: from training_summary.json."
+    ),
+    source: str | None = typer.Option(
+        None, "--source",
+        help="Source set: builtin:NAME, prepared dataset dir, or .csv/.parquet/.jsonl with text_a,text_b,score | "
+             "text,label | text. Default: the base model's catalog source (builtin:lee-similarity).",
+    ),
+    mode: str | None = typer.Option(
+        None, "--mode", help="similarity | source-task | representation-drift (default: from the source set)."
+    ),
+    metric: str | None = typer.Option(None, "--metric", help="pearson|spearman, accuracy|macro_f1, cka."),
+    max_drop: float | None = typer.Option(None, "--max-drop", help="Fail when base - model score exceeds this."),
+    min_retention: float | None = typer.Option(
+        None, "--min-retention", help="Fail when model score / base score is below this."
+    ),
+    report_only: bool = typer.Option(False, "--report-only", help="Write results but never fail on the gate."),
+    max_length: int | None = typer.Option(None, "--max-length", help="Truncation (default: base limit, <= 256)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Texts per forward pass."),
+    probe_size: int = typer.Option(1000, "--probe-size", help="representation-drift: maximum probe texts."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pickle weights (runs code on load)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Accept custom model code."),
+) -> None:
+    """Compare base and fine-tuned model on a source-task set; exit 3 when the forgetting gate fails."""
+    from transferkit.errors import ConfigError
+    from transferkit.evaluate import ForgettingConfig, check_forgetting
+
+    base = base or _base_from_summary(model)
+    if base is None:
+        raise ConfigError(f"--base: not given and {model / 'training_summary.json'} does not name a base model")
+    result = check_forgetting(ForgettingConfig(
+        base=base, model=model, out_dir=out, source=source, mode=mode, metric=metric, max_drop=max_drop,
+        min_retention=min_retention, max_length=max_length, batch_size=batch_size, probe_size=probe_size,
+        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+    ))
+    console.print(
+        f"{result.mode} ({result.metric}): base {result.base_score:.4f} -> model {result.model_score:.4f}, "
+        f"retention {result.retention:.4f}, drop {result.drop:.4f}"
+    )
+    console.print(f"wrote {result.forgetting_path} and {result.report_html}")
+    if report_only:
+        if not result.passed:
+            console.print(f"report only, not failing: {result.reason}")
+        return
+    result.raise_if_failed()
