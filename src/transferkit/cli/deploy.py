@@ -23,7 +23,7 @@ def deploy(
     instance_count: int = typer.Option(1, help="Production instances per device."),
     tensorrt_fp16: bool = typer.Option(False, help="Add the TensorRT FP16 accelerator (GPU)."),
     max_batch_size: int = typer.Option(32, help="Triton max_batch_size."),
-    queue_delay_us: int = typer.Option(2000, help="Dynamic batcher max queue delay (microseconds)."),
+    queue_delay_us: int = typer.Option(0, help="Dynamic batcher max queue delay (microseconds)."),
     local_threads: int = typer.Option(1, help="ONNX Runtime threads per local python-backend instance."),
     local_instances: int = typer.Option(2, help="Instances of the local python-backend variant."),
     s3_endpoint_url: str = typer.Option("", help="S3-compatible endpoint (else AWS_ENDPOINT_URL)."),
