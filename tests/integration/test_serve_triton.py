@@ -245,3 +245,34 @@ def test_version_that_fails_to_load_in_triton_rolls_back(first_deploy, export_di
         assert control.ready_versions(NAME) == [serving]
         assert control.ready_versions(f"{NAME}_tokenizer") == [serving]
         assert control.infer_texts(NAME, ["fine"])["label"].shape == (1, 1)
+
+
+def test_output_of_the_real_export_step_serves(server, key_env, tmp_path):
+    # The contract between `transferkit export` and this step, end to end: export_model's directory
+    # (dynamic int8 recommended, tokenizer.json saved with padding/truncation) deploys and passes the smoke test.
+    from tests.helpers import MOVIE_LABELS, write_movie_slice
+    from transferkit.data.prepared import load_prepared
+    from transferkit.export import ExportConfig, export_model
+    from transferkit.models.loading import load_sequence_classifier, load_tokenizer
+
+    data = write_movie_slice(tmp_path / "data", train=8, validation=8, test=16)
+    model_dir = tmp_path / "model"
+    load_sequence_classifier("minilm-l6", MOVIE_LABELS).save_pretrained(model_dir)
+    load_tokenizer("minilm-l6").save_pretrained(model_dir)
+    (model_dir / "labels.json").write_text(json.dumps(MOVIE_LABELS))
+    exported = export_model(ExportConfig(model_dir, data, tmp_path / "onnx", target="cpu", max_length=32, threads=2,
+                                         latency_runs=0, throughput_runs=0, max_drop=100))
+    config = DeployConfig(onnx_dir=exported.out_dir, name="exported", repository=str(server.repository),
+                          triton_url=server.http_url, api_key_env=key_env,
+                          options=RepositoryOptions(instance_kind="cpu"))
+    result = deploy_model(config)
+    assert result.smoke_test["passed"] and result.smoke_test["tolerance"] == pytest.approx(0.1)  # int8 served
+    assert (server.repository / "exported_onnx" / str(result.version) / "model.onnx").stat().st_size == \
+        (exported.out_dir / "model.int8.onnx").stat().st_size
+    texts = load_prepared(data).texts("test")
+    from transferkit.serve.repository import load_export
+
+    expected = reference_logits(load_export(exported.out_dir), texts)
+    with TritonControl(server.http_url) as control:
+        served = control.infer_texts("exported", texts)
+    np.testing.assert_allclose(served["logits"], expected, atol=0.1)
