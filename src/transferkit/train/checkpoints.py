@@ -2,10 +2,11 @@
 
 The Trainer writes ``checkpoint-<step>/`` file by file (weights, optimizer, scheduler, RNG states,
 ``trainer_state.json`` last) and a process killed in the middle leaves a partial directory. After each
-save, :class:`ManifestCallback` writes ``transferkit_manifest.json`` (size and SHA-256 of every file) into
-the checkpoint, atomically and last; :func:`latest_complete_checkpoint` resumes from the newest checkpoint
-whose manifest exists and matches, and sets partial or corrupted ones aside (renamed to
-``.incomplete-checkpoint-<step>-<n>``, ignored by the Trainer's rotation) with a warning.
+save, :class:`~transferkit.train.callbacks.ManifestCallback` writes ``transferkit_manifest.json``
+(size and SHA-256 of every file) into the checkpoint, atomically and last;
+:func:`latest_complete_checkpoint` resumes from the newest checkpoint whose manifest exists and matches,
+and sets partial or corrupted ones aside (renamed to ``.incomplete-checkpoint-<step>-<n>``, ignored by
+the Trainer's rotation) with a warning.
 
 A ``run.json`` in the checkpoint directory records the settings that define the run; resuming with
 different settings (other data, model, strategy or hyperparameters) is refused instead of silently
@@ -19,10 +20,9 @@ import json
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
-
-from transformers import TrainerCallback
 
 from transferkit.errors import CheckpointError
 from transferkit.io import read_json, write_json
@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "transferkit_manifest.json"
 RUN_FILE = "run.json"
+TENSORBOARD_DIR = "tensorboard"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -137,9 +138,7 @@ def write_run_identity(directory: Path, identity: dict[str, Any]) -> None:
 
 
 def clear_checkpoints(directory: Path) -> int:
-    """Remove every checkpoint (complete or not) from ``directory``; return how many were removed."""
-    import shutil
-
+    """Remove every checkpoint (complete or not) and the old run's logs; return how many checkpoints went."""
     removed = 0
     if not directory.is_dir():
         return 0
@@ -147,25 +146,14 @@ def clear_checkpoints(directory: Path) -> int:
         if _CHECKPOINT.match(child.name) or child.name.startswith(".incomplete-checkpoint-"):
             shutil.rmtree(child, ignore_errors=True)
             removed += 1
+    clear_logs(directory)
     (directory / RUN_FILE).unlink(missing_ok=True)
     return removed
 
 
-class ManifestCallback(TrainerCallback):
-    """Write the integrity manifest of each checkpoint once every rank has finished writing it."""
-
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """Seal ``checkpoint-<global_step>`` (after a barrier when distributed)."""
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()
-        if state.is_world_process_zero:
-            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if checkpoint.is_dir():
-                write_manifest(checkpoint)
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()
+def clear_logs(directory: Path) -> None:
+    """Remove TensorBoard events of a run that left no checkpoint (a fresh start must not mix curves)."""
+    shutil.rmtree(directory / TENSORBOARD_DIR, ignore_errors=True)
 
 
 def manifest_summary(checkpoint: Path) -> dict[str, Any]:

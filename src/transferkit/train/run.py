@@ -22,6 +22,7 @@ from transferkit.data.prepared import load_prepared
 from transferkit.errors import ConfigError, ModelError, PreparedDataError, TrainingError
 from transferkit.io import atomic_output_dir, write_json
 from transferkit.models.catalog import CatalogEntry, ResolvedModel, resolve_model
+from transferkit.train.checkpoints import TENSORBOARD_DIR
 from transferkit.train.config import DEFAULT_FEATURE_EXTRACTION_HEAD_LR, DEFAULT_HYPERPARAMETERS, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,6 @@ SUMMARY_FILE = "training_summary.json"
 REPORT_STEM = "training_report"
 CURVES_FILE = "training_curves.png"
 HISTORY_FILE = "log_history.json"
-TENSORBOARD_DIR = "tensorboard"
 SUPPORTED_TASKS = ("text-classification",)
 
 
@@ -360,11 +360,16 @@ def _run_trained(ctx: _RunContext) -> TrainResult:
     import torch
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, TrainingArguments, default_data_collator
     from transformers.integrations import TensorBoardCallback
-    from transformers.trainer_callback import PrinterCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from transferkit.train.checkpoints import ManifestCallback
+    from transferkit.train.callbacks import (
+        EpochTimerCallback,
+        LoggingCallback,
+        ManifestCallback,
+        OverfittingWarningCallback,
+        QuietProgressCallback,
+    )
     from transferkit.train.data import TokenizedDataset, class_weight_vector
-    from transferkit.train.diagnostics import EpochTimerCallback, LoggingCallback, OverfittingWarningCallback
     from transferkit.train.features import FeatureDataset, build_head_model, cached_features, supports_feature_cache
     from transferkit.train.modeling import count_parameters, freeze_for_strategy
     from transferkit.train.optim import L2SPPenalty
@@ -429,6 +434,8 @@ def _run_trained(ctx: _RunContext) -> TrainResult:
         # At least two: a kill during a save must leave the previous complete checkpoint.
         "save_total_limit": max(2, config.save_total_limit),
         "load_best_model_at_end": True,
+        # Early-stopping patience counters continue where the checkpoint left them (exact resume).
+        "restore_callback_states_from_checkpoint": True,
         "metric_for_best_model": metric_key,
         "greater_is_better": config.metric != "loss",
         "report_to": "none",
@@ -459,10 +466,8 @@ def _run_trained(ctx: _RunContext) -> TrainResult:
         from torch.utils.tensorboard import SummaryWriter
 
         callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(tensorboard_dir))))
-    early_stopping = None
     if config.early_stopping_patience:
-        early_stopping = EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_min_delta)
-        callbacks.append(early_stopping)
+        callbacks.append(EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_min_delta))
 
     feature_info: dict[str, Any] | None = None
     common: dict[str, Any] = {
@@ -500,7 +505,10 @@ def _run_trained(ctx: _RunContext) -> TrainResult:
         if config.strategy == "feature_extraction":
             feature_info = {"used": False}
 
+    # Logs go through `logging` (LoggingCallback); the stock callbacks would print them to stdout.
     trainer.remove_callback(PrinterCallback)
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(QuietProgressCallback())
     train_started = time.perf_counter()
     try:
         output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -517,6 +525,9 @@ def _run_trained(ctx: _RunContext) -> TrainResult:
                   if k.startswith("validation_") and not k.endswith(("_runtime", "_per_second"))}
     state = trainer.state
     stop_reason = "max_steps" if hp["max_steps"] else "epochs"
+    # The Trainer replaces callbacks restored from a checkpoint: look the early stopper up again.
+    early_stopping = next((c for c in trainer.callback_handler.callbacks if isinstance(c, EarlyStoppingCallback)),
+                          None)
     if early_stopping is not None and early_stopping.early_stopping_patience_counter >= \
             early_stopping.early_stopping_patience and state.global_step < state.max_steps:
         stop_reason = "early_stopping"
@@ -590,6 +601,7 @@ def _prepare_checkpoint_dir(
     from transferkit.train.checkpoints import (
         check_run_identity,
         clear_checkpoints,
+        clear_logs,
         latest_complete_checkpoint,
         write_run_identity,
     )
@@ -601,6 +613,8 @@ def _prepare_checkpoint_dir(
                 check_run_identity(checkpoint_dir, identity)
                 found = latest_complete_checkpoint(checkpoint_dir)
                 decision["path"] = str(found) if found else None
+                if found is None:
+                    clear_logs(checkpoint_dir)
             else:
                 removed = clear_checkpoints(checkpoint_dir)
                 if removed:
@@ -797,7 +811,8 @@ def evaluate_model_dir(model_dir: Path, ctx: _RunContext) -> dict[str, float]:
 
     from transferkit.train.data import TokenizedDataset
 
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).to(device)
     model.eval()
     ds = TokenizedDataset(ctx.validation_split, ctx.tokenizer, ctx.hp["max_length"])
     collator = DataCollatorWithPadding(ctx.tokenizer)
@@ -805,12 +820,12 @@ def evaluate_model_dir(model_dir: Path, ctx: _RunContext) -> dict[str, float]:
     logits_parts, labels_parts, loss_sum = [], [], 0.0
     with torch.inference_mode():
         for start in range(0, len(order), ctx.hp["eval_batch_size"]):
-            batch = collator([ds[i] for i in order[start : start + ctx.hp["eval_batch_size"]]])
+            batch = collator([ds[i] for i in order[start : start + ctx.hp["eval_batch_size"]]]).to(device)
             labels = batch.pop("labels")
             logits = model(**batch).logits.float()
             loss_sum += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
-            logits_parts.append(logits)
-            labels_parts.append(labels)
+            logits_parts.append(logits.cpu())
+            labels_parts.append(labels.cpu())
     from transformers import EvalPrediction
 
     logits = torch.cat(logits_parts).numpy()

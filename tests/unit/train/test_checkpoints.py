@@ -82,5 +82,6 @@ def test_clear_checkpoints(tmp_path):
     _checkpoint(tmp_path, 2, seal=False)
     write_run_identity(tmp_path, {"a": 1})
     (tmp_path / "tensorboard").mkdir()
+    (tmp_path / "other").mkdir()
     assert clear_checkpoints(tmp_path) == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tensorboard"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other"]
