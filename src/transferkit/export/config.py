@@ -41,7 +41,8 @@ class ExportConfig:
             (``training_summary.json``), else 128 capped by the model's limit.
         calibration_size: Training rows used to calibrate static QDQ quantization (target gpu).
         calibration_method: ``minmax``, ``percentile`` or ``entropy`` (onnxruntime calibrators).
-        threads: CPU threads for PyTorch and ONNX Runtime; default: all cores.
+        threads: CPU threads for PyTorch and ONNX Runtime; default: the CPUs available to the process
+            (affinity mask and cgroup quota, so a pod with a CPU limit is not oversubscribed).
         gpu_prefer: Which gpu variant to recommend when both pass: ``fp16`` (any CUDA runtime) or ``qdq``
             (int8 with the TensorRT execution provider).
         eval_batch_size: Batch size of the accuracy evaluation.
@@ -110,12 +111,24 @@ class ExportConfig:
 
     @property
     def resolved_threads(self) -> int:
-        """Thread count to use (``threads`` or all cores)."""
-        return int(self.threads or os.cpu_count() or 1)
+        """Thread count to use: ``threads``, else the CPUs this process may use (affinity and cgroup quota)."""
+        return int(self.threads or available_cpus())
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly view."""
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+def available_cpus() -> int:
+    """CPUs usable by this process: the affinity mask, capped by a cgroup v2 CPU quota (Kubernetes limits)."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
