@@ -213,12 +213,11 @@ def _export_into(tmp: Path, config: ExportConfig, dataset: PreparedDataset, expo
     spec.save(tmp)
 
     out = config.out_dir.absolute()
-    produced = [v for v in TARGET_VARIANTS[config.target]]
     result = ExportResult(
         out_dir=out, target=config.target, recommended_variant=recommended,
         recommended_file=variants[recommended].file,
         parity_max_abs_diff=max(c.max_abs_diff for c in cases), parity_cases=cases, variants=variants,
-        passed=all(variants[v].kept for v in produced), fallback=recommended != preferences[0],
+        passed=all(variants[v].kept for v in TARGET_VARIANTS[config.target]), fallback=recommended != preferences[0],
         labels=exportable.labels, max_length=max_length, opset=config.opset, threads=threads,
         io_spec_path=out / IO_SPEC_FILE, metrics_path=out / METRICS_FILE, report_md=out / "report.md",
         report_html=out / "report.html", graph_rewrites=rewrites,
@@ -339,15 +338,3 @@ def _io_spec(config: ExportConfig, dataset: PreparedDataset, exportable: Exporta
         primary_metric_name="accuracy",
     )
 
-
-__all__ = ["export_model"]
-
-
-def describe(result: ExportResult) -> dict[str, Any]:
-    """Short summary for logs and the CLI."""
-    return {
-        "out_dir": str(result.out_dir), "recommended_variant": result.recommended_variant,
-        "passed": result.passed, "parity_max_abs_diff": result.parity_max_abs_diff,
-        "variants": {n: {"kept": v.kept, "accuracy": v.accuracy, "size_mb": round(v.size_bytes / 1e6, 1)}
-                     for n, v in result.variants.items()},
-    }
