@@ -23,7 +23,12 @@ from transferkit.errors import ConfigError, ModelError, PreparedDataError, Train
 from transferkit.io import atomic_output_dir, write_json
 from transferkit.models.catalog import CatalogEntry, ResolvedModel, resolve_model
 from transferkit.train.checkpoints import TENSORBOARD_DIR
-from transferkit.train.config import DEFAULT_FEATURE_EXTRACTION_HEAD_LR, DEFAULT_HYPERPARAMETERS, TrainConfig
+from transferkit.train.config import (
+    DEFAULT_FEATURE_EXTRACTION_HEAD_LR,
+    DEFAULT_FROZEN_EPOCHS,
+    DEFAULT_HYPERPARAMETERS,
+    TrainConfig,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +146,9 @@ def resolve_hyperparameters(config: TrainConfig, entry: CatalogEntry | None, mod
         raise ConfigError(f"max_length: {config.max_length} exceeds the model's limit of {model_limit} tokens")
     max_length = int(config.max_length or min(int(defaults["max_length"]), model_limit))
     batch_size = int(pick("batch_size"))
+    epochs = float(pick("epochs"))
+    if config.epochs is None and config.strategy == "feature_extraction" and not config.unfreeze_top_layers:
+        epochs = DEFAULT_FROZEN_EPOCHS
     return {
         "learning_rate": learning_rate,
         "head_learning_rate": head_learning_rate,
@@ -148,7 +156,7 @@ def resolve_hyperparameters(config: TrainConfig, entry: CatalogEntry | None, mod
         "weight_decay": float(pick("weight_decay")),
         "warmup_ratio": float(pick("warmup_ratio")),
         "scheduler": str(pick("scheduler")),
-        "epochs": float(pick("epochs")),
+        "epochs": epochs,
         "max_steps": config.max_steps,
         "batch_size": batch_size,
         "eval_batch_size": int(config.eval_batch_size or 2 * batch_size),
