@@ -430,3 +430,41 @@ def load_summary(model_dir: Path) -> dict[str, Any] | None:
     """The ``preserve_source.json`` written next to a model, if any."""
     path = Path(model_dir) / "preserve_source.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def wise_ft(model_dir: Path, *, base: str | Path, alpha: float, out_dir: Path) -> Path:
+    """Write a copy of ``model_dir`` whose encoder is interpolated toward ``base`` (head kept as trained).
+
+    The plain WiSE-FT baseline without head re-fitting (``alpha = 1``: unchanged, ``0``: base encoder).
+
+    Args:
+        model_dir: Fine-tuned classifier directory.
+        base: Base model it was fine-tuned from.
+        alpha: Weight of the fine-tuned encoder in [0, 1].
+        out_dir: Output model directory (written atomically; tokenizer and labels copied).
+
+    Raises:
+        ConfigError: ``alpha`` outside [0, 1].
+        TrainingError: The base does not match the model's architecture.
+
+    """
+    import shutil
+
+    from transferkit.io import atomic_output_dir
+    from transferkit.models.loading import load_encoder, load_sequence_classifier
+
+    if not 0 <= alpha <= 1:
+        raise ConfigError(f"alpha: expected a weight in [0, 1], got {alpha}")
+    model_dir = Path(model_dir)
+    classifier = load_sequence_classifier(model_dir)
+    _Interpolator(classifier, load_encoder(base)).set(alpha)
+    with atomic_output_dir(out_dir) as tmp:
+        for item in model_dir.iterdir():
+            if item.name.startswith("."):
+                continue
+            if item.is_dir():
+                shutil.copytree(item, tmp / item.name)
+            else:
+                shutil.copy2(item, tmp / item.name)
+        classifier.save_pretrained(tmp)
+    return Path(out_dir)
