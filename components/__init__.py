@@ -1,0 +1,1 @@
+"""KFP components: typed shims over the transferkit library, one folder per step."""

@@ -1,0 +1,67 @@
+"""KFP component: validate, split and profile a labelled dataset."""
+
+from kfp import dsl
+from kfp.dsl import HTML, Dataset, Markdown, Metrics, Output
+
+from transferkit.images import RUNTIME_IMAGE
+
+
+@dsl.component(base_image=RUNTIME_IMAGE, install_kfp_package=False)
+def data_prep(
+    dataset_uri: str,
+    dataset: Output[Dataset],
+    metrics: Output[Metrics],
+    report: Output[HTML],
+    report_md: Output[Markdown],
+    task: str = "text-classification",
+    text_column: str = "text",
+    label_column: str = "label",
+    text_pair_column: str = "",
+    group_column: str = "",
+    split_column: str = "",
+    validation_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 42,
+    model: str = "minilm-l6",
+    max_length: int = 64,
+    max_rows: int = 0,
+) -> int:
+    """Prepare ``dataset_uri`` (path, ``s3://`` or ``builtin:NAME``) into train/validation/test Parquet.
+
+    Args:
+        dataset_uri: Source data URI.
+        task: Task type; ``text-classification``.
+        text_column: Column with the text.
+        label_column: Column with the labels.
+        text_pair_column: Optional second text column ("" = none).
+        group_column: Optional slice column for slice metrics ("" = none).
+        split_column: Optional column holding train/validation/test ("" = seeded stratified split).
+        validation_fraction: Validation share for the stratified split.
+        test_fraction: Test share for the stratified split.
+        seed: Split seed.
+        model: Model whose tokenizer measures token lengths.
+        max_length: Sequence length for the truncation rate.
+        max_rows: Seeded sample size for quick runs (0 = all rows).
+
+    Returns:
+        The number of classes.
+    """
+    import json
+    import shutil
+    from pathlib import Path
+
+    from transferkit.data.prepare import DataPrepConfig, prepare_dataset
+
+    result = prepare_dataset(DataPrepConfig(
+        dataset=dataset_uri, out=dataset.path, task=task, text_column=text_column, label_column=label_column,
+        text_pair_column=text_pair_column or None, group_column=group_column or None,
+        split_column=split_column or None, validation_fraction=validation_fraction, test_fraction=test_fraction,
+        seed=seed, model=model, max_length=max_length, max_rows=max_rows or None,
+    ))
+    for name, value in result.metrics.items():
+        metrics.log_metric(name, value)
+    Path(metrics.path).write_text(json.dumps(metrics.metadata, indent=2), encoding="utf-8")
+    shutil.copyfile(result.report_html, report.path)
+    shutil.copyfile(result.report_md, report_md.path)
+    dataset.metadata.update({"labels": result.labels, "rows": result.rows})
+    return result.num_labels

@@ -1,0 +1,56 @@
+"""KFP component: export to ONNX behind a parity gate and quantize behind an accuracy gate."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+
+from transferkit.images import RUNTIME_IMAGE
+
+
+@dsl.component(base_image=RUNTIME_IMAGE, install_kfp_package=False)
+def onnx_quantize(
+    model: Input[Model],
+    dataset: Input[Dataset],
+    onnx_model: Output[Model],
+    metrics: Output[Metrics],
+    report: Output[HTML],
+    target: str = "cpu",
+    atol: float = 1e-4,
+    max_drop: float = 0.5,
+    on_drop: str = "fallback",
+    opset: int = 0,
+) -> NamedTuple("ExportOutputs", [("passed", bool), ("recommended_variant", str)]):
+    """Export ``model`` to ONNX (parity-checked) and keep the quantized variant that holds its accuracy.
+
+    A parity failure, or an accuracy drop with ``on_drop="fail"``, fails the task.
+
+    Args:
+        target: ``cpu`` (dynamic int8) or ``gpu`` (static QDQ int8 + fp16, for TensorRT).
+        atol: Largest allowed |PyTorch - ONNX Runtime| logit difference.
+        max_drop: Largest allowed accuracy drop of a quantized variant, in points.
+        on_drop: ``fallback`` to fp32 or ``fail``.
+        opset: ONNX opset (0 = the exporter's default).
+
+    Returns:
+        Whether the export gates passed, and the variant to deploy.
+    """
+    import json
+    import shutil
+    from collections import namedtuple
+    from pathlib import Path
+
+    from transferkit.export import ExportConfig, export_model
+
+    options = {"opset": opset} if opset else {}
+    result = export_model(ExportConfig(
+        model_dir=Path(model.path), data_dir=Path(dataset.path), out_dir=Path(onnx_model.path), target=target,
+        atol=atol, max_drop=max_drop, on_drop=on_drop, **options,
+    ))
+    for name, value in result.scalar_metrics().items():
+        metrics.log_metric(name, value)
+    Path(metrics.path).write_text(json.dumps(metrics.metadata, indent=2), encoding="utf-8")
+    shutil.copyfile(result.report_html, report.path)
+    onnx_model.metadata.update({"framework": "onnx", "recommended_variant": result.recommended_variant})
+    # Reaching this line means the parity gate held and the accuracy policy produced a deployable variant.
+    return namedtuple("ExportOutputs", ["passed", "recommended_variant"])(True, result.recommended_variant)

@@ -1,0 +1,124 @@
+"""The transfer-learning pipeline: composition only (each step's logic lives in ``transferkit``).
+
+data_prep → fine_tune × strategies (each followed by its forgetting check) → select_strategy →
+(evaluate, onnx_quantize) → deploy_gate → deploy_triton only when every gate holds; an exit handler
+writes the run summary whatever happens.
+"""
+
+
+from kfp import dsl
+
+from components.data_prep.component import data_prep
+from components.deploy_gate.component import deploy_gate
+from components.deploy_triton.component import deploy_triton
+from components.evaluate.component import evaluate
+from components.fine_tune.component import fine_tune
+from components.forgetting_check.component import forgetting_check
+from components.onnx_quantize.component import onnx_quantize
+from components.run_summary.component import run_summary
+from components.select_strategy.component import select_strategy
+from pipelines.transfer_learning.apply_placement import apply_placement
+from transferkit.placement import PlacementConfig
+
+PIPELINE_NAME = "transferkit-transfer-learning"
+
+
+def build_pipeline(placement: PlacementConfig | None = None):
+    """Return the pipeline, with cluster placement applied to its tasks when given."""
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="Fine-tune a pre-trained model on a labelled dataset, gate on quality and forgetting, "
+        "export to ONNX/int8 and deploy to NVIDIA Triton.",
+    )
+    def transfer_learning(
+        dataset_uri: str = "builtin:movie-sentiment",
+        base_model: str = "minilm-l6",
+        task: str = "text-classification",
+        text_column: str = "text",
+        label_column: str = "label",
+        group_column: str = "",
+        max_rows: int = 0,
+        strategies: list = ["full"],  # noqa: B006 - kfp reads the default from the signature
+        epochs: float = 3.0,
+        max_steps: int = 0,
+        learning_rate: float = 0.0,
+        llrd: float = 1.0,
+        l2sp: float = 0.0,
+        batch_size: int = 0,
+        max_length: int = 0,
+        early_stopping_patience: int = 2,
+        preserve_source: bool = True,
+        seed: int = 42,
+        min_primary: float = 0.8,
+        forgetting_source: str = "",
+        forgetting_min_retention: float = 0.5,
+        forgetting_max_drop: float = -1.0,
+        export_target: str = "cpu",
+        max_quantization_drop: float = 0.5,
+        model_name: str = "transferkit-model",
+        deploy_mode: str = "triton",
+        repository: str = "/mnt/model-repository",
+        storage_uri: str = "",
+        triton_url: str = "http://transferkit-triton.transferkit.svc:8000",
+        instance_kind: str = "gpu",
+        git_repo: str = "",
+        values_file: str = "helm/values/prod.yaml",
+        namespace: str = "transferkit",
+        checkpoint_root: str = "",
+        nproc_per_node: int = 1,
+    ) -> None:
+        summary = run_summary(base_model=base_model, dataset_uri=dataset_uri, model_name=model_name)
+        apply_placement(summary, "run_summary", placement)
+        with dsl.ExitHandler(summary, name="run"):
+            prep = data_prep(
+                dataset_uri=dataset_uri, task=task, text_column=text_column, label_column=label_column,
+                group_column=group_column, seed=seed, model=base_model, max_rows=max_rows,
+            )
+            apply_placement(prep, "data_prep", placement)
+            with dsl.ParallelFor(strategies, name="strategy-sweep") as strategy:
+                tune = fine_tune(
+                    dataset=prep.outputs["dataset"], base_model=base_model, strategy=strategy, epochs=epochs,
+                    max_steps=max_steps, learning_rate=learning_rate, llrd=llrd, l2sp=l2sp, batch_size=batch_size,
+                    max_length=max_length, early_stopping_patience=early_stopping_patience,
+                    preserve_source=preserve_source, min_retention=forgetting_min_retention, seed=seed,
+                    checkpoint_root=checkpoint_root, nproc_per_node=nproc_per_node,
+                )
+                apply_placement(tune, "fine_tune", placement)
+                forgetting = forgetting_check(
+                    model=tune.outputs["model"], base_model=base_model, source=forgetting_source,
+                    min_retention=forgetting_min_retention, max_drop=forgetting_max_drop,
+                )
+                apply_placement(forgetting, "forgetting_check", placement)
+            pick = select_strategy(
+                models=dsl.Collected(tune.outputs["model"]),
+                strategies=dsl.Collected(tune.outputs["strategy"]),
+                validation_metrics=dsl.Collected(tune.outputs["validation_metric"]),
+                forgetting_passed=dsl.Collected(forgetting.outputs["passed"]),
+                retentions=dsl.Collected(forgetting.outputs["retention"]),
+            )
+            apply_placement(pick, "select_strategy", placement)
+            scores = evaluate(model=pick.outputs["selected"], dataset=prep.outputs["dataset"])
+            apply_placement(scores, "evaluate", placement)
+            exported = onnx_quantize(
+                model=pick.outputs["selected"], dataset=prep.outputs["dataset"], target=export_target,
+                max_drop=max_quantization_drop,
+            )
+            apply_placement(exported, "onnx_quantize", placement)
+            gate = deploy_gate(
+                primary=scores.outputs["primary"], min_primary=min_primary,
+                forgetting_passed=pick.outputs["forgetting_passed"], export_passed=exported.outputs["passed"],
+            )
+            apply_placement(gate, "deploy_gate", placement)
+            with dsl.If(gate.outputs["Output"] == True, name="all-gates-passed"):  # noqa: E712 - kfp condition
+                deployed = deploy_triton(
+                    onnx_model=exported.outputs["onnx_model"], model_name=model_name, mode=deploy_mode,
+                    repository=repository, storage_uri=storage_uri, triton_url=triton_url,
+                    instance_kind=instance_kind, git_repo=git_repo, values_file=values_file, namespace=namespace,
+                )
+                apply_placement(deployed, "deploy_triton", placement)
+
+    return transfer_learning
+
+
+transfer_learning_pipeline = build_pipeline()

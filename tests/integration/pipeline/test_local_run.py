@@ -1,0 +1,64 @@
+"""The whole pipeline under kfp.local on a small slice, ending with a real Triton answer."""
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from transferkit.cli.main import app
+from transferkit.errors import PipelineError
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+
+SMALL = {
+    "max_rows": 400, "max_steps": 4, "batch_size": 16, "max_length": 48, "min_primary": 0.0,
+    "forgetting_min_retention": 0.0, "preserve_source": False, "model_name": "movies",
+}
+
+
+@pytest.fixture(scope="module")
+def work_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("pipeline-run")
+
+
+def _run(repo_root, work_dir, **params):
+    from pipelines.transfer_learning.local_run import run_local
+
+    return run_local({**SMALL, **params}, package=repo_root / "pipelines/transfer_learning/pipeline.yaml",
+                     work_dir=work_dir)
+
+
+def test_local_run_deploys_and_triton_answers(repo_root, work_dir):
+    result = _run(repo_root, work_dir)
+    assert result.status == "SUCCESS"
+    ran = set(result.tasks)
+    assert {"data-prep", "fine-tune", "forgetting-check", "evaluate", "onnx-quantize", "deploy-gate",
+            "deploy-triton", "run-summary"} <= ran
+    assert result.outputs["deploy-gate"]["Output"] is True
+    assert result.outputs["onnx-quantize"]["recommended_variant"] in {"int8", "fp32"}
+    assert result.outputs["deploy-triton"]["version"] >= 1
+    assert result.sample["label"] in {"negative", "positive"}
+    assert abs(sum(result.sample["probabilities"]) - 1.0) < 1e-3
+    assert result.outputs["evaluate"]["classification_metrics"]["confusionMatrix"]["annotationSpecs"]
+
+
+def test_failed_forgetting_gate_skips_deploy(repo_root, work_dir):
+    # Same training inputs as above, so data prep and fine-tune come from the local cache.
+    result = _run(repo_root, work_dir, forgetting_max_drop=1e-6)
+    assert result.tasks["fine-tune"]["status"] == "CACHED", result.tasks
+    assert result.outputs["forgetting-check"]["passed"] is False
+    assert result.outputs["deploy-gate"]["Output"] is False
+    assert not any(name.startswith("deploy-triton") for name in result.tasks)
+    assert result.sample is None
+
+
+def test_failing_step_names_the_task_and_the_cause(repo_root, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({**SMALL, "dataset_uri": str(tmp_path / "missing.csv")}))
+    result = runner.invoke(app, ["pipeline", "run", "--local", "--params", str(params),
+                                 "--work-dir", str(tmp_path / "work")])
+    assert result.exit_code == 2
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: local run failed at task(s) data-prep")
+    with pytest.raises(PipelineError, match="data-prep"):
+        _run(repo_root, tmp_path / "work2", dataset_uri=str(tmp_path / "missing.csv"))
