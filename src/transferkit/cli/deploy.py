@@ -33,7 +33,7 @@ def deploy(
     attempts: int = typer.Option(5, help="Connection attempts before failing (exponential backoff)."),
     smoke: bool = typer.Option(True, "--smoke/--no-smoke", help="Smoke-test the new version (mode triton)."),
     git_repo: Path = typer.Option(None, help="Git work tree with the values file (mode gitops)."),
-    values_file: str = typer.Option("values.yaml", help="Values file inside --git-repo."),
+    values_file: str = typer.Option("helm/values/prod.yaml", help="Values file in --git-repo (read by Argo CD)."),
     values_key: str = typer.Option("model", help="Dotted key that receives name/version/repositoryUri."),
     git_remote: str = typer.Option("", help="Remote to push to (mode gitops; none = commit only)."),
     git_branch: str = typer.Option("", help="Branch to commit on (default: current)."),

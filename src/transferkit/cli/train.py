@@ -85,7 +85,7 @@ def train(
     launcher: Launcher = typer.Option(Launcher.local, "--launcher", help="local | trainjob (Kubeflow Trainer)."),
     nodes: int = typer.Option(1, "--nodes", help="trainjob: number of nodes."),
     gpus_per_node: int = typer.Option(1, "--gpus-per-node", help="trainjob: GPUs per node."),
-    namespace: str = typer.Option("kubeflow", "--namespace", help="trainjob: Kubernetes namespace."),
+    namespace: str = typer.Option("transferkit", "--namespace", help="trainjob: Kubernetes namespace."),
     checkpoint_pvc: str | None = typer.Option(None, "--checkpoint-pvc", help="trainjob: PVC for checkpoints."),
     output_pvc: str | None = typer.Option(None, "--output-pvc", help="trainjob: PVC for the output."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="trainjob: wait for completion."),

@@ -104,7 +104,7 @@ class DeployConfig:
     smoke_expected_labels: list[str] | None = None
     smoke_tolerance: float | None = None
     git_repo: Path | None = None
-    values_file: str = "values.yaml"
+    values_file: str = "helm/values/prod.yaml"
     values_key: str = "model"
     git_remote: str | None = None
     git_branch: str | None = None
