@@ -20,7 +20,9 @@ _CACHED = re.compile(r"Task (\S+) cache hit")
 _PIPELINE_END = re.compile(r"Pipeline '([^']+)' finished with status (\w+)")
 
 LOCAL_DEFAULTS: dict[str, Any] = {
-    # One machine, no GPU: a CPU instance group and a deploy into the local Triton started for the run.
+    # One machine, no GPU: a CPU instance group and a deploy into the local Triton started for the run;
+    # one epoch keeps `make demo` within ~10 minutes on 2 cores (override with --params).
+    "epochs": 1.0,
     "instance_kind": "cpu",
     "deploy_mode": "triton",
     "model_name": "transferkit-model",
