@@ -27,18 +27,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from transfer_quality import evaluate_test_accuracy, prepared_movie_data
 
 
-def subset(data: Path, out: Path, train_rows: int, seed: int) -> Path:
-    """A copy of the prepared data whose train split is a seeded sample of ``train_rows`` rows."""
+def subset(data: Path, out: Path, train_rows: int, seed: int, validation_rows: int | None = None) -> Path:
+    """A copy of the prepared data whose train (and optionally validation) split is a seeded sample."""
     import numpy as np
 
     out.mkdir(parents=True)
     for file in data.iterdir():
         if file.is_file():
             shutil.copy(file, out / file.name)
-    table = pq.read_table(data / "train.parquet")
-    if train_rows < table.num_rows:
-        rows = np.sort(np.random.default_rng(seed).choice(table.num_rows, size=train_rows, replace=False))
-        pq.write_table(table.take(rows), out / "train.parquet")
+    for split, count in (("train", train_rows), ("validation", validation_rows)):
+        table = pq.read_table(data / f"{split}.parquet")
+        if count is not None and count < table.num_rows:
+            rows = np.sort(np.random.default_rng(seed).choice(table.num_rows, size=count, replace=False))
+            pq.write_table(table.take(rows), out / f"{split}.parquet")
     return out
 
 
