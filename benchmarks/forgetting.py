@@ -7,9 +7,10 @@ mean-pooled cosine similarities vs human scores, divided by the base model's 0.6
 Trained settings (``transferkit.train.run_training``, seeded 80/10/10 split, catalog defaults: 3 epochs,
 lr 5e-5, head lr 1e-3, batch 32, max_length 64): ``full``, ``full --llrd 0.8``, ``full --l2sp A`` for a
 small sweep of A, ``feature_extraction`` with 0 and 2 unfrozen top layers. Post-hoc settings re-use the
-trained ``full`` model: WiSE-FT interpolation with the head kept (the known anchors), and
-``--preserve-source`` (interpolation + head re-fit chosen on validation under a retention budget), also on
-top of the LLRD model.
+trained models: uniform WiSE-FT interpolation with the head kept (the known anchors), and
+``--preserve-source`` (``transferkit.train.preserve``: layer-selective interpolation toward the base
+weights + optional head re-fit, chosen on the validation split under a retention budget) for several
+budgets on ``full`` and on top of the LLRD model.
 
 Trained models are cached under ``$TRANSFERKIT_CACHE/bench/forgetting/models`` (keyed by their
 configuration and the data digest); a ``full`` model cached by another benchmark with the same data and
@@ -128,8 +129,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="Report directory (default: cache/bench/forgetting)")
     parser.add_argument("--l2sp", default="0.01,1.0", help="Comma-separated L2-SP strengths to sweep.")
-    parser.add_argument("--budgets", default="0.5,0.8", help="Comma-separated preserve-source retention budgets.")
+    parser.add_argument("--budgets", default="0.7,0.8,0.9",
+                        help="Comma-separated preserve-source retention budgets applied to the full model.")
+    parser.add_argument("--combo-budgets", default="0.8",
+                        help="Budgets applied on top of the LLRD model (combination of two mitigations).")
     parser.add_argument("--quick", action="store_true", help="Tiny smoke run (1,500 rows, 12 steps).")
+    parser.add_argument("--train-only", action="store_true", help="Train and cache the models, then stop.")
     parser.add_argument("--only", default=None,
                         help="Comma-separated trained settings to include (default: all), e.g. 'full'.")
     args = parser.parse_args()
@@ -162,10 +167,14 @@ def main() -> None:
     for name, kwargs in trained:
         model, seconds, cached = _train(root, data, name, kwargs, digests, args.quick)
         models[name] = model
+        if args.train_only:
+            continue
         measured = _measure(model, data, work / f"m{len(rows)}")
         rows.append({"setting": name, **measured, "train_s": seconds, "cached": cached, "kind": "trained"})
         logger.info("%s: %s", name, {k: round(v, 4) for k, v in measured.items()})
 
+    if args.train_only:
+        return
     # Post-hoc settings on trained models: cheap, no retraining.
     for alpha in (0.7, 0.5):
         name = f"full + WiSE-FT alpha={alpha} (head kept)"
@@ -173,8 +182,9 @@ def main() -> None:
         rows.append({"setting": name, **_measure(out, data, work / f"m{len(rows)}"), "train_s": None,
                      "cached": False, "kind": "post-hoc"})
     summaries: dict[str, Any] = {}
-    for source_name in [n for n in ("full", "full --llrd 0.8") if n in models]:
-        for budget in (float(b) for b in args.budgets.split(",") if b):
+    plans = [("full", args.budgets), ("full --llrd 0.8", args.combo_budgets)]
+    for source_name, budgets in [(n, b) for n, b in plans if n in models]:
+        for budget in (float(b) for b in budgets.split(",") if b):
             name = f"{source_name} --preserve-source --min-retention {budget}"
             target = work / f"preserve-{len(rows)}"
             shutil.copytree(models[source_name], target)
@@ -186,7 +196,9 @@ def main() -> None:
             rows.append({"setting": name, **_measure(target, data, work / f"m{len(rows)}"), "train_s": seconds,
                          "cached": False, "kind": "post-hoc", "alpha": summary.get("alpha"),
                          "head": summary.get("head")})
-            logger.info("%s: alpha %s head %s", name, summary.get("alpha"), summary.get("head"))
+            rows[-1]["split_layer"] = summary.get("split_layer")
+            logger.info("%s: layers >= %s at alpha %s, head %s", name, summary.get("split_layer"),
+                        summary.get("alpha"), summary.get("head"))
 
     full = next(r for r in rows if r["setting"] == "full")
     for row in rows:
@@ -213,9 +225,13 @@ def main() -> None:
     report.table(headers, table)
     for name, summary in summaries.items():
         report.heading(f"{name}: candidates (validation split)")
-        report.table(["alpha", "retention", "val acc (kept)", "val acc (lr)", "val acc (mlp)"],
-                     [[c["alpha"], c["retention"], c["val_accuracy_kept_head"] or "-", c["val_accuracy_lr_head"] or "-",
-                       c["val_accuracy_mlp_head"] or "-"] for c in summary.get("candidates", [])])
+        report.paragraph(f"chosen: layers >= {summary.get('split_layer')} at alpha {summary.get('alpha')}, "
+                         f"head {summary.get('head')}; profile {summary.get('profile')}")
+        report.table(["split layer", "alpha", "retention", "val loss (kept)", "val acc (kept)", "best head",
+                      "val loss", "val acc"],
+                     [[c["split_layer"], c["alpha"], c["retention"], c["val_loss_kept_head"],
+                       c["val_accuracy_kept_head"], c["best_head"], c["val_loss"], c["val_accuracy"]]
+                      for c in summary.get("candidates", [])])
     out_dir = args.out or root / "report"
     with atomic_output_dir(out_dir) as tmp:
         report.write(tmp, stem="report")

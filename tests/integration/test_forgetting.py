@@ -92,7 +92,9 @@ def test_overtrained_model_shows_a_clear_drop_and_fails_a_strict_gate(work, over
 
 def test_mild_model_passes_a_loose_gate_via_cli(work):
     out = work["root"] / "mild-out"
-    result = runner.invoke(app, ["forgetting", "--base", "minilm-l6", "--model", str(work["mild"]),
+    # Without --base, the base model comes from the training summary that `transferkit train` writes.
+    (work["mild"] / "training_summary.json").write_text(json.dumps({"model": {"reference": "minilm-l6"}}))
+    result = runner.invoke(app, ["forgetting", "--model", str(work["mild"]),
                                  "--out", str(out), "--min-retention", "0.5", "--max-drop", "0.2"])
     assert result.exit_code == 0, result.output
     payload = json.loads((out / "forgetting.json").read_text())
@@ -188,10 +190,11 @@ def test_preserve_source_raises_retention(work, over_result):
     model_dir = work["root"] / "preserved"
     shutil.copytree(work["over"], model_dir)
     summary = preserve_source(model_dir, base="minilm-l6", data_dir=work["data"], source=None, min_retention=0.8,
-                              alphas=(1.0, 0.5, 0.0), refine_steps=2, top_k=2, progress=False)
+                              splits=[0, 3], bisection_steps=2, top_k=1, progress=False)
     assert summary["changed"] is True and summary["original"]["retention"] == pytest.approx(over_result.retention)
-    assert summary["retention"] >= 0.8 and 0 <= summary["alpha"] < 1
-    assert {"alpha", "validation_accuracy", "retention", "candidates"} <= set(summary)
+    assert summary["retention"] >= 0.8 and 0 <= summary["alpha"] < 1 and summary["split_layer"] in (0, 3)
+    assert {"alpha", "validation_accuracy", "retention", "candidates", "profile"} <= set(summary)
+    assert len(summary["profile"]) == 7  # embeddings + 6 pre-trained layers (the read-out layer is not touched)
     assert (model_dir / "preserve_source.json").is_file()
     # The rewritten model measures the same retention in an independent forgetting check.
     after = check_forgetting(ForgettingConfig(base="minilm-l6", model=model_dir, out_dir=work["root"] / "pres-out",

@@ -15,7 +15,9 @@ if TYPE_CHECKING:
 
 _EXPLAIN = {
     "similarity": (
-        "Each text of the source set is embedded by mean-pooling the encoder's last hidden state; the cosine "
+        "Each text of the source set is embedded by mean-pooling the encoder's last hidden state (the last "
+        "pre-trained layer: the fixed read-out layer that transferkit adds to mean-pooling classifiers is "
+        "skipped); the cosine "
         "similarity of each pair is compared with the human similarity score. Pearson correlation is the "
         "primary score (the figure usually reported for the Lee corpus), Spearman is shown beside it. A "
         "fine-tuned encoder that kept its general-purpose embeddings keeps a similar correlation."

@@ -1,9 +1,10 @@
-"""The logistic-regression head of preserve-source reproduces scikit-learn's probabilities exactly."""
+"""The logistic-regression head of preserve-source reproduces scikit-learn's probabilities."""
 
 import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
 
 from transferkit.errors import EvaluationError
 from transferkit.evaluate.forgetting import gate
@@ -16,12 +17,13 @@ def test_lr_head_matches_sklearn(n_labels):
     x = rng.normal(size=(120, 8))
     y = rng.integers(0, n_labels, size=120)
     xv, yv = rng.normal(size=(40, 8)), rng.integers(0, n_labels, size=40)
-    acc, params, state = _fit_lr_head(x, y, xv, yv, n_labels, seed=0)
+    (loss, acc), params, state = _fit_lr_head(x, y, xv, yv, n_labels, seed=0)
     reference = LogisticRegression(C=params["C"], max_iter=2000, random_state=0).fit(x, y)
     logits = torch.from_numpy(xv).float() @ state["weight"].T + state["bias"]
     probs = torch.softmax(logits.double(), -1).numpy()
     assert np.allclose(probs, reference.predict_proba(xv), atol=1e-5)
     assert acc == pytest.approx((reference.predict(xv) == yv).mean())
+    assert loss == pytest.approx(log_loss(yv, reference.predict_proba(xv), labels=list(range(n_labels))), rel=1e-4)
 
 
 def test_lr_head_never_predicts_labels_absent_from_training():
