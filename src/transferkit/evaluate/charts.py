@@ -86,7 +86,7 @@ def reliability_diagram(calibration: dict[str, Any]) -> Any:
 def roc_pr_curves(roc: dict[str, list[float]], pr: dict[str, list[float]] | None, positive: str) -> Any:
     """ROC and precision-recall curves of a binary classifier side by side."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.8), layout="constrained")
     axes[0].plot(roc["fpr"], roc["tpr"])
     axes[0].plot([0, 1], [0, 1], "k--", linewidth=1)
     axes[0].set_xlabel("false positive rate")
@@ -142,7 +142,7 @@ def before_after(names: Sequence[str], before: Sequence[float], after: Sequence[
 def similarity_scatter(human: np.ndarray, base: np.ndarray, model: np.ndarray, base_r: float, model_r: float) -> Any:
     """Human score vs cosine similarity for the base and the fine-tuned model."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.6), sharey=False)
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.6), layout="constrained")
     for ax, values, r, name in ((axes[0], base, base_r, "base"), (axes[1], model, model_r, "fine-tuned")):
         ax.scatter(human, values, s=6, alpha=0.5)
         ax.set_xlabel("human similarity score")
@@ -155,7 +155,8 @@ def layer_cka(values: Sequence[float]) -> Any:
     """Linear CKA between base and fine-tuned representations per layer."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(4.5, 0.6 * len(values) + 2), 3.4))
-    ax.bar(range(len(values)), values, color="#4c72b0")
+    bars = ax.bar(range(len(values)), values, color="#4c72b0")
+    ax.bar_label(bars, fmt="%.3f", fontsize=7)
     ax.set_xticks(range(len(values)), labels=["emb", *[str(i) for i in range(1, len(values))]])
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("layer (emb = embedding output)")

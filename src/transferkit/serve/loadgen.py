@@ -38,6 +38,7 @@ DEFAULT_TEXTS = (
     "meh",
 )
 _METRIC_RE = re.compile(r'^(nv_inference_count|nv_inference_exec_count)\{([^}]*)\}\s+([0-9.eE+-]+)$')
+_VERSION_RE = re.compile(r'version="([^"]*)"')
 
 
 @dataclass
@@ -161,24 +162,57 @@ class LoadResult:
         return {"model": self.model, "total_errors": self.total_errors, "levels": [lv.to_dict() for lv in self.levels]}
 
 
-def read_batch_counters(metrics_url: str, model: str) -> tuple[float, float] | None:
-    """(inference count, execution count) of ``model`` summed over versions, from Prometheus text.
+BatchCounters = dict[str, tuple[float, float]]
 
-    Parsed by hand: two counters do not justify a Prometheus client dependency.
+
+def read_batch_counters(metrics_url: str, model: str) -> BatchCounters | None:
+    """Per-version (inference count, execution count) of ``model``, from Prometheus text.
+
+    Kept per version because a version unloaded between two reads (a hot swap) takes its counters with it;
+    deltas must only compare versions present in both reads. Parsed by hand: two counters do not justify a
+    Prometheus client dependency.
     """
     try:
         with urllib.request.urlopen(metrics_url, timeout=5) as response:
             text = response.read().decode("utf-8", errors="replace")
     except OSError:
         return None
-    totals = {"nv_inference_count": 0.0, "nv_inference_exec_count": 0.0}
-    found = False
+    counters: dict[str, list[float]] = {}
     for line in text.splitlines():
         match = _METRIC_RE.match(line.strip())
         if match and f'model="{model}"' in match.group(2):
-            totals[match.group(1)] += float(match.group(3))
-            found = True
-    return (totals["nv_inference_count"], totals["nv_inference_exec_count"]) if found else None
+            version = _VERSION_RE.search(match.group(2))
+            slot = counters.setdefault(version.group(1) if version else "", [0.0, 0.0])
+            slot[0 if match.group(1) == "nv_inference_count" else 1] += float(match.group(3))
+    return {version: (values[0], values[1]) for version, values in counters.items()} or None
+
+
+def counter_delta(before: BatchCounters, after: BatchCounters) -> tuple[float, float]:
+    """(inferences, executions) booked between two reads, over the versions still loaded at the second."""
+    inferences = sum(values[0] - before.get(version, (0.0, 0.0))[0] for version, values in after.items())
+    executions = sum(values[1] - before.get(version, (0.0, 0.0))[1] for version, values in after.items())
+    return inferences, executions
+
+
+def _settled_counters(metrics_url: str, model: str, before: BatchCounters | None, answered: int,
+                      timeout_s: float = 2.0) -> BatchCounters | None:
+    """Batch counters once the server has booked the answered requests and two reads agree.
+
+    Triton books a request's statistics after its response is sent, so a read right after the last
+    response can miss it. Gives up after ``timeout_s`` (a version unloaded mid-level never catches up).
+    """
+    deadline = time.monotonic() + timeout_s
+    previous = read_batch_counters(metrics_url, model)
+    while previous is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        current = read_batch_counters(metrics_url, model)
+        if current is None:
+            return previous
+        booked = counter_delta(before, current)[0] if before is not None else answered
+        if current == previous and booked >= answered:
+            return current
+        previous = current
+    return previous
 
 
 class _Worker:
@@ -280,7 +314,8 @@ def _run_level(config: LoadConfig, protocol: str, concurrency: int) -> LevelResu
         ready.wait(timeout=config.timeout_s * 2)
     except threading.BrokenBarrierError:
         setup_errors.append("workers did not get ready in time")
-    before = read_batch_counters(config.metrics_url, batch_model) if config.metrics_url and not setup_errors else None
+    before = (_settled_counters(config.metrics_url, batch_model, None, 0)
+              if config.metrics_url and not setup_errors else None)
     deadline = time.monotonic() + config.duration_s
     started = time.perf_counter()
     go.set()
@@ -290,11 +325,14 @@ def _run_level(config: LoadConfig, protocol: str, concurrency: int) -> LevelResu
     if setup_errors:
         target = config.http_url if protocol == "http" else config.grpc_url
         raise ServerUnavailableError(f"{config.model} at {target}: warm-up failed ({setup_errors[0]})")
-    after = read_batch_counters(config.metrics_url, batch_model) if config.metrics_url else None
+    after = (_settled_counters(config.metrics_url, batch_model, before, len(latencies))
+             if config.metrics_url and before else None)
     avg_batch = executions = None
-    if before and after and after[1] > before[1]:
-        executions = int(after[1] - before[1])
-        avg_batch = round((after[0] - before[0]) / executions, 3)
+    if before and after:
+        booked_inferences, booked_executions = counter_delta(before, after)
+        if booked_executions > 0:
+            executions = int(booked_executions)
+            avg_batch = round(booked_inferences / booked_executions, 3)
     values = np.array(latencies) if latencies else np.array([np.nan])
     result = LevelResult(
         protocol=protocol, concurrency=concurrency, requests=len(latencies) + len(errors), errors=len(errors),

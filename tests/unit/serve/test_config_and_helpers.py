@@ -9,7 +9,7 @@ from transferkit.serve.deploy import DeployConfig, DeployResult
 from transferkit.serve.gitops import update_values_file
 from transferkit.serve.install import TritonInstall, find_triton
 from transferkit.serve.kserve import _is_ready, check_dns_label
-from transferkit.serve.loadgen import LoadConfig, read_batch_counters
+from transferkit.serve.loadgen import LoadConfig, counter_delta, read_batch_counters
 from transferkit.serve.local import LocalTriton
 
 
@@ -129,3 +129,9 @@ def test_deploy_export_errors_are_serving_errors(tmp_path):
     with pytest.raises(ServingError, match=r"io_spec.json: missing"):
         deploy_model(config)
     assert not (tmp_path / "repo").exists()
+
+
+def test_counter_delta_ignores_a_version_unloaded_between_reads():
+    before = {"1": (7.0, 6.0), "2": (2.0, 1.0)}
+    after = {"2": (50.0, 49.0), "3": (4.0, 2.0)}
+    assert counter_delta(before, after) == (52.0, 50.0)
