@@ -289,3 +289,80 @@ def keep_residual_adds_unfused(model: Any) -> int:
             node.op_type = "Sum"
             rewritten += 1
     return rewritten
+
+
+TRIM_PREFIX = "transferkit_trim/"
+
+
+def trim_trailing_padding(model: Any, input_names: list[str] | tuple[str, ...]) -> bool:
+    """Make the graph drop the batch's trailing all-padding columns before the encoder runs (in place).
+
+    Why: clients and batchers often pad every request to ``max_length`` (128), while real sentences are
+    a fraction of that; every encoder op then works on padding that the attention mask throws away. The
+    graph now slices all ``[batch, sequence]`` inputs to ``1 + the last column where any attention_mask
+    value is 1`` (at least 1). For sequence-level outputs this is exact: padded key positions get zero
+    attention weight, pooling ignores them, and position ids of the kept columns do not change. Left
+    padding leaves nothing to trim (the last column is real), so the rewrite is a no-op there. ONNX
+    Runtime has no CPU option for this (its packed-sequence ops are CUDA only).
+
+    Args:
+        model: ``onnx.ModelProto`` whose inputs include ``attention_mask`` and whose outputs have no
+            sequence axis.
+        input_names: The graph's ``[batch, sequence]`` inputs.
+
+    Returns:
+        Whether the graph was rewritten (False without an ``attention_mask`` input or when already trimmed).
+
+    """
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    graph_inputs = {value.name for value in graph.input}
+    if "attention_mask" not in graph_inputs or any(node.name.startswith(TRIM_PREFIX) for node in graph.node):
+        return False
+    opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 17)
+    p = TRIM_PREFIX
+
+    def name(suffix: str) -> str:
+        return p + suffix
+
+    def reduce_max(source: str, out: str, keepdims: int) -> Any:
+        if opset >= 18:
+            return helper.make_node("ReduceMax", [source, name("axis0")], [out], name=out, keepdims=keepdims)
+        return helper.make_node("ReduceMax", [source], [out], name=out, axes=[0], keepdims=keepdims)
+
+    constants = [
+        helper.make_node("Constant", [], [name(n)], name=name(n),
+                         value=helper.make_tensor(name(n), TensorProto.INT64, dims, values))
+        for n, dims, values in (("one", [], [1]), ("one_1d", [1], [1]), ("zero_1d", [1], [0]),
+                                ("axis1", [1], [1]), ("axis0", [1], [0]))
+    ]
+    nodes = [
+        *constants,
+        helper.make_node("Cast", ["attention_mask"], [name("mask")], name=name("mask"), to=TensorProto.INT64),
+        helper.make_node("Shape", [name("mask")], [name("shape")], name=name("shape")),
+        helper.make_node("Gather", [name("shape"), name("one")], [name("length")], name=name("length"), axis=0),
+        helper.make_node("Add", [name("length"), name("one")], [name("limit")], name=name("limit")),
+        helper.make_node("Range", [name("one"), name("limit"), name("one")], [name("positions")],
+                         name=name("positions")),
+        reduce_max(name("mask"), name("used_columns"), keepdims=0),
+        helper.make_node("Mul", [name("used_columns"), name("positions")], [name("used_positions")],
+                         name=name("used_positions")),
+        reduce_max(name("used_positions"), name("last_used"), keepdims=1),
+        helper.make_node("Max", [name("last_used"), name("one_1d")], [name("keep")], name=name("keep")),
+    ]
+    renamed = {}
+    for input_name in input_names:
+        if input_name not in graph_inputs:
+            continue
+        renamed[input_name] = name(f"{input_name}_trimmed")
+        nodes.append(helper.make_node("Slice", [input_name, name("zero_1d"), name("keep"), name("axis1")],
+                                      [renamed[input_name]], name=renamed[input_name]))
+    for node in graph.node:
+        for index, source in enumerate(node.input):
+            if source in renamed:
+                node.input[index] = renamed[source]
+    existing = list(graph.node)
+    del graph.node[:]
+    graph.node.extend([*nodes, *existing])
+    return True

@@ -117,21 +117,22 @@ def measure_speed(
     result: dict[str, float | None] = {"latency_b1_p50_ms": None, "latency_b1_p95_ms": None,
                                        "throughput_seq_per_s": None}
     if latency_runs:
-        session.run(None, feeds_b1)
-        times = []
-        for _ in range(latency_runs):
-            start = time.perf_counter()
-            session.run(None, feeds_b1)
-            times.append(time.perf_counter() - start)
+        times = _timed_runs(session, feeds_b1, latency_runs)
         result["latency_b1_p50_ms"] = round(float(np.percentile(times, 50)) * 1000, 3)
         result["latency_b1_p95_ms"] = round(float(np.percentile(times, 95)) * 1000, 3)
     if throughput_runs:
-        session.run(None, feeds_bn)
-        times = []
-        for _ in range(throughput_runs):
-            start = time.perf_counter()
-            session.run(None, feeds_bn)
-            times.append(time.perf_counter() - start)
+        times = _timed_runs(session, feeds_bn, throughput_runs)
         batch = next(iter(feeds_bn.values())).shape[0]
         result["throughput_seq_per_s"] = round(batch / float(np.median(times)), 2)
     return result
+
+
+def _timed_runs(session: Any, feeds: dict[str, np.ndarray], runs: int) -> list[float]:
+    """Wall seconds of ``runs`` session runs after one untimed warm-up run."""
+    session.run(None, feeds)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        times.append(time.perf_counter() - start)
+    return times

@@ -26,6 +26,7 @@ from transferkit.export.onnx_export import (
     keep_residual_adds_unfused,
     load_exportable,
     resolve_max_length,
+    trim_trailing_padding,
 )
 from transferkit.export.parity import check_parity
 from transferkit.export.quantize import quantize_onnx
@@ -167,14 +168,14 @@ def _export_into(tmp: Path, config: ExportConfig, dataset: PreparedDataset, expo
     fp32_path = tmp / VARIANT_FILES["fp32"]
     t0 = time.perf_counter()
     export_onnx(exportable, _trace_sample(exportable, val_texts, val_pairs, max_length), fp32_path, config.opset)
-    rewrites: dict[str, int] = {}
+    graph = onnx.load(str(fp32_path))
+    rewrites: dict[str, int] = {"trim_trailing_padding": int(trim_trailing_padding(graph, exportable.input_names))}
     if config.target == "cpu":
-        graph = onnx.load(str(fp32_path))
         rewrites["residual_add_as_sum"] = keep_residual_adds_unfused(graph)
-        if rewrites["residual_add_as_sum"]:
-            onnx.save(graph, str(fp32_path))
+    if any(rewrites.values()):
+        onnx.save(graph, str(fp32_path))
     export_seconds = time.perf_counter() - t0
-    logger.info("Exported %s (%.1f MB) in %.1f s; CPU graph rewrites %s", fp32_path.name,
+    logger.info("Exported %s (%.1f MB) in %.1f s; graph rewrites %s", fp32_path.name,
                 fp32_path.stat().st_size / 1e6, export_seconds, rewrites)
 
     providers = select_providers(config.target)

@@ -137,3 +137,31 @@ def test_parity_gate_raises_instead_of_warning(exported, minilm_dir: Path, movie
     with pytest.raises(ParityError, match=r"max \|logit diff\| .* > atol 0.0001 at batch 1"):
         check_parity(model, session, tokenizer, texts, None, ["input_ids", "attention_mask", "token_type_ids"],
                      32, 1e-4)
+
+
+def _session_with_trim_length(path: Path) -> ort.InferenceSession:
+    model = onnx.load(str(path))
+    model.graph.output.append(onnx.helper.make_tensor_value_info("transferkit_trim/keep", onnx.TensorProto.INT64, [1]))
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("variant", ["model.onnx", "model.int8.onnx"])
+def test_graph_trims_trailing_padding_without_changing_logits(exported, variant: str) -> None:
+    from transformers import AutoTokenizer
+
+    assert exported.graph_rewrites["trim_trailing_padding"] == 1
+    tokenizer = AutoTokenizer.from_pretrained(exported.out_dir / "tokenizer")
+    texts = ["a warm and funny film", "dull", "the plot never comes together and the actors look bored"]
+    session = _session_with_trim_length(exported.out_dir / variant)
+    longest = dict(tokenizer(texts, padding="longest", return_tensors="np"))
+    to_max = dict(tokenizer(texts, padding="max_length", max_length=32, return_tensors="np"))
+    real_length = int(longest["attention_mask"].sum(axis=1).max())
+    assert to_max["input_ids"].shape[1] == 32 > real_length
+    logits_longest, keep_longest = session.run(None, longest)
+    logits_max, keep_max = session.run(None, to_max)
+    assert keep_longest.tolist() == keep_max.tolist() == [real_length]  # 32 columns in, only the used ones run
+    np.testing.assert_allclose(logits_max, logits_longest, atol=1e-5)
+    tokenizer.padding_side = "left"
+    left = dict(tokenizer(texts, padding="max_length", max_length=32, return_tensors="np"))
+    _, keep_left = session.run(None, left)
+    assert keep_left.tolist() == [32]  # left padding: the last column is real, nothing is trimmed
