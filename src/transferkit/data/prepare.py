@@ -3,7 +3,8 @@
 ``prepare_dataset(DataPrepConfig(...))`` writes the prepared-dataset contract of
 :mod:`transferkit.data.prepared` plus ``report.md``/``report.html``. Sources are streamed in Arrow
 batches restricted to the needed columns; rows are never materialised as Python objects except the
-bounded sample used for token statistics.
+bounded sample used for token statistics. Image classification is prepared by
+:mod:`transferkit.data.image_prep` with the same configuration, result and split code.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ from transferkit.io import atomic_output_dir, write_json
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_TASKS = ("text-classification",)
-PLANNED_TASKS = ("image-classification",)
+SUPPORTED_TASKS = ("text-classification", "image-classification")
+PLANNED_TASKS: tuple[str, ...] = ()
+TEXT_ONLY_FIELDS = ("text_pair_column", "group_column", "split_column")
 
 
 @dataclass
@@ -47,22 +49,25 @@ class DataPrepConfig:
         dataset: ``/path/file.csv``, a directory of files of one format, ``s3://bucket/key`` (or a
             ``prefix/``), or ``builtin:NAME``.
         out: Output directory (replaced atomically).
-        task: Only ``text-classification`` for now.
-        text_column: Column with the text.
+        task: ``text-classification`` or ``image-classification``.
+        text_column: Column with the text (text only; ignored for images).
         text_pair_column: Optional second text (sentence-pair classification).
-        label_column: Column with class names or integer class ids.
+        label_column: Column with class names or integer class ids (image tables too; image folders take
+            the class from the sub-folder name).
+        image_column: Column with image paths (relative to the table file) or image bytes (images only).
         group_column: Optional slice column kept as ``group`` for slice metrics.
         split_column: Optional column with ``train``/``validation``/``test`` per row; replaces the
             stratified split.
         validation_fraction: Share of rows for validation (stratified split).
         test_fraction: Share of rows for test (stratified split).
         seed: Seed for sampling, splitting, shuffling and the token-statistics sample.
-        model: Model whose tokenizer measures token lengths (catalog name or model directory).
-        max_length: Sequence length at which the truncation rate is measured.
+        model: Model whose tokenizer measures token lengths (catalog name or model directory; text only).
+        max_length: Sequence length at which the truncation rate is measured (text only).
         max_rows: Use a seeded random sample of this many rows (quick runs); None or 0 = all rows.
         imbalance_warning_ratio: Warn when largest/smallest class count reaches this ratio.
         min_class_count: Smallest class size accepted for a stratified split.
         token_sample_size: Rows tokenized for token statistics (bounded for large data).
+        min_image_size: Smallest accepted width and height in pixels (images only).
 
     """
 
@@ -83,6 +88,8 @@ class DataPrepConfig:
     imbalance_warning_ratio: float = 10.0
     min_class_count: int = 10
     token_sample_size: int = 20_000
+    image_column: str = "image"
+    min_image_size: int = 8
 
     def __post_init__(self) -> None:
         self.dataset = str(self.dataset).strip()
@@ -99,7 +106,13 @@ class DataPrepConfig:
         for name in ("text_pair_column", "group_column", "split_column"):
             value = getattr(self, name)
             setattr(self, name, (value.strip() or None) if isinstance(value, str) else value)
-        for name in ("text_column", "label_column"):
+        if self.task == "image-classification":
+            for name in TEXT_ONLY_FIELDS:
+                if getattr(self, name):
+                    raise ConfigError(f"{name}: not supported for task image-classification; expected none")
+        if not isinstance(self.min_image_size, int) or self.min_image_size < 1:
+            raise ConfigError(f"min_image_size: expected a positive number of pixels, got {self.min_image_size!r}")
+        for name in ("text_column", "label_column", "image_column"):
             if not str(getattr(self, name)).strip():
                 raise ConfigError(f"{name}: expected a column name, got an empty string")
         roles = self.columns()
@@ -137,7 +150,9 @@ class DataPrepConfig:
             raise ConfigError(f"token_sample_size: expected a positive integer, got {self.token_sample_size!r}")
 
     def columns(self) -> dict[str, str]:
-        """Role -> source column, for the roles in use."""
+        """Role -> source column, for the roles in use (``image`` and ``label`` for images)."""
+        if self.task == "image-classification":
+            return {"image": self.image_column, "label": self.label_column}
         roles = {"text": self.text_column, "text_pair": self.text_pair_column, "label": self.label_column,
                  "group": self.group_column, "split": self.split_column}
         return {role: column for role, column in roles.items() if column}
@@ -159,10 +174,13 @@ class DataPrepResult:
     num_labels: int
     source_rows: int
     duplicates_removed: int
-    token_length: dict[str, float]
-    truncation_rate: float
+    token_length: dict[str, float] = field(default_factory=dict)  # text only
+    truncation_rate: float = 0.0  # text only
     warnings: list[str] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+    task: str = "text-classification"
+    image_size: dict[str, dict[str, float]] = field(default_factory=dict)  # images only: width/height summaries
+    modes: dict[str, int] = field(default_factory=dict)  # images only: images per stored mode
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (paths as strings)."""
@@ -248,9 +266,16 @@ def prepare_dataset(config: DataPrepConfig) -> DataPrepResult:
         DataError: Empty/malformed/non-UTF-8 files, empty texts, missing labels, classes too small.
         ModelError: The tokenizer model cannot be resolved.
 
+    Images: unreadable or too small images, empty class folders and too-small classes raise
+    ``DataError`` naming the file or row (see :func:`transferkit.data.image_prep.prepare_images`).
+
     """
     from transferkit.models.catalog import resolve_model
 
+    if config.task == "image-classification":
+        from transferkit.data.image_prep import prepare_images
+
+        return prepare_images(config)
     started = time.perf_counter()
     needed = config.columns()
     model = resolve_model(config.model)  # fail before reading gigabytes when the model name is wrong
@@ -401,8 +426,8 @@ def _schema(config: DataPrepConfig, names: list[str], tables: dict[str, pa.Table
     }
 
 
-def _metrics(stats: dict[str, Any]) -> dict[str, float]:
-    tokens = stats["token_length"]
+def split_metrics(stats: dict[str, Any]) -> dict[str, float]:
+    """Row counts, label count, leakage removals and imbalance: the metrics every task reports."""
     return {
         "rows_train": float(stats["rows"]["train"]),
         "rows_validation": float(stats["rows"]["validation"]),
@@ -411,6 +436,13 @@ def _metrics(stats: dict[str, Any]) -> dict[str, float]:
         "num_labels": float(stats["num_labels"]),
         "duplicates_removed": float(stats["duplicates_removed"]["total"]),
         "imbalance_ratio": float(stats["imbalance_ratio"]),
+    }
+
+
+def _metrics(stats: dict[str, Any]) -> dict[str, float]:
+    tokens = stats["token_length"]
+    return {
+        **split_metrics(stats),
         "token_length_p50": float(tokens["p50"]),
         "token_length_p95": float(tokens["p95"]),
         "token_length_p99": float(tokens["p99"]),

@@ -1,10 +1,13 @@
 """The prepared-dataset contract shared by every step after data prep.
 
-A prepared directory holds ``train.parquet``, ``validation.parquet`` and ``test.parquet`` with the
-columns ``text`` (string), ``label`` (int64 id into ``labels.json``), ``label_name`` (string) and,
-when present in the source, ``text_pair`` and ``group``; ``labels.json`` (a JSON list of label names,
-index = id, sorted); ``schema.json`` (task, source, column mapping, ``format_version``) and
-``stats.json``.
+A prepared directory holds ``train.parquet``, ``validation.parquet`` and ``test.parquet``;
+``labels.json`` (a JSON list of label names, index = id, sorted); ``schema.json`` (task, source, column
+mapping, ``format_version``) and ``stats.json``. The split columns depend on ``schema.json``'s task:
+
+- ``text-classification``: ``text`` (string), ``label`` (int64 id into ``labels.json``), ``label_name``
+  (string) and, when present in the source, ``text_pair`` and ``group``;
+- ``image-classification``: ``image`` (PNG bytes), ``label`` (int64 id), ``label_name`` (string),
+  ``width`` and ``height`` (int32 pixels) and ``mode`` (Pillow mode: ``L``, ``RGB``, ``RGBA``...).
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ from transferkit.errors import PreparedDataError
 SPLITS = ("train", "validation", "test")
 FORMAT_VERSION = 1
 REQUIRED_FILES = (*(f"{s}.parquet" for s in SPLITS), "labels.json", "schema.json")
+REQUIRED_COLUMNS = {
+    "text-classification": ("text", "label"),
+    "image-classification": ("image", "label", "width", "height", "mode"),
+}
 
 
 @dataclass
@@ -35,8 +42,13 @@ class PreparedDataset:
 
     @property
     def task(self) -> str:
-        """The task the data was prepared for (``text-classification``...)."""
+        """The task the data was prepared for (``text-classification``, ``image-classification``)."""
         return str(self.schema.get("task", "text-classification"))
+
+    @property
+    def is_image(self) -> bool:
+        """Whether examples are images (``image`` column of PNG bytes)."""
+        return self.task == "image-classification"
 
     @property
     def has_text_pair(self) -> bool:
@@ -60,9 +72,24 @@ class PreparedDataset:
                 raise PreparedDataError(f"{file}: unreadable Parquet ({exc})") from exc
         return self._tables[split]
 
+    def _require(self, split: str, column: str) -> pa.Table:
+        table = self.table(split)
+        if column not in table.column_names:
+            raise PreparedDataError(f"{self.path / (split + '.parquet')}: no {column!r} column in this {self.task} "
+                                    "dataset")
+        return table
+
     def texts(self, split: str) -> list[str]:
         """The ``text`` column of a split."""
-        return self.table(split).column("text").to_pylist()
+        return self._require(split, "text").column("text").to_pylist()
+
+    def images(self, split: str) -> list[bytes]:
+        """The ``image`` column (PNG bytes) of a split."""
+        return self._require(split, "image").column("image").to_pylist()
+
+    def label_names(self, split: str) -> list[str]:
+        """The ``label_name`` column of a split."""
+        return self._require(split, "label_name").column("label_name").to_pylist()
 
     def text_pairs(self, split: str) -> list[str] | None:
         """The ``text_pair`` column of a split, or None."""
@@ -83,7 +110,7 @@ def load_prepared(path: str | Path) -> PreparedDataset:
     """Open and check a prepared dataset directory.
 
     Raises:
-        PreparedDataError: A required file is missing, or labels and splits disagree.
+        PreparedDataError: A required file is missing, the task is unknown, or labels and splits disagree.
 
     """
     root = Path(path)
@@ -100,9 +127,12 @@ def load_prepared(path: str | Path) -> PreparedDataset:
     if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels):
         raise PreparedDataError(f"{root / 'labels.json'}: expected a JSON list of at least 2 label names")
     dataset = PreparedDataset(root, labels, schema)
+    if dataset.task not in REQUIRED_COLUMNS:
+        raise PreparedDataError(f"{root / 'schema.json'}: unknown task {dataset.task!r}; expected one of "
+                                f"{', '.join(REQUIRED_COLUMNS)}")
     for split in SPLITS:
         columns = dataset.table(split).column_names
-        for column in ("text", "label"):
+        for column in REQUIRED_COLUMNS[dataset.task]:
             if column not in columns:
                 raise PreparedDataError(f"{root / (split + '.parquet')}: missing column {column!r}")
     return dataset

@@ -121,6 +121,9 @@ def _builtin_files(uri: str) -> list[SourceFile]:
     from transferkit.data.builtin import builtin_path, get_builtin
 
     dataset = get_builtin(uri)
+    if dataset.kind == "image-classification":
+        raise DataError(f"{uri}: an image dataset ({dataset.description}); expected task image-classification "
+                        "(--task image-classification)")
     if dataset.kind != "classification":
         raise DataError(
             f"{uri}: a {dataset.kind} dataset ({dataset.description}), not a labelled classification set; "

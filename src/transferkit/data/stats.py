@@ -94,7 +94,8 @@ def imbalance_ratio(balance: dict[str, dict[str, int]]) -> float:
     return round(max(totals.values()) / smallest, 3) if smallest else math.inf
 
 
-def _class_balance_figure(balance: dict[str, dict[str, int]], names: list[str]) -> Any:
+def class_balance_figure(balance: dict[str, dict[str, int]], names: list[str]) -> Any:
+    """Grouped bar chart of rows per class in each split (the 40 largest classes when there are more)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -166,7 +167,7 @@ def build_report(stats: dict[str, Any], tokens: np.ndarray, words: np.ndarray) -
     balance = stats["class_balance"]
     names = stats["labels"]
     report.table(["label", *SPLITS], [[n, *(balance[s][n] for s in SPLITS)] for n in names[:100]])
-    report.figure("class_balance.png", _class_balance_figure(balance, names), "Rows per class in each split")
+    report.figure("class_balance.png", class_balance_figure(balance, names), "Rows per class in each split")
     report.heading("Lengths")
     tok = stats["token_length"]
     report.paragraph(
