@@ -33,7 +33,9 @@ def _builtin_datasets() -> None:
 def _base_models() -> None:
     from transferkit.models.catalog import resolve_model
 
+    # Both are pinned registry packages: resolving checks that their files are in place (nothing is fetched).
     resolve_model("minilm-l6")
+    resolve_model("efficientnet-lite0")
 
 
 def _local_triton() -> None:

