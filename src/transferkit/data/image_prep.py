@@ -177,20 +177,12 @@ def _statistics(config: DataPrepConfig, source: ImageSource, images: list[Decode
     ratio = statistics.imbalance_ratio(balance)
     modes = image_stats.counts(pa.chunked_array([tables[s]["mode"] for s in SPLITS]))
     converted = Counter(f"{i.source_mode}->{i.mode}" for i in images if i.source_mode != i.mode)
-    warnings: list[str] = []
-    if ratio >= config.imbalance_warning_ratio:
-        largest = max(names, key=lambda n: sum(balance[s][n] for s in SPLITS))
-        smallest = min(names, key=lambda n: sum(balance[s][n] for s in SPLITS))
-        warnings.append(f"strong class imbalance: {largest!r} has {ratio:g}x the images of {smallest!r} "
-                        f"(warning at {config.imbalance_warning_ratio:g}x); consider class weights or resampling")
+    warning = statistics.imbalance_warning(balance, names, ratio, config.imbalance_warning_ratio, "images")
+    warnings = [warning] if warning else []
     if len(modes) > 1:
         warnings.append("mixed image modes: " + ", ".join(f"{m} ({c})" for m, c in modes.items())
                         + "; training converts every image to the model's input mode")
-    for split in ("validation", "test"):
-        absent = [n for n in names if balance[split][n] == 0]
-        if absent:
-            warnings.append(f"the {split} split has no images of class(es) {', '.join(absent[:5])}"
-                            + (" ..." if len(absent) > 5 else ""))
+    warnings += statistics.absent_class_warnings(balance, names, "images")
     for warning in warnings:
         logger.warning("%s: %s", config.dataset, warning)
     return {
@@ -198,15 +190,7 @@ def _statistics(config: DataPrepConfig, source: ImageSource, images: list[Decode
         "source_kind": source.kind,
         "source_files": source.files,
         "task": config.task,
-        "source_rows": source_rows,
-        "rows_used": sum(t.num_rows for t in tables.values()) + leakage.total,
-        "rows": {split: tables[split].num_rows for split in SPLITS},
-        "labels": names,
-        "num_labels": len(names),
-        "class_balance": balance,
-        "imbalance_ratio": ratio,
-        "duplicates_removed": {"validation": leakage.validation, "test": leakage.test, "total": leakage.total},
-        "duplicates_within_train": train_duplicates,
+        **statistics.split_summary(tables, names, balance, ratio, leakage, train_duplicates, source_rows),
         "image_size": image_stats.size_stats(tables),
         "modes": modes,
         "source_modes": image_stats.counts([i.source_mode for i in images]),

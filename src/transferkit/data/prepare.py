@@ -366,34 +366,18 @@ def _statistics(config: DataPrepConfig, model: Any, tables: dict[str, pa.Table],
     token_summary = {"sample_size": len(tokens), **statistics.summarize(tokens)}
     truncation = round(float(np.mean(tokens > config.max_length)), 6) if len(tokens) else 0.0
     ratio = statistics.imbalance_ratio(balance)
-    warnings: list[str] = []
-    if ratio >= config.imbalance_warning_ratio:
-        largest = max(names, key=lambda n: sum(balance[s][n] for s in SPLITS))
-        smallest = min(names, key=lambda n: sum(balance[s][n] for s in SPLITS))
-        warnings.append(f"strong class imbalance: {largest!r} has {ratio:g}x the rows of {smallest!r} "
-                        f"(warning at {config.imbalance_warning_ratio:g}x); consider class weights or resampling")
+    warning = statistics.imbalance_warning(balance, names, ratio, config.imbalance_warning_ratio, "rows")
+    warnings = [warning] if warning else []
     if truncation > 0.05:
         warnings.append(f"{truncation * 100:.1f}% of examples exceed max_length={config.max_length} tokens and "
                         f"will be truncated (p99 = {token_summary['p99']:g} tokens)")
-    for split in ("validation", "test"):
-        absent = [n for n in names if balance[split][n] == 0]
-        if absent:
-            warnings.append(f"the {split} split has no rows of class(es) {', '.join(absent[:5])}"
-                            + (" ..." if len(absent) > 5 else ""))
+    warnings += statistics.absent_class_warnings(balance, names, "rows")
     for warning in warnings:
         logger.warning("%s: %s", config.dataset, warning)
     stats = {
         "source": config.dataset,
         "task": config.task,
-        "source_rows": source_rows,
-        "rows_used": sum(t.num_rows for t in tables.values()) + leakage.total,
-        "rows": {split: tables[split].num_rows for split in SPLITS},
-        "labels": names,
-        "num_labels": len(names),
-        "class_balance": balance,
-        "imbalance_ratio": ratio,
-        "duplicates_removed": {"validation": leakage.validation, "test": leakage.test, "total": leakage.total},
-        "duplicates_within_train": train_duplicates,
+        **statistics.split_summary(tables, names, balance, ratio, leakage, train_duplicates, source_rows),
         "text_length_chars": statistics.summarize(chars),
         "text_length_words": {"sample_size": len(words), **statistics.summarize(words)},
         "model": config.model,

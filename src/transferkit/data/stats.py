@@ -94,6 +94,44 @@ def imbalance_ratio(balance: dict[str, dict[str, int]]) -> float:
     return round(max(totals.values()) / smallest, 3) if smallest else math.inf
 
 
+def imbalance_warning(balance: dict[str, dict[str, int]], names: list[str], ratio: float, threshold: float,
+                      unit: str) -> str | None:
+    """The strong-imbalance warning (largest vs smallest class over all splits), or None below ``threshold``."""
+    if ratio < threshold:
+        return None
+    largest = max(names, key=lambda n: sum(balance[s][n] for s in SPLITS))
+    smallest = min(names, key=lambda n: sum(balance[s][n] for s in SPLITS))
+    return (f"strong class imbalance: {largest!r} has {ratio:g}x the {unit} of {smallest!r} "
+            f"(warning at {threshold:g}x); consider class weights or resampling")
+
+
+def absent_class_warnings(balance: dict[str, dict[str, int]], names: list[str], unit: str) -> list[str]:
+    """One warning per evaluation split that lacks some classes."""
+    warnings = []
+    for split in ("validation", "test"):
+        absent = [n for n in names if balance[split][n] == 0]
+        if absent:
+            warnings.append(f"the {split} split has no {unit} of class(es) {', '.join(absent[:5])}"
+                            + (" ..." if len(absent) > 5 else ""))
+    return warnings
+
+
+def split_summary(tables: dict[str, pa.Table], names: list[str], balance: dict[str, dict[str, int]], ratio: float,
+                  leakage: Any, train_duplicates: int, source_rows: int) -> dict[str, Any]:
+    """Row counts, labels, class balance and leakage removals: the statistics every task reports."""
+    return {
+        "source_rows": source_rows,
+        "rows_used": sum(t.num_rows for t in tables.values()) + leakage.total,
+        "rows": {split: tables[split].num_rows for split in SPLITS},
+        "labels": names,
+        "num_labels": len(names),
+        "class_balance": balance,
+        "imbalance_ratio": ratio,
+        "duplicates_removed": {"validation": leakage.validation, "test": leakage.test, "total": leakage.total},
+        "duplicates_within_train": train_duplicates,
+    }
+
+
 def class_balance_figure(balance: dict[str, dict[str, int]], names: list[str]) -> Any:
     """Grouped bar chart of rows per class in each split (the 40 largest classes when there are more)."""
     import matplotlib
