@@ -127,7 +127,7 @@ class LocalTriton:
     Example::
 
         with LocalTriton(repo, models=["minilm"]) as server:
-            print(server.http_url)
+            client = InferenceServerClient(server.http_url)
 
     Args:
         repository: Model repository folder.

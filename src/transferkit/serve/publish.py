@@ -16,6 +16,7 @@ Rules every store follows:
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import fcntl
 import json
@@ -73,41 +74,42 @@ class Publication:
         logger.info("Unpublished version %d of %s", self.version, self.bundle_name)
 
 
-class RepositoryStore:
+class RepositoryStore(abc.ABC):
     """Common publishing logic; subclasses implement the primitive file operations."""
 
     uri: str
 
     # --- primitives ---
+    @abc.abstractmethod
     def list_dirs(self, rel: str) -> list[str]:
         """Immediate sub-folder names of ``rel`` (empty when absent)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def read_file(self, rel: str) -> bytes | None:
         """Bytes of a file, or None when absent."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def write_file(self, rel: str, data: bytes) -> None:
         """Atomically replace one file."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def delete_file(self, rel: str) -> None:
         """Delete one file if present."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def put_version_dir(self, model: str, version: int, src: Path) -> None:
         """Copy ``src`` to ``model/version`` via a temporary name and a rename."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def remove_version(self, model: str, version: int) -> None:
         """Delete ``model/version`` if present."""
-        raise NotImplementedError
 
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
         """Serialise publishers of one deployment (no-op where the store cannot lock)."""
         yield
 
+    @abc.abstractmethod
     def check_access(self) -> None:
         """Fail early (before anything is written) when the store is unreachable or credentials miss."""
 
