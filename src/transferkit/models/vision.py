@@ -275,6 +275,27 @@ def load_image_classifier(
     return model
 
 
+def is_image_model_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a model directory of an image classifier (transferkit-saved or transformers).
+
+    True for directories written by :func:`save_image_classifier` and for transformers directories whose
+    ``config.json`` names an ``*ForImageClassification`` architecture; False for text models and for
+    anything that is not a model directory.
+    """
+    config_path = Path(path) / "config.json"
+    if not config_path.is_file():
+        return False
+    try:
+        config = read_json(config_path)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(config, dict):
+        return False
+    if config.get(ARCHITECTURE_KEY) in (*LITE_ARCHITECTURES, TRANSFORMERS):
+        return True
+    return any(str(name).endswith("ForImageClassification") for name in config.get("architectures") or [])
+
+
 def _num_labels(model: nn.Module) -> int:
     return int(model.config.num_labels)
 
