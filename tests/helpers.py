@@ -39,3 +39,33 @@ def write_movie_slice(out: Path, train: int = 64, validation: int = 32, test: in
     }))
     (out / "stats.json").write_text(json.dumps({"rows": {"train": train, "validation": validation, "test": test}}))
     return out
+
+
+IMAGE_TASK = "image-classification"
+
+
+def prepare_image_data(out: Path, dataset: str = "builtin:digits", max_rows: int | None = None, seed: int = 42) -> Path:
+    """Prepare a real image dataset (scikit-learn digits by default) with the data-prep step."""
+    from transferkit.data.prepare import DataPrepConfig, prepare_dataset
+
+    prepare_dataset(DataPrepConfig(dataset=dataset, out=out, task=IMAGE_TASK, max_rows=max_rows, seed=seed))
+    return out
+
+
+def write_image_model(out: Path, labels: list[str], image_size: int = 32, seed: int = 0) -> Path:
+    """Save an EfficientNet-Lite0 (ImageNet weights, new seeded head for ``labels``) at a small input size.
+
+    The directory has the layout of a fine-tuned image model (``save_image_classifier``) without training,
+    for tests of the steps after fine-tuning.
+    """
+    import torch
+
+    from transferkit.data.transforms import ImagePreprocessConfig
+    from transferkit.models.vision import load_image_classifier, load_image_preprocessor, save_image_classifier
+
+    torch.manual_seed(seed)
+    model = load_image_classifier("efficientnet-lite0", labels)
+    base = load_image_preprocessor("efficientnet-lite0").config.to_dict()
+    base.update(image_size=image_size, resize_size=None)
+    preprocessing = ImagePreprocessConfig.from_dict(base)
+    return save_image_classifier(model, out, labels, preprocessing)
