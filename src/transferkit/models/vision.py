@@ -347,36 +347,49 @@ def save_image_classifier(model: nn.Module, out_dir: str | Path, labels: Sequenc
         ModelError: Labels that do not fit the head, or a model type this function does not know.
 
     """
+    with atomic_output_dir(out_dir) as tmp:
+        write_image_classifier(model, tmp, labels, preprocessing)
+    logger.info("Saved image classifier (%s, %d labels) to %s", type(model).__name__, len(labels), out_dir)
+    return Path(out_dir)
+
+
+def write_image_classifier(model: nn.Module, directory: str | Path, labels: Sequence[str], preprocessing: Any) -> None:
+    """Write the files of :func:`save_image_classifier` into an existing directory (not atomic on its own).
+
+    Used by steps that assemble a larger output directory atomically (the fine-tune step adds reports).
+
+    Raises:
+        ModelError: Labels that do not fit the head, or a model type this function does not know.
+
+    """
     from safetensors.torch import save_file
 
-    names = _check_labels(labels, str(out_dir))
+    tmp = Path(directory)
+    names = _check_labels(labels, str(tmp))
     preprocessor = _preprocessing_dict(preprocessing)
     if not hasattr(model, "config") or int(getattr(model.config, "num_labels", -1)) != len(names):
-        raise ModelError(f"{out_dir}: {len(names)} labels for a head with "
+        raise ModelError(f"{tmp}: {len(names)} labels for a head with "
                          f"{getattr(getattr(model, 'config', None), 'num_labels', '?')} outputs")
-    with atomic_output_dir(out_dir) as tmp:
-        if isinstance(model, EfficientNetLiteForImageClassification):
-            model.config.id2label = dict(enumerate(names))
-            model.config.label2id = {name: i for i, name in enumerate(names)}
-            state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-            save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-            write_json(tmp / "config.json", model.config.to_json())
-        elif hasattr(model, "save_pretrained"):
-            model.config.id2label = dict(enumerate(names))
-            model.config.label2id = {name: i for i, name in enumerate(names)}
-            model.save_pretrained(tmp)
-            config = read_json(tmp / "config.json")
-            config[ARCHITECTURE_KEY] = TRANSFORMERS
-            write_json(tmp / "config.json", config)
-            if not (tmp / WEIGHTS_FILE).is_file() and not (tmp / f"{WEIGHTS_FILE}.index.json").is_file():
-                raise ModelError(f"{out_dir}: save_pretrained wrote no safetensors weights")
-        else:
-            raise ModelError(f"{out_dir}: cannot save a {type(model).__name__}; expected a model from "
-                             "load_image_classifier")
-        write_json(tmp / PREPROCESSOR_FILE, preprocessor)
-        write_json(tmp / LABELS_FILE, names)
-    logger.info("Saved image classifier (%s, %d labels) to %s", type(model).__name__, len(names), out_dir)
-    return Path(out_dir)
+    if isinstance(model, EfficientNetLiteForImageClassification):
+        model.config.id2label = dict(enumerate(names))
+        model.config.label2id = {name: i for i, name in enumerate(names)}
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        write_json(tmp / "config.json", model.config.to_json())
+    elif hasattr(model, "save_pretrained"):
+        model.config.id2label = dict(enumerate(names))
+        model.config.label2id = {name: i for i, name in enumerate(names)}
+        model.save_pretrained(tmp)
+        config = read_json(tmp / "config.json")
+        config[ARCHITECTURE_KEY] = TRANSFORMERS
+        write_json(tmp / "config.json", config)
+        if not (tmp / WEIGHTS_FILE).is_file() and not (tmp / f"{WEIGHTS_FILE}.index.json").is_file():
+            raise ModelError(f"{tmp}: save_pretrained wrote no safetensors weights")
+    else:
+        raise ModelError(f"{tmp}: cannot save a {type(model).__name__}; expected a model from "
+                         "load_image_classifier")
+    write_json(tmp / PREPROCESSOR_FILE, preprocessor)
+    write_json(tmp / LABELS_FILE, names)
 
 
 _BLOCK = re.compile(r"\.(layer|layers|stage|stages|block|blocks)\.(\d+)\.")

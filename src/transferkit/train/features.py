@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,22 +123,42 @@ def cached_features(
         ``({split: tensor [n, hidden]}, cache directory, whether they came from the cache)``.
 
     """
-    from safetensors.torch import load_file, save_file
-
     max_length = next(iter(datasets.values())).max_length
     key = cache_key(model_path, model, data_digests, max_length)
+    return load_or_compute_features(
+        key, {name: len(ds) for name, ds in datasets.items()},
+        lambda name: compute_features(model, datasets[name], tokenizer, batch_size),
+    )
+
+
+def load_or_compute_features(
+    key: str, sizes: dict[str, int], compute: Callable[[str], Any]
+) -> tuple[dict[str, Any], str, bool]:
+    """Return the features stored under ``key`` if they cover ``sizes``; else compute, store and return them.
+
+    Args:
+        key: Cache key (model, data and input settings).
+        sizes: Number of examples per split; a stored file with other sizes is recomputed.
+        compute: Computes the feature tensor ``[n, ...]`` of one split.
+
+    Returns:
+        ``({split: tensor}, cache directory, whether they came from the cache)``.
+
+    """
+    from safetensors.torch import load_file, save_file
+
     directory = cache_dir() / "features" / key
     file = directory / "features.safetensors"
     with cache_lock(f"features-{key}"):
         if file.is_file():
             try:
                 tensors = load_file(str(file))
-                if all(name in tensors and tensors[name].shape[0] == len(ds) for name, ds in datasets.items()):
+                if all(name in tensors and tensors[name].shape[0] == size for name, size in sizes.items()):
                     logger.info("Using cached base-model features from %s", directory)
-                    return {name: tensors[name] for name in datasets}, str(directory), True
+                    return {name: tensors[name] for name in sizes}, str(directory), True
             except Exception as exc:  # a damaged cache file is recomputed, never trusted
                 logger.warning("Ignoring unreadable feature cache %s (%s)", file, exc)
-        features = {name: compute_features(model, ds, tokenizer, batch_size) for name, ds in datasets.items()}
+        features = {name: compute(name) for name in sizes}
         directory.mkdir(parents=True, exist_ok=True)
         tmp = directory / f".features.{id(features)}.tmp"
         save_file({k: v.contiguous() for k, v in features.items()}, str(tmp))
