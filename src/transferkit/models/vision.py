@@ -98,6 +98,13 @@ class EfficientNetLiteConfig:
         return {ARCHITECTURE_KEY: self.architecture, "architectures": ["EfficientNetLiteForImageClassification"],
                 "format_version": FORMAT_VERSION, **data}
 
+    def to_json_string(self, use_diff: bool = True) -> str:
+        """``config.json`` as a string (the interface the Trainer's logging integrations call)."""
+        del use_diff
+        import json
+
+        return json.dumps(self.to_json(), indent=2, sort_keys=True)
+
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: str) -> EfficientNetLiteConfig:
         """Parse a ``config.json`` written by :meth:`to_json`."""

@@ -19,7 +19,7 @@ STRATEGIES = ("full", "feature_extraction", "scratch", "off_the_shelf")
 SCHEDULERS = ("linear", "cosine", "constant")
 METRICS = ("accuracy", "f1_macro", "loss")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-AUGMENTATIONS = ("none", "word_dropout", "token_mask")
+AUGMENTATIONS = ("none", "word_dropout", "token_mask", "image", "image_no_flip")
 POOLINGS = ("auto", "cls", "mean")
 
 # Used when neither the user nor the model's catalog entry gives a value.
@@ -99,7 +99,10 @@ class TrainConfig:
         eval_batch_size: Per-device evaluation batch size (None: 2 x batch_size).
         gradient_accumulation_steps: Micro-batches per optimizer step.
         max_length: Truncation length in tokens (None: catalog default or 128); must not exceed the model limit.
-        unfreeze_top_layers: With ``feature_extraction``, also train the top N encoder layers.
+        image_size: Images only: input size in pixels, replacing the model's (smaller is faster on CPU; the
+            choice is saved in ``preprocessor.json`` so export and serving use the same size).
+        unfreeze_top_layers: With ``feature_extraction``, also train the top N encoder layers (for images: the
+            top N stages, the top convolution counting as one).
         pooling: ``auto`` (mean for mean-pooling sentence-embedding models, else the model's own), ``cls``, ``mean``.
         early_stopping_patience: Stop after N evaluations without improvement (0: off).
         early_stopping_min_delta: Smallest change of the metric that counts as an improvement.
@@ -111,7 +114,9 @@ class TrainConfig:
         seed: Seed for initialisation, data order, dropout and augmentation.
         precision: ``auto`` (bf16, else fp16, on CUDA; fp32 on CPU), ``fp32``, ``fp16``, ``bf16``.
         gradient_checkpointing: Recompute activations in the backward pass to save memory.
-        augment: ``none``, ``word_dropout`` or ``token_mask`` (training examples only).
+        augment: Text: ``none``, ``word_dropout`` or ``token_mask``. Images: ``none``, ``image`` (random resized
+            crop, horizontal flip, colour jitter) or ``image_no_flip`` (milder, for digits and other images whose
+            meaning changes when mirrored). Training examples only.
         augment_prob: Probability of dropping a word / masking a token.
         class_weights: ``none``, ``balanced`` or comma-separated weights per label id.
         l2sp: L2-SP strength alpha; adds ``alpha/2 * ||w - w_pretrained||^2`` over the shared weights.
@@ -146,6 +151,7 @@ class TrainConfig:
     eval_batch_size: int | None = None
     gradient_accumulation_steps: int = 1
     max_length: int | None = None
+    image_size: int | None = None
     unfreeze_top_layers: int = 0
     pooling: str = "auto"
     early_stopping_patience: int = 0
@@ -187,9 +193,10 @@ class TrainConfig:
             raise ConfigError("model: a catalog name, model directory or hub id is required")
         _choice("strategy", self.strategy, STRATEGIES)
         for name in ("learning_rate", "head_learning_rate", "epochs", "batch_size", "eval_batch_size",
-                     "max_steps", "max_length", "eval_steps", "save_steps"):
+                     "max_steps", "max_length", "image_size", "eval_steps", "save_steps"):
             _positive(name, getattr(self, name))
-        for name in ("batch_size", "eval_batch_size", "max_steps", "max_length", "eval_steps", "save_steps"):
+        for name in ("batch_size", "eval_batch_size", "max_steps", "max_length", "image_size", "eval_steps",
+                     "save_steps"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, int):
                 raise ConfigError(f"{name}: expected an integer, got {value!r}")
@@ -270,7 +277,8 @@ CLI_FLAGS: dict[str, str] = {
     "weight_decay": "--weight-decay", "warmup_ratio": "--warmup-ratio", "scheduler": "--scheduler",
     "epochs": "--epochs", "max_steps": "--max-steps", "batch_size": "--batch-size",
     "eval_batch_size": "--eval-batch-size", "gradient_accumulation_steps": "--gradient-accumulation-steps",
-    "max_length": "--max-length", "unfreeze_top_layers": "--unfreeze-top-layers", "pooling": "--pooling",
+    "max_length": "--max-length", "image_size": "--image-size",
+    "unfreeze_top_layers": "--unfreeze-top-layers", "pooling": "--pooling",
     "early_stopping_patience": "--early-stopping-patience",
     "early_stopping_min_delta": "--early-stopping-min-delta", "metric": "--metric",
     "eval_steps": "--eval-steps", "save_steps": "--save-steps", "save_total_limit": "--save-total-limit",

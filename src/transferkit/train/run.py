@@ -36,7 +36,7 @@ SUMMARY_FILE = "training_summary.json"
 REPORT_STEM = "training_report"
 CURVES_FILE = "training_curves.png"
 HISTORY_FILE = "log_history.json"
-SUPPORTED_TASKS = ("text-classification",)
+SUPPORTED_TASKS = ("text-classification", "image-classification")
 
 
 @dataclass
@@ -265,16 +265,22 @@ def run_training(config: TrainConfig) -> TrainResult:
     _check_task(dataset)
     from transferkit.train.data import file_digest, read_split
 
-    train_split = read_split(dataset, "train")
-    validation_split = read_split(dataset, "validation")
     labels = list(dataset.labels)
     resolved = resolve_model(config.model, allow_pickle=config.allow_pickle,
                              trust_remote_code=config.trust_remote_code)
     if resolved.entry is not None and resolved.entry.task != dataset.task:
         raise ModelError(f"model {config.model!r} is for {resolved.entry.task}; the data in {dataset.path} is for "
                          f"{dataset.task}")
+    if dataset.is_image:
+        return _run_image(config, dataset, resolved, labels, started)
+    if config.augment in ("image", "image_no_flip") or config.image_size is not None:
+        raise ConfigError(f"{'augment' if config.image_size is None else 'image_size'}: applies to image data; "
+                          f"the data in {dataset.path} is for {dataset.task}")
     from transferkit.models.loading import load_tokenizer
     from transferkit.train.modeling import resolve_pooling
+
+    train_split = read_split(dataset, "train")
+    validation_split = read_split(dataset, "validation")
 
     tokenizer = load_tokenizer(resolved, trust_remote_code=config.trust_remote_code)
     hp = resolve_hyperparameters(config, resolved.entry, _model_limit(resolved, tokenizer))
@@ -300,6 +306,29 @@ class _RunContext:
     digests: dict[str, str]
     started: float
     pooling: str = "cls"
+    image: Any = None  # transferkit.train.image_task.ImageTask for image data
+
+
+def _run_image(config: TrainConfig, dataset: Any, resolved: ResolvedModel, labels: list[str],
+               started: float) -> TrainResult:
+    """Fine-tune an image classifier: the shared loop with the image parts of :mod:`.image_task`."""
+    from transferkit.train.data import file_digest
+    from transferkit.train.image_task import image_task_for, read_image_split
+
+    image = image_task_for(config, resolved)
+    train_split = read_image_split(dataset, "train")
+    validation_split = read_image_split(dataset, "validation")
+    hp = resolve_hyperparameters(config, resolved.entry, model_limit=1 << 30)
+    for key in ("max_length", "model_max_length"):
+        hp.pop(key)
+    hp["image_size"] = image.preprocessor.config.image_size
+    digests = {split: file_digest(dataset.path / f"{split}.parquet") for split in ("train", "validation")}
+    context = _RunContext(config, dataset, resolved, None, hp, labels, train_split, validation_split, digests,
+                          started, pooling="model", image=image)
+    if config.strategy == "off_the_shelf":
+        raise ConfigError("strategy: off_the_shelf has no zero-shot path for images; use feature_extraction (a "
+                          "head on the frozen base, seconds on cached features) or full")
+    return _run_trained(context)
 
 
 def _build_model(ctx: _RunContext) -> Any:
@@ -362,6 +391,9 @@ def _run_identity(ctx: _RunContext, extra: dict[str, Any]) -> dict[str, Any]:
         "model": str(ctx.resolved.path), "data": ctx.digests, "labels": ctx.labels, "pooling": ctx.pooling,
         "label_descriptions": None if config.label_descriptions is None else str(config.label_descriptions),
     })
+    if ctx.image is not None:
+        identity["preprocessing"] = ctx.image.preprocessing
+        identity["augment_config"] = ctx.image.augmenter.config.to_dict()
     identity.update(extra)
     return identity
 
@@ -389,21 +421,39 @@ def _run_trained(ctx: _RunContext) -> TrainResult:
     config, hp = ctx.config, ctx.hp
     world_size, rank = _dist_info()
     device, precision = _resolve_precision(config.precision)
-    model = _build_model(ctx)
-    frozen = freeze_for_strategy(model, config.strategy, config.unfreeze_top_layers)
+    if ctx.image is not None:
+        from transformers import set_seed
+
+        from transferkit.train.image_task import freeze_image_model
+
+        set_seed(config.seed)
+        model = ctx.image.build_model(ctx.resolved, ctx.labels, config.strategy, allow_pickle=config.allow_pickle,
+                                      trust_remote_code=config.trust_remote_code)
+        torch.manual_seed(config.seed)
+        frozen = freeze_image_model(model, config.strategy, config.unfreeze_top_layers)
+    else:
+        model = _build_model(ctx)
+        frozen = freeze_for_strategy(model, config.strategy, config.unfreeze_top_layers)
     layout = frozen["layout"]
     if config.gradient_checkpointing and config.strategy == "feature_extraction":
         # Checkpointed segments need an input that requires grad when the embeddings are frozen.
         model.enable_input_require_grads()
     trainable, total = count_parameters(model)
 
-    train_ds = TokenizedDataset(ctx.train_split, ctx.tokenizer, hp["max_length"], augment=config.augment,
-                                augment_prob=config.augment_prob, seed=config.seed)
-    eval_ds = TokenizedDataset(ctx.validation_split, ctx.tokenizer, hp["max_length"])
+    if ctx.image is not None:
+        from transferkit.train.image_task import supports_image_feature_cache
+
+        train_ds, eval_ds = ctx.image.datasets(ctx.train_split, ctx.validation_split)
+        cache_supported = supports_image_feature_cache(model)
+    else:
+        train_ds = TokenizedDataset(ctx.train_split, ctx.tokenizer, hp["max_length"], augment=config.augment,
+                                    augment_prob=config.augment_prob, seed=config.seed)
+        eval_ds = TokenizedDataset(ctx.validation_split, ctx.tokenizer, hp["max_length"])
+        cache_supported = supports_feature_cache(model)
     weights = class_weight_vector(config.parsed_class_weights, ctx.train_split.labels, len(ctx.labels))
     use_cache = (
         config.strategy == "feature_extraction" and frozen["base_frozen"] and config.feature_cache
-        and supports_feature_cache(model) and train_ds.augment == "none"
+        and cache_supported and train_ds.augment == "none"
     )
     if config.strategy == "feature_extraction" and frozen["base_frozen"] and config.feature_cache and not use_cache:
         logger.info("Feature cache not used (%s); training through the frozen base",
@@ -457,7 +507,7 @@ def _run_trained(ctx: _RunContext) -> TrainResult:
     }
     if world_size > 1:
         args_kwargs["ddp_backend"] = "nccl" if device == "cuda" else "gloo"
-        if ctx.resolved.model_type == "bert" or use_cache:
+        if ctx.resolved.model_type == "bert" or use_cache or ctx.image is not None:
             # Every trainable parameter is used in each forward: skip DDP's unused-parameter search.
             args_kwargs["ddp_find_unused_parameters"] = False
     args = TrainingArguments(**args_kwargs)
@@ -486,29 +536,42 @@ def _run_trained(ctx: _RunContext) -> TrainResult:
         "head_learning_rate": hp["head_learning_rate"],
         "llrd": config.llrd,
         "class_weights": weights,
-        "train_lengths": train_ds.lengths if config.group_by_length else None,
+        "train_lengths": train_ds.lengths if config.group_by_length and ctx.image is None else None,
         "compute_metrics": _compute_metrics,
         "callbacks": callbacks,
     }
     if use_cache:
         cache_started = time.perf_counter()
         model.to(args.device)
-        features, cache_path, hit = cached_features(
-            model, Path(ctx.resolved.path), {"train": train_ds, "validation": eval_ds}, ctx.tokenizer, ctx.digests,
-            hp["eval_batch_size"],
-        )
+        if ctx.image is not None:
+            from transferkit.train.image_task import ImageHeadModel
+
+            features, cache_path, hit = ctx.image.cached_features(
+                model, Path(ctx.resolved.path), {"train": train_ds, "validation": eval_ds}, ctx.digests,
+                hp["eval_batch_size"],
+            )
+            head_model = ImageHeadModel.build(model)
+        else:
+            features, cache_path, hit = cached_features(
+                model, Path(ctx.resolved.path), {"train": train_ds, "validation": eval_ds}, ctx.tokenizer,
+                ctx.digests, hp["eval_batch_size"],
+            )
+            head_model = build_head_model(model)
         feature_info = {"used": True, "cache_dir": cache_path, "cache_hit": hit,
                         "seconds": round(time.perf_counter() - cache_started, 3)}
         trainer = TransferTrainer(
-            model=build_head_model(model), args=args,
+            model=head_model, args=args,
             train_dataset=FeatureDataset(features["train"], ctx.train_split.labels),
             eval_dataset=FeatureDataset(features["validation"], ctx.validation_split.labels),
             data_collator=default_data_collator, classify=None, l2sp=None, **common,
         )
     else:
         l2sp = L2SPPenalty(model, config.l2sp, layout.classify) if config.l2sp > 0 else None
-        collator = DataCollatorWithPadding(ctx.tokenizer, pad_to_multiple_of=8 if device == "cuda" else None)
-        eval_order = sorted(range(len(eval_ds)), key=lambda i: eval_ds.lengths[i])  # less padding, same metrics
+        if ctx.image is not None:
+            collator, eval_order = default_data_collator, list(range(len(eval_ds)))
+        else:
+            collator = DataCollatorWithPadding(ctx.tokenizer, pad_to_multiple_of=8 if device == "cuda" else None)
+            eval_order = sorted(range(len(eval_ds)), key=lambda i: eval_ds.lengths[i])  # less padding, same metrics
         trainer = TransferTrainer(
             model=model, args=args, train_dataset=train_ds, eval_dataset=_Reordered(eval_ds, eval_order),
             data_collator=collator, processing_class=ctx.tokenizer, classify=layout.classify, l2sp=l2sp, **common,
@@ -712,7 +775,10 @@ def _write_output(
     core["warnings"] = warnings
     core["overfitting"] = episodes
     with atomic_output_dir(config.out_dir) as tmp:
-        _save_model_dir(tmp, model, ctx.tokenizer, ctx.labels)
+        if ctx.image is not None:
+            ctx.image.save(tmp, model, ctx.labels)
+        else:
+            _save_model_dir(tmp, model, ctx.tokenizer, ctx.labels)
         if core.get("log_history"):
             write_json(tmp / HISTORY_FILE, core["log_history"])
         tb_out = None
@@ -789,6 +855,7 @@ def _summary(ctx: _RunContext, core: dict[str, Any]) -> dict[str, Any]:
         "resumed_from": core.get("resumed_from"),
         "feature_cache": core.get("feature_cache"),
         "zero_shot": core.get("zero_shot"),
+        "preprocessing": ctx.image.preprocessing if ctx.image is not None else None,
         "diagnostics": {
             "overfitting": core.get("overfitting", []),
             "grad_norm": _grad_norm_stats(core.get("log_history", [])),
