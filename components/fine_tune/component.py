@@ -24,6 +24,7 @@ def fine_tune(
     l2sp: float = 0.0,
     batch_size: int = 0,
     max_length: int = 0,
+    image_size: int = 0,
     warmup_ratio: float = -1.0,
     weight_decay: float = -1.0,
     scheduler: str = "",
@@ -40,6 +41,7 @@ def fine_tune(
     """Fine-tune ``base_model``; zero/negative numeric options and "" mean "the catalog default".
 
     Args:
+        preserve_source: Apply the forgetting mitigation (text models; skipped for image data).
         checkpoint_root: Directory on a PVC for checkpoints; a retried task resumes from
             ``<checkpoint_root>/<digest of its inputs>``. "" keeps checkpoints next to the output.
         nproc_per_node: Training processes on this node (one per GPU) launched with torchrun.
@@ -57,14 +59,16 @@ def fine_tune(
     from transferkit.train import TrainConfig, config_to_cli_args, run_training
     from transferkit.train.distributed import launch_torchrun
 
+    is_image = json.loads((Path(dataset.path) / "schema.json").read_text(encoding="utf-8")).get(
+        "task") == "image-classification"
     config = TrainConfig(
         data_dir=Path(dataset.path), model=base_model, strategy=strategy, out_dir=Path(model.path),
         epochs=epochs or None, max_steps=max_steps or None, learning_rate=learning_rate or None,
         head_learning_rate=head_learning_rate or None, llrd=llrd, l2sp=l2sp, batch_size=batch_size or None,
-        max_length=max_length or None, warmup_ratio=None if warmup_ratio < 0 else warmup_ratio,
+        max_length=max_length or None, image_size=image_size or None, warmup_ratio=None if warmup_ratio < 0 else warmup_ratio,
         weight_decay=None if weight_decay < 0 else weight_decay, scheduler=scheduler or None,
         unfreeze_top_layers=unfreeze_top_layers, early_stopping_patience=early_stopping_patience,
-        augment=augment, class_weights=class_weights, preserve_source=preserve_source,
+        augment=augment, class_weights=class_weights, preserve_source=preserve_source and not is_image,
         min_retention=min_retention, seed=seed,
     )
     if checkpoint_root:
@@ -85,6 +89,6 @@ def fine_tune(
     metrics.log_metric("trainable_params", float(summary["parameters"]["trainable"]))
     shutil.copyfile(out / summary["artifacts"]["report_html"], report.path)
     Path(metrics.path).write_text(json.dumps(metrics.metadata, indent=2), encoding="utf-8")
-    model.metadata.update({"strategy": strategy, "base_model": base_model, "framework": "transformers"})
+    model.metadata.update({"strategy": strategy, "base_model": base_model, "framework": "pytorch" if is_image else "transformers"})
     outputs = namedtuple("FineTuneOutputs", ["validation_metric", "strategy"])
     return outputs(float(best if best is not None else 0.0), strategy)

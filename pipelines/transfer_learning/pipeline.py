@@ -47,6 +47,7 @@ def build_pipeline(placement: PlacementConfig | None = None):
         l2sp: float = 0.0,
         batch_size: int = 0,
         max_length: int = 0,
+        image_size: int = 0,
         early_stopping_patience: int = 2,
         preserve_source: bool = True,
         seed: int = 42,
@@ -80,7 +81,7 @@ def build_pipeline(placement: PlacementConfig | None = None):
                 tune = fine_tune(
                     dataset=prep.outputs["dataset"], base_model=base_model, strategy=strategy, epochs=epochs,
                     max_steps=max_steps, learning_rate=learning_rate, llrd=llrd, l2sp=l2sp, batch_size=batch_size,
-                    max_length=max_length, early_stopping_patience=early_stopping_patience,
+                    max_length=max_length, image_size=image_size, early_stopping_patience=early_stopping_patience,
                     preserve_source=preserve_source, min_retention=forgetting_min_retention, seed=seed,
                     checkpoint_root=checkpoint_root, nproc_per_node=nproc_per_node,
                 )
