@@ -3,7 +3,8 @@
 Public entry points (import from the submodules; nothing heavy is imported here):
 
 - :func:`transferkit.serve.repository.build_model_repository` - export dir -> Triton repository (ensemble of
-  tokenizer, graph and postprocess; production ``config.pbtxt`` + ``configs/local.pbtxt``).
+  tokenizer or image preprocessing, graph and postprocess; production ``config.pbtxt`` +
+  ``configs/local.pbtxt``).
 - :func:`transferkit.serve.deploy.deploy_model` (:class:`~transferkit.serve.deploy.DeployConfig` ->
   :class:`~transferkit.serve.deploy.DeployResult`) - publish version N+1 and roll it out in ``triton``,
   ``gitops`` or ``kserve`` mode, with smoke test and rollback.

@@ -160,19 +160,34 @@ class TritonControl:
                     pairs: list[str] | None = None,
                     outputs: tuple[str, ...] = ("logits", "probabilities", "label")) -> dict[str, np.ndarray]:
         """Send raw strings (and second sentences for pair models) to a text ensemble; return the outputs."""
+        columns = {"text": [t.encode("utf-8") for t in texts]}
+        if pairs is not None:
+            columns["text_pair"] = [t.encode("utf-8") for t in pairs]
+        return self._infer_bytes(model, columns, version=version, outputs=outputs)
+
+    def infer_images(self, model: str, images: list[bytes], *, version: int | None = None,
+                     outputs: tuple[str, ...] = ("logits", "probabilities", "label")) -> dict[str, np.ndarray]:
+        """Send encoded images (PNG, JPEG... bytes, one per row) to an image ensemble; return the outputs.
+
+        Raises:
+            ServingError: Triton refused the request (e.g. an undecodable image; its message names the input).
+        """
+        return self._infer_bytes(model, {"image": list(images)}, version=version, outputs=outputs)
+
+    def _infer_bytes(self, model: str, columns: dict[str, list[bytes]], *, version: int | None,
+                     outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """One request with ``[N, 1]`` BYTES inputs (sent in binary form)."""
         import tritonclient.http as httpclient
+        from tritonclient.utils import InferenceServerException
 
         tensors = []
-        for name, column in (("text", texts), ("text_pair", pairs)):
-            if column is None:
-                continue
-            batch = np.array([[t.encode("utf-8")] for t in column], dtype=object)
+        for name, values in columns.items():
+            batch = np.empty((len(values), 1), dtype=object)
+            batch[:, 0] = values
             tensor = httpclient.InferInput(name, list(batch.shape), "BYTES")
             tensor.set_data_from_numpy(batch)
             tensors.append(tensor)
         wanted = [httpclient.InferRequestedOutput(name) for name in outputs]
-        from tritonclient.utils import InferenceServerException
-
         try:
             result = self.client.infer(model, tensors, model_version="" if version is None else str(version),
                                        outputs=wanted)

@@ -38,7 +38,7 @@ from transferkit.serve.repository import (
     validate_model_name,
     write_model_tree,
 )
-from transferkit.serve.smoke import DEFAULT_SMOKE_TEXTS, SmokeResult, smoke_test
+from transferkit.serve.smoke import DEFAULT_SMOKE_TEXTS, SmokeResult, smoke_images_from_data, smoke_test
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class DeployConfig:
     """Configuration of the deploy step (validated on construction).
 
     Attributes:
-        onnx_dir: Export directory (``io_spec.json``, ONNX graphs, labels, tokenizer).
+        onnx_dir: Export directory (``io_spec.json``, ONNX graphs, labels, tokenizer or image preprocessing).
         name: Public model name (the ensemble clients call).
         mode: ``triton``, ``gitops`` or ``kserve``.
         repository: Model repository to publish into: a path (local disk or mounted PVC) or ``s3://``.
@@ -66,8 +66,11 @@ class DeployConfig:
         attempts: Connection attempts to Triton / Kubernetes before failing (exponential backoff).
         backoff_s: First retry delay.
         smoke_test: Run the smoke test after loading (mode ``triton``).
-        smoke_texts: Fixed sentences for the smoke test.
-        smoke_expected_labels: Labels the smoke sentences must get (optional, same length).
+        smoke_texts: Fixed sentences for the smoke test (text models).
+        smoke_data: Prepared image dataset whose test-split images are the smoke inputs of image models
+            (one per label first, ``smoke_count`` in all); without it a few generated images are used.
+        smoke_count: How many images ``smoke_data`` contributes.
+        smoke_expected_labels: Labels the smoke inputs must get (optional, one per smoke input).
         smoke_tolerance: Max |logit diff| vs in-process ONNX Runtime (default by precision).
         git_repo: Git work tree holding the values file (mode ``gitops``).
         values_file: Values file path inside ``git_repo``.
@@ -101,6 +104,8 @@ class DeployConfig:
     backoff_s: float = 0.5
     smoke_test: bool = True
     smoke_texts: list[str] = field(default_factory=lambda: list(DEFAULT_SMOKE_TEXTS))
+    smoke_data: Path | None = None
+    smoke_count: int = 4
     smoke_expected_labels: list[str] | None = None
     smoke_tolerance: float | None = None
     git_repo: Path | None = None
@@ -136,7 +141,13 @@ class DeployConfig:
             raise ConfigError(f"smoke_tolerance: must be > 0, got {self.smoke_tolerance}")
         if not self.smoke_texts:
             raise ConfigError("smoke_texts: at least one sentence is required")
-        if self.smoke_expected_labels is not None and len(self.smoke_expected_labels) != len(self.smoke_texts):
+        if self.smoke_count < 1:
+            raise ConfigError(f"smoke_count: must be >= 1, got {self.smoke_count}")
+        if self.smoke_data is not None:
+            self.smoke_data = Path(self.smoke_data)
+        # With smoke_data the number of smoke inputs is known once the images are read (image models).
+        if (self.smoke_data is None and self.smoke_expected_labels is not None
+                and len(self.smoke_expected_labels) != len(self.smoke_texts)):
             raise ConfigError(f"smoke_expected_labels: {len(self.smoke_expected_labels)} labels for "
                               f"{len(self.smoke_texts)} smoke_texts")
         if self.mode == "triton":
@@ -200,7 +211,7 @@ class DeployResult:
 
 
 def _stage(exported: ExportedModel, config: DeployConfig, store: RepositoryStore, tmp: Path) -> ModelBundle:
-    names = model_names(config.name, text=exported.tokenizer_dir is not None)
+    names = model_names(config.name, kind=exported.kind)
     version = store.next_version(config.name, names)
     written = write_model_tree(exported, config.name, tmp, version, config.options)
     return ModelBundle(name=config.name, root=tmp, version=version, models=written)
@@ -245,8 +256,26 @@ def _rollback_triton(control: TritonControl, publication: Publication, names: li
         return f"rollback incomplete: {exc}"
 
 
+def _smoke_images(config: DeployConfig, exported: ExportedModel) -> list[bytes] | None:
+    """Smoke inputs of an image model, read before anything is published (None: generated images)."""
+    if exported.kind != "image" or not config.smoke_test:
+        return None
+    if config.smoke_data is None:
+        if config.smoke_expected_labels is not None:
+            raise ConfigError("smoke_expected_labels: for an image model set smoke_data too (the generated "
+                              "smoke images have no true labels)")
+        return None
+    images, _ = smoke_images_from_data(config.smoke_data, config.smoke_count)
+    expected = config.smoke_expected_labels
+    if expected is not None and len(expected) != len(images):
+        raise ConfigError(f"smoke_expected_labels: {len(expected)} labels for {len(images)} smoke images "
+                          f"from smoke_data {config.smoke_data}")
+    return images
+
+
 def _deploy_triton(config: DeployConfig, exported: ExportedModel, store: RepositoryStore) -> DeployResult:
     assert config.triton_url is not None
+    smoke_images = _smoke_images(config, exported)
     api_key = read_api_key(config.api_key_env, config.api_key_file)
     with TritonControl(config.triton_url, api_key=api_key, api_key_header=config.api_key_header,
                        attempts=config.attempts, backoff_s=config.backoff_s) as control:
@@ -264,9 +293,9 @@ def _deploy_triton(config: DeployConfig, exported: ExportedModel, store: Reposit
                     control.load(model)
                 if not control.is_ready(config.name, bundle.version):
                     raise DeploymentError(f"{config.name} version {bundle.version} is not ready after loading")
-                if config.smoke_test and exported.tokenizer_dir is not None:
+                if config.smoke_test and exported.kind in ("text", "image"):
                     smoke = smoke_test(control, exported, config.name, bundle.version, config.smoke_texts,
-                                       config.smoke_tolerance)
+                                       config.smoke_tolerance, images=smoke_images)
                     _check_expected_labels(smoke, config.smoke_expected_labels)
                     if not smoke.passed:
                         raise DeploymentError(f"smoke test failed: {smoke.reason}")

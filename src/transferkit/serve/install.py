@@ -33,8 +33,12 @@ logger = logging.getLogger(__name__)
 PYTRITON_REQUIREMENT = "nvidia-pytriton==0.7.0"
 TRITON_SERVER_VERSION = "2.51.0"
 STUB_PYTHON = "3.11"
-# onnxruntime 1.32.0 declares numpy>=1.21.6, so it runs on the numpy 1.26 the stub needs.
-SERVING_REQUIREMENTS = ("numpy==1.26.4", "onnxruntime==1.32.0", "tokenizers==0.23.3")
+# onnxruntime 1.32.0 declares numpy>=1.21.6, so it runs on the numpy 1.26 the stub needs. Pillow decodes
+# images in the ``<name>_preprocess`` model of image classifiers; it is pinned to the version of the main
+# environment so that the served preprocessing is pixel-identical to ``ImagePreprocessor``.
+SERVING_REQUIREMENTS = ("numpy==1.26.4", "onnxruntime==1.32.0", "tokenizers==0.23.3", "Pillow==13.0.0")
+_SERVING_PROBE = ("import numpy, onnxruntime, tokenizers, PIL; "
+                  "assert numpy.__version__.startswith('1.'), numpy.__version__")
 # The stub links the system libpython3.11 (Debian package ``libpython3.11``); a venv built from the
 # same interpreter keeps the stdlib and the shared library at one patch level.
 SYSTEM_PYTHON = Path("/usr/bin/python3.11")
@@ -110,6 +114,16 @@ class TritonInstall:
         except (OSError, json.JSONDecodeError):
             return False
         return recorded == _stamp_payload()
+
+    def server_is_current(self) -> bool:
+        """True when the server part is installed at the expected version (the venv may be outdated)."""
+        try:
+            recorded = json.loads((self.root / _STAMP).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return False
+        expected = _stamp_payload()
+        return (isinstance(recorded, dict) and self.tritonserver.is_file() and self.venv_python.exists()
+                and all(recorded.get(k) == expected[k] for k in ("requirement", "server")))
 
 
 def _stamp_payload() -> dict[str, object]:
@@ -189,11 +203,21 @@ def _create_serving_venv(venv: Path) -> None:
             if base == bases[-1]:
                 raise
             logger.warning("%s; falling back to %s", exc, bases[-1])
+    _install_serving_requirements(venv)
+
+
+def _install_serving_requirements(venv: Path) -> None:
     python = str(venv / "bin" / "python")
     _run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *SERVING_REQUIREMENTS],
          f"installing {' '.join(SERVING_REQUIREMENTS)} into the serving venv")
-    probe = "import numpy, onnxruntime, tokenizers; assert numpy.__version__.startswith('1.'), numpy.__version__"
-    _run([python, "-c", probe], "checking the serving venv (numpy<2, onnxruntime, tokenizers)")
+    _run([python, "-c", _SERVING_PROBE], "checking the serving venv (numpy<2, onnxruntime, tokenizers, Pillow)")
+
+
+def _write_stamp(install: TritonInstall) -> None:
+    stamp = install.root / _STAMP
+    tmp = stamp.with_name(stamp.name + ".tmp")
+    tmp.write_text(json.dumps(_stamp_payload(), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, stamp)
 
 
 def install_triton(*, force: bool = False) -> TritonInstall:
@@ -211,6 +235,13 @@ def install_triton(*, force: bool = False) -> TritonInstall:
     install = default_install()
     with cache_lock("triton-install"):
         if install.is_complete() and not force:
+            return install
+        if install.server_is_current() and not force:
+            # Only the serving requirements changed (e.g. Pillow added for image models): install them into
+            # the existing venv. Servers already running from this install keep running undisturbed.
+            logger.info("Updating the serving venv (%s)", ", ".join(SERVING_REQUIREMENTS))
+            _install_serving_requirements(install.venv_dir)
+            _write_stamp(install)
             return install
         wheel = fetch_distribution(PYTRITON_REQUIREMENT)
         install.root.parent.mkdir(parents=True, exist_ok=True)
@@ -232,6 +263,6 @@ def install_triton(*, force: bool = False) -> TritonInstall:
         except BaseException:
             shutil.rmtree(install.venv_dir, ignore_errors=True)
             raise
-        (install.root / _STAMP).write_text(json.dumps(_stamp_payload(), indent=2) + "\n", encoding="utf-8")
+        _write_stamp(install)
         logger.info("Local Triton installed at %s", install.root)
         return install

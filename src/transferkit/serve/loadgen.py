@@ -2,10 +2,11 @@
 
 This is the one piece written by hand: NVIDIA's ``perf_analyzer`` is not installable here (the
 registry's ``perf-analyzer`` package is an empty placeholder). It sends raw sentences to a text model
-(or any BYTES-input model) from ``concurrency`` closed-loop workers, each with its own client, and
-stops by itself after a fixed request count or time, whichever comes first. It only targets loopback
-addresses unless ``allow_remote`` is set. Server-side batching is read from Triton's Prometheus
-metrics (``nv_inference_count`` / ``nv_inference_exec_count`` deltas of the batched model).
+or encoded images to an image model (or any BYTES input to any model) from ``concurrency`` closed-loop
+workers, each with its own client, and stops by itself after a fixed request count or time, whichever
+comes first. It only targets loopback addresses unless ``allow_remote`` is set. Server-side batching is
+read from Triton's Prometheus metrics (``nv_inference_count`` / ``nv_inference_exec_count`` deltas of
+the batched model).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class LoadConfig:
         http_url: ``http://host:port`` of Triton's HTTP endpoint.
         grpc_url: ``host:port`` of the gRPC endpoint (needed for protocol ``grpc``).
         metrics_url: Prometheus ``/metrics`` URL (optional: server-side batch sizes).
-        model: Model to call (the text ensemble).
+        model: Model to call (the text or image ensemble).
         batch_model: Model whose batching is reported (default ``<model>_onnx``).
         protocols: ``http`` and/or ``grpc``.
         concurrency: Closed-loop worker counts to sweep.
@@ -60,6 +61,8 @@ class LoadConfig:
         text_pairs: Second sentences for sentence-pair models (cycled alongside ``texts``).
         text_input: Input tensor name.
         text_pair_input: Second input's name (pair models).
+        images: Encoded images (PNG, JPEG... bytes) cycled through instead of ``texts`` (image models).
+        image_input: Input tensor name for ``images``.
         outputs: Output names requested.
         timeout_s: Per-request network timeout.
         allow_remote: Permit non-loopback targets.
@@ -79,6 +82,8 @@ class LoadConfig:
     text_pairs: tuple[str, ...] | None = None
     text_input: str = "text"
     text_pair_input: str = "text_pair"
+    images: tuple[bytes, ...] | None = None
+    image_input: str = "image"
     outputs: tuple[str, ...] = ("label",)
     timeout_s: float = 30.0
     allow_remote: bool = False
@@ -95,7 +100,11 @@ class LoadConfig:
             raise ConfigError(f"concurrency: values must be in 1..256, got {list(self.concurrency)}")
         if self.requests < 1 or self.duration_s <= 0:
             raise ConfigError("requests/duration_s: a run needs requests >= 1 and duration_s > 0 (it is bounded)")
-        if not self.texts:
+        if self.images is not None:
+            self.images = tuple(self.images)
+            if not self.images or not all(isinstance(i, bytes) and i for i in self.images):
+                raise ConfigError("images: expected at least one non-empty encoded image (bytes)")
+        elif not self.texts:
             raise ConfigError("texts: at least one sentence is required")
         urls = [self.http_url, self.grpc_url, self.metrics_url]
         for url in filter(None, urls):
@@ -233,17 +242,23 @@ class _Worker:
             assert config.grpc_url is not None
             self.client = client_mod.InferenceServerClient(config.grpc_url)
         self.mod = client_mod
+        self.columns: list[tuple[str, tuple[bytes, ...]]]
+        if config.images is not None:
+            self.columns = [(config.image_input, config.images)]
+        else:
+            self.columns = [(config.text_input, tuple(t.encode("utf-8") for t in config.texts))]
+            if config.text_pairs:
+                self.columns.append((config.text_pair_input, tuple(t.encode("utf-8") for t in config.text_pairs)))
 
     def send(self, index: int) -> str:
-        """Request number ``index`` (cycles through the texts); returns the model version that answered."""
+        """Request number ``index`` (cycles through the inputs); returns the model version that answered."""
         config = self.config
-        columns = [(config.text_input, config.texts)]
-        if config.text_pairs:
-            columns.append((config.text_pair_input, config.text_pairs))
         tensors = []
-        for name, values in columns:
+        for name, values in self.columns:
             tensor = self.mod.InferInput(name, [1, 1], "BYTES")
-            tensor.set_data_from_numpy(np.array([[values[index % len(values)].encode("utf-8")]], dtype=object))
+            item = np.empty((1, 1), dtype=object)
+            item[0, 0] = values[index % len(values)]
+            tensor.set_data_from_numpy(item)
             tensors.append(tensor)
         outputs = [self.mod.InferRequestedOutput(name) for name in config.outputs]
         if self.protocol == "http":

@@ -2,13 +2,16 @@
 
 For a model published as ``NAME`` the repository holds one ensemble and its composing models::
 
-    NAME/                      ensemble: clients send raw strings, get logits, probabilities, label
-      config.pbtxt
+    NAME/                      ensemble: clients send raw strings (text) or encoded images (image models),
+      config.pbtxt             get logits, probabilities, label
       labels.txt               classification extension (``label_filename``)
       <v>/ENSEMBLE.txt         placeholder: object stores have no empty folders
     NAME_tokenizer/            python backend, ``tokenizers`` library (text models only)
       config.pbtxt
       <v>/model.py  <v>/tokenizer/tokenizer.json ...
+    NAME_preprocess/           python backend, Pillow + numpy: image bytes -> pixel_values (image models only)
+      config.pbtxt
+      <v>/model.py  <v>/preprocessor.json
     NAME_onnx/                 the exported graph
       config.pbtxt             production: platform onnxruntime_onnx, KIND_GPU (or KIND_CPU), TensorRT
       configs/local.pbtxt      local: python backend running the same model.onnx with ONNX Runtime on CPU
@@ -45,6 +48,9 @@ LOCAL_CONFIG_NAME = "local"
 LABELS_FILE = "labels.txt"
 TEXT_INPUT = "text"
 TEXT_PAIR_INPUT = "text_pair"
+IMAGE_INPUT = "image"
+IMAGE_TASK = "image-classification"
+PREPROCESSOR_FILE = "preprocessor.json"
 PROBABILITIES_OUTPUT = "probabilities"
 LABEL_OUTPUT = "label"
 ENSEMBLE_PLACEHOLDER = "ENSEMBLE.txt"
@@ -146,6 +152,21 @@ class ExportedModel:
     onnx_path: Path
     tokenizer_dir: Path | None
     text_pair: bool = False
+    image_preprocessing: dict[str, Any] | None = None
+
+    @property
+    def kind(self) -> str:
+        """``text`` (tokenizer in front), ``image`` (image preprocessing in front) or ``tensor`` (neither)."""
+        if self.tokenizer_dir is not None:
+            return "text"
+        return "image" if self.image_preprocessing is not None else "tensor"
+
+    @property
+    def image_size(self) -> int:
+        """Height and width of ``pixel_values`` (image models)."""
+        if self.image_preprocessing is None:
+            raise ServingError(f"{self.directory}: not an image model")
+        return int(self.image_preprocessing["image_size"])
 
     @property
     def text_inputs(self) -> list[str]:
@@ -205,10 +226,55 @@ def load_export(export_dir: str | Path, *, variant: str | None = None, check_onn
             raise ServingError(f"{directory / 'io_spec.json'}: tensor {tensor.name!r} has unsupported dtype "
                                f"{tensor.dtype!r} (expected one of {sorted(_DTYPES)})")
     text_pair = bool(tokenizer_dir is not None and spec.preprocessing.get("text_pair"))
-    exported = ExportedModel(directory, spec, chosen, onnx_path, tokenizer_dir, text_pair)
+    image = None if tokenizer_dir is not None else _image_preprocessing(directory, spec)
+    exported = ExportedModel(directory, spec, chosen, onnx_path, tokenizer_dir, text_pair, image)
     if check_onnx:
         check_onnx_graph(exported)
     return exported
+
+
+def _image_preprocessing(directory: Path, spec: IOSpec) -> dict[str, Any] | None:
+    """The validated ``ImagePreprocessConfig`` dict of an image export, or None for other exports.
+
+    ``io_spec.json``'s ``preprocessing`` (``kind: image``) wins; ``preprocessor.json`` is the fallback.
+
+    Raises:
+        ServingError: An image export whose preprocessing is missing or invalid, or whose single input
+            is not a ``[batch, 3, S, S]`` float tensor matching ``image_size``.
+    """
+    where = directory / "io_spec.json"
+    declared = spec.preprocessing if spec.preprocessing.get("kind") == "image" else None
+    if declared is None and spec.task != IMAGE_TASK:
+        return None
+    source = f"{where}: preprocessing"
+    if declared is None:
+        file = directory / PREPROCESSOR_FILE
+        if not file.is_file():
+            raise ServingError(f"{where}: task {spec.task!r} needs image preprocessing settings "
+                               f"(io_spec preprocessing with kind 'image', or {PREPROCESSOR_FILE})")
+        try:
+            declared = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ServingError(f"{file}: unreadable preprocessing settings ({exc})") from exc
+        source = str(file)
+    from transferkit.data.transforms import ImagePreprocessConfig  # imports torch: image exports only
+
+    try:
+        config = ImagePreprocessConfig.from_dict(declared, source)
+    except ConfigError as exc:
+        raise ServingError(str(exc)) from exc
+    if len(spec.inputs) != 1:
+        raise ServingError(f"{where}: inputs: an image model takes exactly one input (pixel_values), got "
+                           f"{[t.name for t in spec.inputs]}")
+    tensor = spec.inputs[0]
+    size = config.image_size
+    if tensor.dtype not in ("float32", "float16") or len(tensor.dims) != 4 or tensor.dims[1] not in (3, -1):
+        raise ServingError(f"{where}: inputs[0] {tensor.name!r}: expected float32 (or float16) "
+                           f"[batch, 3, {size}, {size}], got {tensor.dtype} {tensor.dims}")
+    if any(d not in (size, -1) for d in tensor.dims[2:]):
+        raise ServingError(f"{where}: inputs[0] {tensor.name!r} dims {tensor.dims} do not match the preprocessing "
+                           f"image_size {size}")
+    return config.to_dict()
 
 
 def check_onnx_graph(exported: ExportedModel) -> None:
@@ -257,9 +323,17 @@ class ModelBundle:
         return {"name": self.name, "root": str(self.root), "version": self.version, "models": self.models}
 
 
-def model_names(name: str, *, text: bool) -> list[str]:
-    """Names of the models of a deployment in load order (entry point last)."""
-    composing = [f"{name}_tokenizer"] if text else []
+_FRONT_MODEL = {"text": "tokenizer", "image": "preprocess"}
+
+
+def model_names(name: str, *, kind: str) -> list[str]:
+    """Names of the models of a deployment in load order (entry point last).
+
+    Args:
+        name: Public model name.
+        kind: :attr:`ExportedModel.kind` (``text``, ``image`` or ``tensor``).
+    """
+    composing = [f"{name}_{_FRONT_MODEL[kind]}"] if kind in _FRONT_MODEL else []
     return [*composing, f"{name}_onnx", f"{name}_postprocess", name]
 
 
@@ -275,6 +349,13 @@ def _pb():
 def _dims(tensor: TensorSpec) -> list[int]:
     # io_spec dims include the batch axis; Triton's exclude it when max_batch_size > 0.
     return list(tensor.dims[1:]) if tensor.dims else [-1]
+
+
+def _input_dims(exported: ExportedModel, tensor: TensorSpec) -> list[int]:
+    """Graph input dims without the batch axis; image inputs are always ``[3, S, S]``."""
+    if exported.kind == "image":
+        return [3, exported.image_size, exported.image_size]
+    return _dims(tensor)
 
 
 def _logit_dims(exported: ExportedModel) -> list[int]:
@@ -316,7 +397,7 @@ def onnx_production_config(name: str, exported: ExportedModel, options: Reposito
     config = _pb().ModelConfig(name=name, platform="onnxruntime_onnx", default_model_filename="model.onnx")
     _set_common(config, options, kind=options.instance_kind, count=options.instance_count)
     for tensor in exported.spec.inputs:
-        _add_tensor(config.input, tensor.name, tensor.dtype, _dims(tensor))
+        _add_tensor(config.input, tensor.name, tensor.dtype, _input_dims(exported, tensor))
     for i, tensor in enumerate(exported.spec.outputs):
         dims = _logit_dims(exported) if i == 0 else _dims(tensor)
         extra = {"label_filename": LABELS_FILE} if i == 0 else {}
@@ -334,7 +415,10 @@ def onnx_local_config(name: str, exported: ExportedModel, options: RepositoryOpt
     config = _pb().ModelConfig(name=name, backend="python")
     _set_common(config, options, kind="cpu", count=options.local_instance_count)
     for tensor in exported.spec.inputs:
-        _add_tensor(config.input, tensor.name, tensor.dtype, _dims(tensor), allow_ragged_batch=True)
+        dims = _input_dims(exported, tensor)
+        # Ragged batching lets variable-length text requests batch; fixed-size inputs (images) need none.
+        extra = {"allow_ragged_batch": True} if -1 in dims else {}
+        _add_tensor(config.input, tensor.name, tensor.dtype, dims, **extra)
     for i, tensor in enumerate(exported.spec.outputs):
         dims = _logit_dims(exported) if i == 0 else _dims(tensor)
         extra = {"label_filename": LABELS_FILE} if i == 0 else {}
@@ -359,6 +443,20 @@ def tokenizer_config(name: str, exported: ExportedModel, options: RepositoryOpti
     return config
 
 
+def image_preprocess_config(name: str, exported: ExportedModel, options: RepositoryOptions) -> Any:
+    """``NAME_preprocess/config.pbtxt``: encoded images in, ``pixel_values`` out (python backend, Pillow).
+
+    The same file serves production and local servers: the python backend runs on CPU everywhere.
+    """
+    config = _pb().ModelConfig(name=name, backend="python")
+    _set_common(config, options, kind="cpu", count=1)
+    _add_tensor(config.input, IMAGE_INPUT, "string", [1])
+    tensor = exported.spec.inputs[0]
+    _add_tensor(config.output, tensor.name, tensor.dtype, _input_dims(exported, tensor))
+    _param(config, "preprocessor_file", PREPROCESSOR_FILE)
+    return config
+
+
 def postprocess_config(name: str, exported: ExportedModel, options: RepositoryOptions) -> Any:
     """``NAME_postprocess/config.pbtxt``: softmax, label names, and the logits passed through."""
     config = _pb().ModelConfig(name=name, backend="python")
@@ -375,10 +473,13 @@ def ensemble_config(name: str, exported: ExportedModel, options: RepositoryOptio
     config = _pb().ModelConfig(name=name, platform="ensemble", max_batch_size=options.max_batch_size)
     config.version_policy.latest.num_versions = options.versions_to_serve
     logits = exported.logits
-    text = exported.tokenizer_dir is not None
+    text = exported.kind == "text"
+    image = exported.kind == "image"
     if text:
         for text_input in exported.text_inputs:
             _add_tensor(config.input, text_input, "string", [1])
+    elif image:
+        _add_tensor(config.input, IMAGE_INPUT, "string", [1])
     else:
         for tensor in exported.spec.inputs:
             _add_tensor(config.input, tensor.name, tensor.dtype, _dims(tensor))
@@ -392,9 +493,14 @@ def ensemble_config(name: str, exported: ExportedModel, options: RepositoryOptio
             step.input_map[text_input] = text_input
         for tensor in exported.spec.inputs:
             step.output_map[tensor.name] = f"_{tensor.name}"
+    if image:
+        step = steps.add(model_name=f"{name}_preprocess", model_version=-1)
+        step.input_map[IMAGE_INPUT] = IMAGE_INPUT
+        for tensor in exported.spec.inputs:
+            step.output_map[tensor.name] = f"_{tensor.name}"
     step = steps.add(model_name=f"{name}_onnx", model_version=-1)
     for tensor in exported.spec.inputs:
-        step.input_map[tensor.name] = f"_{tensor.name}" if text else tensor.name
+        step.input_map[tensor.name] = f"_{tensor.name}" if text or image else tensor.name
     step.output_map[logits.name] = f"_{logits.name}"
     # Every ensemble output comes from the last step (which passes the logits through): Triton 2.51
     # deadlocks when a client requests a subset of outputs and an intermediate is also an output.
@@ -455,8 +561,8 @@ def write_model_tree(exported: ExportedModel, name: str, root: Path, version: in
     validate_model_name(name)
     if version < 1:
         raise ConfigError(f"version: must be >= 1, got {version}")
-    text = exported.tokenizer_dir is not None
-    names = model_names(name, text=text)
+    text = exported.kind == "text"
+    names = model_names(name, kind=exported.kind)
     labels = "".join(f"{label}\n" for label in exported.labels)
     v = str(version)
 
@@ -468,6 +574,13 @@ def write_model_tree(exported: ExportedModel, name: str, root: Path, version: in
         (tok / v).mkdir(parents=True, exist_ok=True)
         shutil.copy2(_MODELS_PKG / "tokenizer_model.py", tok / v / "model.py")
         shutil.copytree(exported.tokenizer_dir, tok / v / "tokenizer", dirs_exist_ok=True)
+
+    if exported.kind == "image":
+        assert exported.image_preprocessing is not None
+        pre = root / f"{name}_preprocess"
+        _write(pre / "config.pbtxt", to_pbtxt(image_preprocess_config(pre.name, exported, options)))
+        _write(pre / v / PREPROCESSOR_FILE, json.dumps(exported.image_preprocessing, indent=2) + "\n")
+        shutil.copy2(_MODELS_PKG / "image_preprocess_model.py", pre / v / "model.py")
 
     onnx = root / f"{name}_onnx"
     _write(onnx / "config.pbtxt", to_pbtxt(onnx_production_config(onnx.name, exported, options)))
@@ -486,8 +599,9 @@ def write_model_tree(exported: ExportedModel, name: str, root: Path, version: in
     ens = root / name
     _write(ens / "config.pbtxt", to_pbtxt(ensemble_config(name, exported, options)))
     _write(ens / LABELS_FILE, labels)
+    front = f"{names[0]} -> " if len(names) == 4 else ""
     _write(ens / v / ENSEMBLE_PLACEHOLDER,
-           f"Ensemble {name} version {v}: tokenizer -> {name}_onnx -> {name}_postprocess (no files needed).\n")
+           f"Ensemble {name} version {v}: {front}{name}_onnx -> {name}_postprocess (no files needed).\n")
     return names
 
 
@@ -496,7 +610,7 @@ def build_model_repository(export_dir: str | Path, name: str, out_dir: str | Pat
     """Build a complete model repository for one deployment (written atomically).
 
     Args:
-        export_dir: Export directory (``io_spec.json``, ONNX graphs, labels, tokenizer).
+        export_dir: Export directory (``io_spec.json``, ONNX graphs, labels, tokenizer or image preprocessing).
         name: Public model name (the ensemble); composing models get suffixes.
         out_dir: Repository folder to create (replaced if it exists).
         version: Version number of every model folder.
