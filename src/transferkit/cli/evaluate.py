@@ -11,11 +11,17 @@ from transferkit.cli._common import console, handle_errors
 
 @handle_errors
 def evaluate(
-    model: Path = typer.Option(..., "--model", help="Fine-tuned model directory (from `transferkit train`)."),
-    data: Path = typer.Option(..., "--data", help="Prepared dataset directory (from `transferkit data prepare`)."),
+    model: Path = typer.Option(
+        ..., "--model", help="Fine-tuned model directory (from `transferkit train`); text or image classifier."
+    ),
+    data: Path = typer.Option(
+        ..., "--data", help="Prepared dataset directory (from `transferkit data prepare`) of the model's modality."
+    ),
     out: Path = typer.Option(..., "--out", help="Output directory: metrics.json, report.html/.md, predictions."),
     baseline: str | None = typer.Option(
-        None, "--baseline", help="Baseline model (directory or catalog name; no head = zero-shot) for deltas."
+        None, "--baseline",
+        help="Baseline model for deltas (directory or catalog name; a text model without head = zero-shot; "
+             "images: an image classifier directory).",
     ),
     split: str = typer.Option("test", "--split", help="Split to evaluate."),
     primary_metric: str = typer.Option("accuracy", "--primary-metric", help="Metric reported as `primary`."),
@@ -24,7 +30,9 @@ def evaluate(
     ),
     batch_size: int = typer.Option(32, "--batch-size", help="Examples per forward pass."),
     max_length: int | None = typer.Option(
-        None, "--max-length", help="Truncation length (default: the training length, else the model limit <= 256)."
+        None, "--max-length",
+        help="Text: truncation length (default: the training length, else the model limit <= 256). Ignored for "
+             "images.",
     ),
     slice_min_size: int = typer.Option(5, "--slice-min-size", help="Smallest slice counted in the largest gap."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pickle weights (runs code on load)."),

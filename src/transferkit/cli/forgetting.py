@@ -33,7 +33,9 @@ def _base_from_summary(model: Path) -> str | None:
 
 @handle_errors
 def forgetting(
-    model: Path = typer.Option(..., "--model", help="Fine-tuned model (or any encoder of the same architecture)."),
+    model: Path = typer.Option(
+        ..., "--model", help="Fine-tuned model (or any encoder of the same architecture); text or image."
+    ),
     out: Path = typer.Option(..., "--out", help="Output directory: forgetting.json, report.html/.md."),
     base: str | None = typer.Option(
         None, "--base", help="Base model (catalog name or directory); default: from training_summary.json."
@@ -41,10 +43,14 @@ def forgetting(
     source: str | None = typer.Option(
         None, "--source",
         help="Source set: builtin:NAME, prepared dataset dir, or .csv/.parquet/.jsonl with text_a,text_b,score | "
-             "text,label | text. Default: the base model's catalog source (builtin:lee-similarity).",
+             "text,label | text; image models: a prepared image dataset dir, builtin:digits|mnist-5k|fashion-mnist "
+             "or .parquet with image[,label]. Default: the base model's catalog source (builtin:lee-similarity for "
+             "minilm-l6, builtin:fashion-mnist for efficientnet-lite0).",
     ),
     mode: str | None = typer.Option(
-        None, "--mode", help="similarity | source-task | representation-drift (default: from the source set)."
+        None, "--mode",
+        help="similarity | source-task | representation-drift (default: from the source set; image models: "
+             "source-task when the base head knows the source labels, else representation-drift).",
     ),
     metric: str | None = typer.Option(None, "--metric", help="pearson|spearman, accuracy|macro_f1, cka."),
     max_drop: float | None = typer.Option(None, "--max-drop", help="Fail when base - model score exceeds this."),
@@ -53,8 +59,13 @@ def forgetting(
     ),
     report_only: bool = typer.Option(False, "--report-only", help="Write results but never fail on the gate."),
     max_length: int | None = typer.Option(None, "--max-length", help="Truncation (default: base limit, <= 256)."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Texts per forward pass."),
-    probe_size: int = typer.Option(1000, "--probe-size", help="representation-drift: maximum probe texts."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Texts or images per forward pass."),
+    probe_size: int = typer.Option(
+        1000, "--probe-size", help="representation-drift: maximum probe texts; image models: maximum images."
+    ),
+    image_size: int | None = typer.Option(
+        None, "--image-size", help="Image models: input size instead of the base model's preprocessing size."
+    ),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pickle weights (runs code on load)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Accept custom model code."),
 ) -> None:
@@ -68,7 +79,7 @@ def forgetting(
     result = check_forgetting(ForgettingConfig(
         base=base, model=model, out_dir=out, source=source, mode=mode, metric=metric, max_drop=max_drop,
         min_retention=min_retention, max_length=max_length, batch_size=batch_size, probe_size=probe_size,
-        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+        image_size=image_size, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
     ))
     console.print(
         f"{result.mode} ({result.metric}): base {result.base_score:.4f} -> model {result.model_score:.4f}, "

@@ -151,17 +151,40 @@ def similarity_scatter(human: np.ndarray, base: np.ndarray, model: np.ndarray, b
     return fig
 
 
-def layer_cka(values: Sequence[float]) -> Any:
-    """Linear CKA between base and fine-tuned representations per layer."""
+def layer_cka(values: Sequence[float], names: Sequence[str] | None = None) -> Any:
+    """Linear CKA between base and fine-tuned representations per layer (or per named stage)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(4.5, 0.6 * len(values) + 2), 3.4))
     bars = ax.bar(range(len(values)), values, color="#4c72b0")
     ax.bar_label(bars, fmt="%.3f", fontsize=7)
-    ax.set_xticks(range(len(values)), labels=["emb", *[str(i) for i in range(1, len(values))]])
+    if names is None:
+        ax.set_xticks(range(len(values)), labels=["emb", *[str(i) for i in range(1, len(values))]])
+        ax.set_xlabel("layer (emb = embedding output)")
+    else:
+        ax.set_xticks(range(len(values)), labels=list(names), rotation=30 if len(values) > 6 else 0)
+        ax.set_xlabel("stage (stem = input convolution; outputs global-average-pooled)")
     ax.set_ylim(0, 1.05)
-    ax.set_xlabel("layer (emb = embedding output)")
     ax.set_ylabel("linear CKA vs base")
-    ax.set_title("Representation similarity per layer (1.0 = unchanged)")
+    ax.set_title(f"Representation similarity per {'layer' if names is None else 'stage'} (1.0 = unchanged)")
+    return fig
+
+
+def contact_sheet(images: Sequence[np.ndarray], captions: Sequence[str], title: str, columns: int = 5) -> Any:
+    """A grid of thumbnails (uint8 grey or RGB arrays), each with a short caption above it."""
+    plt = _plt()
+    n = max(1, len(images))
+    cols = min(columns, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.15 * rows + 0.4), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k >= len(images):
+            continue
+        image = images[k]
+        ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
+        ax.set_title(captions[k], fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     return fig
 
 

@@ -1,4 +1,10 @@
-"""The evaluate step: metrics of a fine-tuned classifier on the test split, with slices, baseline and report."""
+"""The evaluate step: metrics of a fine-tuned classifier on the test split, with slices, baseline and report.
+
+Text classifiers (prepared ``text-classification`` data) and image classifiers (prepared
+``image-classification`` data, models from :mod:`transferkit.models.vision`) go through the same metrics,
+gate, ``metrics.json``, ``predictions.parquet`` and report; only prediction differs, and the image report
+adds a contact sheet of the most confident mistakes.
+"""
 
 from __future__ import annotations
 
@@ -34,19 +40,24 @@ class EvaluateConfig:
 
     Attributes:
         model_dir: Fine-tuned classifier directory (safetensors, config with id2label and/or labels.json).
-        data_dir: Prepared dataset directory (the contract of :mod:`transferkit.data.prepared`).
+            Image classifiers (``preprocessor.json`` next to the weights) are evaluated on image data.
+        data_dir: Prepared dataset directory (the contract of :mod:`transferkit.data.prepared`); its task
+            (text or image classification) must match the model.
         out_dir: Output directory (metrics.json, report.html/.md, predictions.parquet); written atomically.
         baseline: Optional baseline model (directory or catalog name). A classifier is evaluated the same
-            way; a model without a head (e.g. ``minilm-l6`` off the shelf) is evaluated zero-shot by
-            cosine similarity between text and label-name embeddings.
+            way; a text model without a head (e.g. ``minilm-l6`` off the shelf) is evaluated zero-shot by
+            cosine similarity between text and label-name embeddings. Image data needs an image
+            classifier with label names as baseline (there is no zero-shot image baseline).
         split: Split to evaluate (``test`` unless you know why).
         primary_metric: Metric reported as ``primary`` and used by gates.
         batch_size: Examples per forward pass.
         max_length: Truncation length; None = the training max length from ``training_summary.json``
-            when present, else the model limit capped at 256 tokens.
+            when present, else the model limit capped at 256 tokens. Ignored for images (the model's
+            ``preprocessor.json`` sets the input size).
         calibration_bins: Equal-width bins of the reliability diagram and ECE.
         slice_min_size: Slices smaller than this are shown but left out of the largest gap.
-        top_mistakes: Number of most confident mistakes listed in the report.
+        top_mistakes: Number of most confident mistakes listed in the report (for images also shown as a
+            contact sheet of thumbnails).
         min_primary: Optional gate: ``passed`` is False when the primary metric is below this (above it for
             metrics where lower is better: ece, loss).
         allow_pickle: Accept pickle weights.
@@ -116,7 +127,9 @@ class EvaluateResult:
         metrics_path: ``metrics.json``.
         report_html: ``report.html`` (self-contained).
         report_md: ``report.md``.
-        predictions_path: ``predictions.parquet`` (text, label, predicted, confidence).
+        predictions_path: ``predictions.parquet`` (text, label, predicted, confidence; for images ``row``
+            instead of ``text``).
+        extra: ``max_length`` (text) or ``image_size`` (images), and ``modality``.
 
     """
 
@@ -290,6 +303,69 @@ def _predict_with(
     return y_true, probs, labels, "classifier", max_length
 
 
+def model_modality(ref: str | Path) -> str | None:
+    """``image`` or ``text`` for a catalog name or model directory; None when nothing is there to tell.
+
+    A directory counts as an image model when :func:`transferkit.models.vision.is_image_model_dir` says so
+    and as a text model when it has any other ``config.json``.
+    """
+    from transferkit.models.catalog import CATALOG
+
+    text = str(ref)
+    path = Path(text).expanduser()
+    if text in CATALOG and not path.exists():
+        return "image" if CATALOG[text].task == "image-classification" else "text"
+    if not (path / "config.json").is_file():
+        return None
+    from transferkit.models.vision import is_image_model_dir
+
+    return "image" if is_image_model_dir(path) else "text"
+
+
+def _check_modality(model_ref: str | Path, dataset: Any, data_dir: Path, role: str = "model") -> None:
+    """Raise a one-line error when a model and a prepared dataset are of different modalities."""
+    modality = model_modality(model_ref)
+    if modality is None:
+        return  # missing or odd model reference: resolving it gives the precise error
+    if modality == "image" and not dataset.is_image:
+        raise EvaluationError(
+            f"{data_dir / 'schema.json'}: task {dataset.task!r}, but the {role} {model_ref} is an image "
+            "classifier; evaluate it on data prepared with --task image-classification"
+        )
+    if modality == "text" and dataset.is_image:
+        raise EvaluationError(
+            f"{data_dir / 'schema.json'}: task {dataset.task!r}, but the {role} {model_ref} is a text model; "
+            "image data needs an image classifier (e.g. one fine-tuned from efficientnet-lite0)"
+        )
+
+
+def _predict_images(
+    ref: str | Path, images: list[bytes], data_labels: list[str], y_data: list[int], where: str,
+    cfg: EvaluateConfig, *, role: str = "model",
+) -> tuple[np.ndarray, np.ndarray, list[str], int]:
+    """Load an image classifier and its preprocessing; return (y_true, probs, model_labels, image_size)."""
+    from transferkit.evaluate.image_inference import predict_image_proba
+    from transferkit.models.catalog import resolve_model
+    from transferkit.models.vision import load_image_classifier, load_image_preprocessor
+
+    resolved = resolve_model(ref, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
+    if resolved.entry is not None or resolved.head_labels is None:
+        raise EvaluationError(
+            f"{role} {ref}: not an image classifier with its own label names (a catalog base model's head "
+            "predicts its pre-training classes, and zero-shot baselines exist only for text); pass a fine-tuned "
+            "image model directory"
+        )
+    labels = model_labels(resolved.path, resolved.config)
+    y_true = _align_labels(data_labels, y_data, labels, where, str(ref))
+    preprocessor = load_image_preprocessor(resolved)
+    model = load_image_classifier(resolved, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
+    if int(model.config.num_labels) != len(labels):
+        raise EvaluationError(f"{resolved.path}: head has {model.config.num_labels} outputs but {len(labels)} labels")
+    probs = predict_image_proba(model, preprocessor, images, batch_size=cfg.batch_size, where=where,
+                                desc=f"evaluate {Path(str(ref)).name}", progress=cfg.progress)
+    return y_true, probs, labels, int(preprocessor.config.image_size)
+
+
 def _gate(metric: str, value: float, threshold: float | None, where: str) -> tuple[bool, str]:
     if threshold is None:
         return True, f"no gate set: {metric} {value:.4f} on {where}"
@@ -315,7 +391,9 @@ def evaluate_model(config: EvaluateConfig) -> EvaluateResult:
     Raises:
         PreparedDataError: The data directory is not a usable prepared dataset.
         ModelError: The model cannot be loaded.
-        EvaluationError: The model has no labels, or the split has labels the model does not know.
+        EvaluationError: The model has no labels, the split has labels the model does not know, or model and
+            data are of different modalities (an image model on text data or the other way round).
+        DataError: An image of the split cannot be decoded (the message names the row).
 
     """
     import pyarrow as pa
@@ -328,19 +406,39 @@ def evaluate_model(config: EvaluateConfig) -> EvaluateResult:
     cfg = config
     dataset = load_prepared(cfg.data_dir)
     where = str(cfg.data_dir / f"{cfg.split}.parquet")
-    texts = dataset.texts(cfg.split)
-    if not texts:
-        raise PreparedDataError(f"{where}: split is empty, nothing to evaluate")
-    if any(not isinstance(t, str) for t in texts):
-        row = next(i for i, t in enumerate(texts) if not isinstance(t, str))
-        raise PreparedDataError(f"{where}: row {row}: text is not a string")
-    pairs = dataset.text_pairs(cfg.split)
+    _check_modality(cfg.model_dir, dataset, cfg.data_dir)
+    if cfg.baseline is not None:
+        _check_modality(cfg.baseline, dataset, cfg.data_dir, role="baseline")
     y_data = dataset.label_ids(cfg.split)
     groups = dataset.groups(cfg.split)
-
-    y_true, probs, labels, _, max_length = _predict_with(
-        cfg.model_dir, texts, pairs, dataset.labels, y_data, where, cfg, require_head=True
-    )
+    texts: list[str] = []
+    pairs: list[str] | None = None
+    images: list[bytes] = []
+    max_length: int | None = None
+    image_size: int | None = None
+    if dataset.is_image:
+        images = dataset.images(cfg.split)
+        if not images:
+            raise PreparedDataError(f"{where}: split is empty, nothing to evaluate")
+        if any(not isinstance(b, bytes) or not b for b in images):
+            row = next(i for i, b in enumerate(images) if not isinstance(b, bytes) or not b)
+            raise PreparedDataError(f"{where}: row {row}: image is not non-empty encoded bytes")
+        if cfg.max_length is not None:
+            logger.warning("max_length=%d is ignored for images (the model's preprocessor.json sets the input size)",
+                           cfg.max_length)
+        y_true, probs, labels, image_size = _predict_images(cfg.model_dir, images, dataset.labels, y_data, where, cfg)
+    else:
+        texts = dataset.texts(cfg.split)
+        if not texts:
+            raise PreparedDataError(f"{where}: split is empty, nothing to evaluate")
+        if any(not isinstance(t, str) for t in texts):
+            row = next(i for i, t in enumerate(texts) if not isinstance(t, str))
+            raise PreparedDataError(f"{where}: row {row}: text is not a string")
+        pairs = dataset.text_pairs(cfg.split)
+        y_true, probs, labels, _, max_length = _predict_with(
+            cfg.model_dir, texts, pairs, dataset.labels, y_data, where, cfg, require_head=True
+        )
+    n_examples = len(images) if dataset.is_image else len(texts)
     positive = 1
     computed = classification_metrics(y_true, probs, labels, n_bins=cfg.calibration_bins, positive_index=positive)
     if cfg.primary_metric not in computed.scalars:
@@ -357,9 +455,14 @@ def evaluate_model(config: EvaluateConfig) -> EvaluateResult:
     baseline_info = None
     baseline_metrics: ClassificationMetrics | None = None
     if cfg.baseline is not None:
-        b_true, b_probs, b_labels, b_mode, _ = _predict_with(
-            cfg.baseline, texts, pairs, dataset.labels, y_data, where, cfg, require_head=False
-        )
+        if dataset.is_image:
+            b_true, b_probs, b_labels, _ = _predict_images(cfg.baseline, images, dataset.labels, y_data, where, cfg,
+                                                           role="baseline")
+            b_mode = "classifier"
+        else:
+            b_true, b_probs, b_labels, b_mode, _ = _predict_with(
+                cfg.baseline, texts, pairs, dataset.labels, y_data, where, cfg, require_head=False
+            )
         baseline_metrics = classification_metrics(b_true, b_probs, b_labels, n_bins=cfg.calibration_bins)
         deltas = {
             k: computed.scalars[k] - v for k, v in baseline_metrics.scalars.items() if k in computed.scalars
@@ -371,11 +474,15 @@ def evaluate_model(config: EvaluateConfig) -> EvaluateResult:
     passed, reason = _gate(cfg.primary_metric, primary, cfg.min_primary, where)
     confidence = probs.max(axis=1)
     mistakes_idx = [int(i) for i in np.argsort(-confidence, kind="stable") if y_pred[i] != y_true[i]]
-    mistakes = [
-        {"row": i, "text": texts[i], "text_pair": pairs[i] if pairs else None, "true": labels[y_true[i]],
-         "predicted": labels[y_pred[i]], "confidence": float(confidence[i])}
-        for i in mistakes_idx[: cfg.top_mistakes]
-    ]
+    mistakes: list[dict[str, Any]] = []
+    for i in mistakes_idx[: cfg.top_mistakes]:
+        mistake: dict[str, Any] = {"row": i, "true": labels[y_true[i]], "predicted": labels[y_pred[i]],
+                                   "confidence": float(confidence[i])}
+        if not dataset.is_image:
+            mistake.update(text=texts[i], text_pair=pairs[i] if pairs else None)
+        mistakes.append(mistake)
+    modality = "image" if dataset.is_image else "text"
+    inputs = {"image_size": image_size} if dataset.is_image else {"max_length": max_length}
     payload: dict[str, Any] = {
         **computed.scalars,
         "primary": primary,
@@ -384,11 +491,12 @@ def evaluate_model(config: EvaluateConfig) -> EvaluateResult:
         "reason": reason,
         "min_primary": cfg.min_primary,
         "higher_is_better": cfg.primary_metric not in LOWER_IS_BETTER,
-        "n_examples": len(texts),
+        "n_examples": n_examples,
         "split": cfg.split,
         "model": str(cfg.model_dir),
         "data": str(cfg.data_dir),
-        "max_length": max_length,
+        "modality": modality,
+        **inputs,
         "labels": labels,
         "per_class": computed.per_class,
         "confusion_matrix": computed.confusion_matrix,
@@ -398,13 +506,22 @@ def evaluate_model(config: EvaluateConfig) -> EvaluateResult:
         "baseline": baseline_info,
         "most_confident_mistakes": mistakes,
     }
-    logger.info("%s on %s (%d examples): accuracy %.4f, macro F1 %.4f", cfg.model_dir, where, len(texts),
+    logger.info("%s on %s (%d examples): accuracy %.4f, macro F1 %.4f", cfg.model_dir, where, n_examples,
                 computed.scalars["accuracy"], computed.scalars["macro_f1"])
 
+    thumbnails = None
+    if dataset.is_image:
+        from transferkit.evaluate.image_inference import thumbnail
+
+        thumbnails = [thumbnail(images[m["row"]]) for m in mistakes]
     with atomic_output_dir(cfg.out_dir) as tmp:
         write_json(tmp / "metrics.json", payload)
+        first = (
+            {"row": pa.array(np.arange(n_examples), pa.int64())} if dataset.is_image
+            else {"text": pa.array(texts, pa.string())}
+        )
         table = {
-            "text": pa.array(texts, pa.string()),
+            **first,
             "label": pa.array([labels[i] for i in y_true], pa.string()),
             "predicted": pa.array([labels[i] for i in y_pred], pa.string()),
             "confidence": pa.array(confidence, pa.float64()),
@@ -413,13 +530,14 @@ def evaluate_model(config: EvaluateConfig) -> EvaluateResult:
             table["group"] = pa.array([None if g is None else str(g) for g in groups], pa.string())
         pq.write_table(pa.table(table), tmp / "predictions.parquet")
         write_evaluation_report(tmp, cfg, computed, slices, baseline_metrics, baseline_info, mistakes,
-                                n_examples=len(texts), max_length=max_length)
+                                n_examples=n_examples, max_length=max_length, image_size=image_size,
+                                thumbnails=thumbnails)
     out = cfg.out_dir
     return EvaluateResult(
         primary_metric=cfg.primary_metric, primary=primary, passed=passed, reason=reason,
         scalars=dict(computed.scalars), labels=labels,
         confusion_matrix=computed.confusion_matrix, roc=computed.roc, per_class=computed.per_class, slices=slices,
-        baseline=baseline_info, n_examples=len(texts), out_dir=out, metrics_path=out / "metrics.json",
+        baseline=baseline_info, n_examples=n_examples, out_dir=out, metrics_path=out / "metrics.json",
         report_html=out / "report.html", report_md=out / "report.md",
-        predictions_path=out / "predictions.parquet", extra={"max_length": max_length},
+        predictions_path=out / "predictions.parquet", extra={**inputs, "modality": modality},
     )

@@ -11,6 +11,10 @@ same source set:
   texts; label-free and defined for any model (1.0 = unchanged).
 
 ``retention = model_score / base_score`` and ``drop = base_score - model_score``.
+
+Image classifiers (``efficientnet-lite0`` or image model directories) take image source sets and support
+``source-task`` (the base head transplanted onto the fine-tuned backbone) and ``representation-drift``
+(per-stage CKA); see :mod:`transferkit.evaluate.forgetting_image`.
 """
 
 from __future__ import annotations
@@ -44,21 +48,27 @@ class ForgettingConfig:
     """Configuration of :func:`check_forgetting`.
 
     Attributes:
-        base: The pre-trained model (catalog name or directory).
+        base: The pre-trained model (catalog name or directory); text or image.
         model: The fine-tuned model directory; any model of the same architecture (a classifier or a plain
-            encoder) for ``similarity`` and ``representation-drift``.
+            encoder) for ``similarity`` and ``representation-drift``. Image models: an image classifier of
+            the base architecture (its head may differ).
         out_dir: Output directory (forgetting.json, report.html/.md); written atomically.
         source: Source set (``builtin:NAME``, prepared dataset directory, or .csv/.tsv/.parquet/.jsonl file);
-            None = the base model's catalog default (``builtin:lee-similarity`` for ``minilm-l6``), else
-            ``builtin:lee-similarity``.
-        mode: ``similarity``, ``source-task`` or ``representation-drift``; None = from the source set's kind.
+            None = the base model's catalog default (``builtin:lee-similarity`` for ``minilm-l6``,
+            ``builtin:fashion-mnist`` for ``efficientnet-lite0``), else ``builtin:lee-similarity`` for text
+            models (image model directories need an explicit source).
+        mode: ``similarity``, ``source-task`` or ``representation-drift``; None = from the source set's kind
+            (images: the catalog default, else ``source-task`` when the base head knows the source labels,
+            else ``representation-drift``).
         metric: Score of the mode (``pearson``/``spearman``, ``accuracy``/``macro_f1``, ``cka``); None = first.
         max_drop: Gate: fail when ``base_score - model_score`` exceeds this.
         min_retention: Gate: fail when ``model_score / base_score`` is below this.
         max_length: Truncation length; None = the base model's limit capped at 256 tokens.
         batch_size: Texts per forward pass.
-        probe_size: ``representation-drift``: at most this many probe texts (seeded sample).
+        probe_size: ``representation-drift``: at most this many probe texts (seeded sample). Images: at most
+            this many images in either mode.
         seed: Seed of the probe sample.
+        image_size: Images: input size instead of the base model's preprocessing size (None = the base's).
         allow_pickle: Accept pickle weights.
         trust_remote_code: Accept models with custom code.
         progress: Show progress bars.
@@ -80,6 +90,7 @@ class ForgettingConfig:
     allow_pickle: bool = False
     trust_remote_code: bool = False
     progress: bool = True
+    image_size: int | None = None
 
     def __post_init__(self) -> None:
         self.base = str(self.base)
@@ -100,6 +111,8 @@ class ForgettingConfig:
             raise ConfigError(f"batch_size: expected a positive integer, got {self.batch_size}")
         if self.probe_size < 3:
             raise ConfigError(f"probe_size: expected at least 3 texts, got {self.probe_size}")
+        if self.image_size is not None and not 8 <= self.image_size <= 1024:
+            raise ConfigError(f"image_size: expected 8..1024 pixels, got {self.image_size}")
 
 
 @dataclass
@@ -350,6 +363,11 @@ def build_probe(
         source = (resolved.entry.forgetting_source if resolved.entry and resolved.entry.forgetting_source
                   else DEFAULT_SOURCE)
     source_set = load_source(source)
+    if source_set.modality == "image":
+        raise EvaluationError(
+            f"{source}: an image source set ({source_set.describe()}); the text model {base} needs text: "
+            "similarity pairs (text_a,text_b,score), labelled texts (text,label) or probe texts (text)"
+        )
     chosen = mode or MODE_FOR_KIND[source_set.kind]
     if chosen == "similarity" and source_set.kind != "pairs":
         raise EvaluationError(f"{source}: similarity mode needs text_a,text_b,score pairs, got {source_set.kind}")
@@ -397,18 +415,28 @@ def check_forgetting(config: ForgettingConfig) -> ForgettingResult:
         config: The step configuration.
 
     Raises:
-        ModelError: A model cannot be loaded or differs in architecture from the base.
+        ModelError: A model cannot be loaded, differs in architecture from the base, or is of the other
+            modality (an image model against a text base or the other way round).
         DataError: The source set is missing or malformed.
-        EvaluationError: Mode and source set do not fit, or the base scores 0 (retention undefined).
+        EvaluationError: Mode and source set do not fit (including a text source set for an image model and
+            the reverse), or the base scores 0 (retention undefined).
+        ConfigError: An image base model directory without ``source`` (it has no catalog default).
 
     """
-    from transferkit.evaluate.forgetting_report import write_forgetting_report
-    from transferkit.evaluate.metrics import linear_cka
-    from transferkit.io import atomic_output_dir, write_json
+    from transferkit.evaluate.evaluation import model_modality
     from transferkit.models.catalog import resolve_model
     from transferkit.models.loading import load_encoder
 
     cfg = config
+    base_modality, model_modality_ = model_modality(cfg.base), model_modality(cfg.model)
+    if base_modality and model_modality_ and base_modality != model_modality_:
+        raise ModelError(
+            f"{cfg.model}: a{'n' if model_modality_ == 'image' else ''} {model_modality_} model, but the base "
+            f"{cfg.base} is a{'n' if base_modality == 'image' else ''} {base_modality} model; the forgetting "
+            "check compares a fine-tuned model with its own base"
+        )
+    if "image" in (base_modality, model_modality_):
+        return _check_forgetting_images(cfg)
     probe = build_probe(
         cfg.base, cfg.source, mode=cfg.mode, metric=cfg.metric, max_length=cfg.max_length,
         batch_size=cfg.batch_size, probe_size=cfg.probe_size, seed=cfg.seed, allow_pickle=cfg.allow_pickle,
@@ -420,18 +448,74 @@ def check_forgetting(config: ForgettingConfig) -> ForgettingResult:
 
     base_m = probe.measure(probe.base_encoder, desc="base")
     model_m = probe.measure(encoder, desc="fine-tuned")
-    source_name = probe.source.name
-    retention, drop, passed, reason = gate(
-        base_m.score, model_m.score, max_drop=cfg.max_drop, min_retention=cfg.min_retention,
-        metric=probe.metric, source=source_name,
-    )
     details: dict[str, Any] = {
-        "scores": {name: {"base": base_m.scores[name], "model": model_m.scores[name]} for name in base_m.scores},
         "max_length": probe.max_length,
         "truncated_texts": probe.truncated,
         "n_texts": len(probe.texts),
         "n_items": probe.source.size if probe.mode != "representation-drift" else len(probe.texts),
         "source_description": probe.source.describe(),
+    }
+    return _finish(cfg, probe, base_m, model_m, details)
+
+
+def _check_forgetting_images(cfg: ForgettingConfig) -> ForgettingResult:
+    """The image branch of :func:`check_forgetting` (see :mod:`transferkit.evaluate.forgetting_image`)."""
+    from transferkit.evaluate.forgetting_image import (
+        IMAGE_SOURCES,
+        ImageForgettingProbe,
+        choose_image_mode,
+        image_head_labels,
+    )
+    from transferkit.evaluate.sources import load_source
+    from transferkit.models.catalog import resolve_model
+    from transferkit.models.vision import load_image_classifier
+
+    resolved = resolve_model(cfg.base, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
+    entry = resolved.entry
+    source = cfg.source
+    catalog_mode = None
+    if source is None:
+        if entry is None or not entry.forgetting_source:
+            raise ConfigError(f"source: the image base model {cfg.base} has no default source set; pass --source "
+                              f"({IMAGE_SOURCES})")
+        source, catalog_mode = entry.forgetting_source, entry.forgetting_mode
+    source_set = load_source(source)
+    if source_set.modality != "image":
+        raise EvaluationError(
+            f"{source}: a text source set ({source_set.describe()}); the image model {cfg.base} needs an image "
+            f"source set ({IMAGE_SOURCES})"
+        )
+    head_labels = image_head_labels(resolved) if cfg.mode != "representation-drift" else None
+    mode = choose_image_mode(source_set, cfg.mode, head_labels, catalog_mode=catalog_mode, where=str(source))
+    if cfg.metric is not None and cfg.metric not in METRICS[mode]:
+        raise ConfigError(f"metric: {cfg.metric!r} does not apply to mode {mode}; expected {METRICS[mode]}")
+    probe = ImageForgettingProbe(
+        resolved, source_set, mode=mode, metric=cfg.metric or METRICS[mode][0], batch_size=cfg.batch_size,
+        probe_size=cfg.probe_size, seed=cfg.seed, image_size=cfg.image_size, allow_pickle=cfg.allow_pickle,
+        trust_remote_code=cfg.trust_remote_code, progress=cfg.progress,
+    )
+    model = load_image_classifier(cfg.model, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
+    probe.check_architecture(model, str(cfg.model))
+    base_m = probe.measure(probe.base_model, desc="base")
+    model_m = probe.measure(model, desc="fine-tuned")
+    return _finish(cfg, probe, base_m, model_m, probe.details())
+
+
+def _finish(cfg: ForgettingConfig, probe: Any, base_m: Measurement, model_m: Measurement,
+            details: dict[str, Any]) -> ForgettingResult:
+    """Gate two measurements, then write forgetting.json and the report (shared by text and images)."""
+    from transferkit.evaluate.forgetting_report import write_forgetting_report
+    from transferkit.evaluate.metrics import linear_cka
+    from transferkit.io import atomic_output_dir, write_json
+
+    source_name = probe.source.name
+    retention, drop, passed, reason = gate(
+        base_m.score, model_m.score, max_drop=cfg.max_drop, min_retention=cfg.min_retention,
+        metric=probe.metric, source=source_name,
+    )
+    details = {
+        "scores": {name: {"base": base_m.scores[name], "model": model_m.scores[name]} for name in base_m.scores},
+        **details,
         "base": str(cfg.base),
         "model": str(cfg.model),
     }

@@ -34,6 +34,21 @@ _EXPLAIN = {
     ),
 }
 
+_EXPLAIN_IMAGE = {
+    "source-task": (
+        "Head transplant: the base model's own classification head, trained on the source task, is kept and the "
+        "fine-tuned backbone (every tensor below the head, BatchNorm statistics included) is put underneath it. "
+        "The base model and this hybrid classify the same source images; the drop in source-task accuracy is "
+        "what fine-tuning cost the original task (the text source-task mode keeps the base head the same way)."
+    ),
+    "representation-drift": (
+        "Linear centered kernel alignment (CKA) compares base and fine-tuned features of the same probe images "
+        "at every stage below the head, each stage output global-average-pooled over its spatial axes. It needs "
+        "no labels; 1.0 means the representation geometry is unchanged. The primary score is the CKA of the "
+        "last stage below the head."
+    ),
+}
+
 
 def write_forgetting_report(
     out: Path, payload: dict[str, Any], probe: ForgettingProbe, base_m: Measurement, model_m: Measurement
@@ -44,13 +59,24 @@ def write_forgetting_report(
     status = "PASSED" if payload["passed"] else "FAILED"
     report.paragraph(f"{status}: {payload['reason']}", "pass" if payload["passed"] else "fail")
     report.heading("What was measured")
-    report.paragraph(_EXPLAIN[payload["mode"]])
-    report.paragraph(
-        f"Base model: {details['base']}. Fine-tuned model: {details['model']}. Source set: "
-        f"{details['source_description']}. Texts were truncated at {details['max_length']} tokens "
-        f"(the base model's limit, capped at 256); {details['truncated_texts']} of {details['n_texts']} texts "
-        "were longer.", "note",
-    )
+    image = details.get("modality") == "image"
+    report.paragraph((_EXPLAIN_IMAGE if image else _EXPLAIN)[payload["mode"]])
+    if image:
+        sampled = (f"a seeded sample of {details['n_images']} of its {details['source_size']} images"
+                   if details["n_images"] < details["source_size"] else f"all {details['n_images']} images")
+        report.paragraph(
+            f"Base model: {details['base']}. Fine-tuned model: {details['model']}. Source set: "
+            f"{details['source_description']}; {sampled} were used, preprocessed the way the base model expects "
+            f"at {details['image_size']}x{details['image_size']} pixels (both models see the same tensors).",
+            "note",
+        )
+    else:
+        report.paragraph(
+            f"Base model: {details['base']}. Fine-tuned model: {details['model']}. Source set: "
+            f"{details['source_description']}. Texts were truncated at {details['max_length']} tokens "
+            f"(the base model's limit, capped at 256); {details['truncated_texts']} of {details['n_texts']} texts "
+            "were longer.", "note",
+        )
     report.heading("Before / after")
     names = list(details["scores"])
     report.figure(
@@ -84,7 +110,18 @@ def write_forgetting_report(
                                       model_m.scores["pearson"]),
             "Human similarity vs cosine similarity, base and fine-tuned",
         )
-    if details.get("cka_per_layer"):
+    if details.get("cka_per_layer") and image:
+        names = details.get("cka_layer_names")
+        report.heading("Representation drift per stage")
+        report.figure("layer_cka.png", charts.layer_cka(details["cka_per_layer"], names), "Linear CKA per stage")
+        report.table(["stage", "linear CKA"], [[n, v] for n, v in zip(names or [], details["cka_per_layer"],
+                                                                        strict=False)])
+        report.paragraph(
+            "Linear CKA between base and fine-tuned global-average-pooled stage outputs of the same images, from "
+            "the stem to the last stage below the head: where in the network fine-tuning changed the "
+            "representation.", "note",
+        )
+    elif details.get("cka_per_layer"):
         report.heading("Representation drift per layer")
         report.figure("layer_cka.png", charts.layer_cka(details["cka_per_layer"]), "Linear CKA per layer")
         report.paragraph(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +11,8 @@ from transferkit.evaluate.metrics import LOWER_IS_BETTER, ClassificationMetrics
 from transferkit.reporting import Report
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from transferkit.evaluate.evaluation import EvaluateConfig
 
 _TEXT_LIMIT = 300
@@ -32,14 +35,22 @@ def write_evaluation_report(
     mistakes: list[dict[str, Any]],
     *,
     n_examples: int,
-    max_length: int,
+    max_length: int | None,
+    image_size: int | None = None,
+    thumbnails: Sequence[np.ndarray] | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``report.md`` / ``report.html`` (+ PNGs) into ``out``; return their paths."""
+    """Write ``report.md`` / ``report.html`` (+ PNGs) into ``out``; return their paths.
+
+    Image evaluations pass ``image_size`` (the model input size) and ``thumbnails`` (one per entry of
+    ``mistakes``), which become a contact sheet of the most confident mistakes.
+    """
     report = Report(f"Evaluation: {cfg.model_dir.name}")
     primary = computed.scalars[cfg.primary_metric]
+    inputs = (f"images preprocessed to {image_size}x{image_size} pixels" if image_size is not None
+              else f"inputs truncated at {max_length} tokens")
     report.paragraph(
         f"Model {cfg.model_dir} on the {cfg.split} split of {cfg.data_dir} ({n_examples} examples, "
-        f"inputs truncated at {max_length} tokens). Primary metric {cfg.primary_metric} = {primary:.4f}."
+        f"{inputs}). Primary metric {cfg.primary_metric} = {primary:.4f}."
     )
     report.heading("Metrics")
     order = [k for k in ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "balanced_accuracy", "roc_auc",
@@ -102,7 +113,20 @@ def write_evaluation_report(
             report.paragraph(f"Fewer than two slices have at least {slices['min_size']} examples: no gap reported.")
 
     report.heading("Most confident mistakes")
-    if mistakes:
+    if mistakes and thumbnails is not None:
+        captions = [f"row {m['row']}: {m['true']} -> {m['predicted']}\n({m['confidence']:.2f})" for m in mistakes]
+        report.figure(
+            "mistakes.png",
+            charts.contact_sheet(list(thumbnails), captions, "Most confident mistakes (true -> predicted)"),
+            "Contact sheet of the most confident mistakes",
+        )
+        report.table(
+            ["row", "confidence", "true", "predicted"],
+            [[m["row"], m["confidence"], m["true"], m["predicted"]] for m in mistakes],
+        )
+        report.paragraph("Rows index the evaluated split; thumbnails show the stored images before preprocessing.",
+                         "note")
+    elif mistakes:
         report.table(
             ["row", "confidence", "true", "predicted", "text"],
             [[m["row"], m["confidence"], m["true"], m["predicted"],

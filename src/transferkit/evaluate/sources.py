@@ -6,6 +6,11 @@ directory (its test split) or a file (CSV, TSV, Parquet, JSON Lines) whose colum
 - ``text_a, text_b, score``: similarity pairs with human scores (mode ``similarity``);
 - ``text, label``: a labelled source task (mode ``source-task``);
 - ``text``: probe texts (mode ``representation-drift``).
+
+Image models take image source sets: an image built-in (``builtin:digits``, ``builtin:mnist-5k``,
+``builtin:fashion-mnist``), a prepared image-classification directory (its test split) or a Parquet file with
+an ``image`` column of encoded image bytes (plus ``label`` for a labelled set). Labelled images have kind
+``labelled`` (like labelled texts); unlabelled ones have kind ``images``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from transferkit.errors import DataError, DatasetNotFoundError, SchemaError
 
 PAIR_COLUMNS = ("text_a", "text_b", "score")
 MIN_PAIRS = 3
-KINDS = ("pairs", "labelled", "texts")
+KINDS = ("pairs", "labelled", "texts", "images")
 
 
 @dataclass
@@ -28,11 +33,13 @@ class SourceSet:
 
     Attributes:
         name: The reference it was loaded from.
-        kind: ``pairs``, ``labelled`` or ``texts``.
+        kind: ``pairs``, ``labelled``, ``texts`` or ``images``.
         texts: ``labelled``/``texts``: the texts. ``pairs``: the unique texts of all pairs (each embedded once).
+            Empty for image sets.
         pair_index: ``pairs``: for each pair, indices into ``texts`` of text_a and text_b.
         scores: ``pairs``: human similarity score per pair.
-        labels: ``labelled``: label name per text.
+        labels: ``labelled``: label name per text (or per image).
+        images: Image sets: encoded image bytes (PNG in prepared data), one per example.
 
     """
 
@@ -42,14 +49,26 @@ class SourceSet:
     pair_index: list[tuple[int, int]] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
+    images: list[bytes] = field(default_factory=list)
+
+    @property
+    def modality(self) -> str:
+        """``image`` for image sets, else ``text``."""
+        return "image" if self.kind == "images" or self.images else "text"
 
     @property
     def size(self) -> int:
-        """Number of pairs, labelled examples or texts."""
-        return len(self.pair_index) if self.kind == "pairs" else len(self.texts)
+        """Number of pairs, labelled examples, texts or images."""
+        if self.kind == "pairs":
+            return len(self.pair_index)
+        return len(self.images) if self.modality == "image" else len(self.texts)
 
     def describe(self) -> str:
         """One-line description for reports."""
+        if self.modality == "image":
+            if self.kind == "labelled":
+                return f"{self.name}: {len(self.images)} labelled images, {len(set(self.labels))} labels"
+            return f"{self.name}: {len(self.images)} probe images"
         if self.kind == "pairs":
             return f"{self.name}: {len(self.pair_index)} scored pairs over {len(self.texts)} unique texts"
         if self.kind == "labelled":
@@ -111,8 +130,32 @@ def pairs_from_rows(name: str, text_a: list[Any], text_b: list[Any], scores: lis
     return SourceSet(name, "pairs", list(unique), pair_index=index, scores=values)
 
 
+def images_from_rows(name: str, images: list[Any], labels: list[Any] | None) -> SourceSet:
+    """Build and validate an image set (``labelled`` when labels are given, else ``images``).
+
+    Rows are numbered from 1. The bytes are only checked to be non-empty here; decoding errors surface
+    when the images are preprocessed (the message names the row).
+    """
+    if not images:
+        raise DataError(f"{name}: no rows")
+    for row, value in enumerate(images, start=1):
+        if not isinstance(value, bytes | bytearray) or not value:
+            raise SchemaError(f"{name}: row {row}: column 'image' must hold non-empty encoded image bytes, "
+                              f"got {type(value).__name__}")
+    if labels is None:
+        return SourceSet(name, "images", [], images=[bytes(v) for v in images])
+    names = ["" if v is None else str(v) for v in labels]
+    if any(not label.strip() for label in names):
+        row = next(i for i, label in enumerate(names, start=1) if not label.strip())
+        raise SchemaError(f"{name}: row {row}: empty label")
+    return SourceSet(name, "labelled", [], labels=names, images=[bytes(v) for v in images])
+
+
 def _from_frame(name: str, frame: Any) -> SourceSet:
     columns = [str(c) for c in frame.columns]
+    if "image" in columns:
+        return images_from_rows(name, frame["image"].tolist(),
+                                frame["label"].tolist() if "label" in columns else None)
     if any(c in columns for c in PAIR_COLUMNS):
         missing = [c for c in PAIR_COLUMNS if c not in columns]
         if missing:
@@ -134,7 +177,7 @@ def _from_frame(name: str, frame: Any) -> SourceSet:
         return SourceSet(name, "texts", texts)
     raise SchemaError(
         f"{name}: unrecognised columns ({', '.join(columns)}); expected text_a,text_b,score (similarity pairs), "
-        "text,label (labelled source task) or text (probe texts)"
+        "text,label (labelled source task), text (probe texts) or image[,label] (image sets)"
     )
 
 
@@ -159,15 +202,24 @@ def load_source(reference: str | Path) -> SourceSet:
         if dataset.kind == "classification":
             return SourceSet(ref, "labelled", table.column("text").to_pylist(),
                              labels=[str(v) for v in table.column("label").to_pylist()])
-        raise DataError(f"{ref}: built-in of kind {dataset.kind!r} cannot be a source set for text models")
+        if dataset.kind == "image-classification":
+            return images_from_rows(ref, table.column("image").to_pylist(),
+                                    [str(v) for v in table.column("label").to_pylist()])
+        raise DataError(f"{ref}: built-in of kind {dataset.kind!r} cannot be a source set")
     path = Path(ref).expanduser()
     if path.is_dir():
         from transferkit.data.prepared import load_prepared
 
         prepared = load_prepared(path)
         names = prepared.labels
-        return SourceSet(str(path), "labelled", prepared.texts("test"),
-                         labels=[names[i] for i in prepared.label_ids("test")])
+        ids = prepared.label_ids("test")
+        if any(i < 0 or i >= len(names) for i in ids):
+            bad = next(i for i in ids if i < 0 or i >= len(names))
+            raise SchemaError(f"{path / 'test.parquet'}: label id {bad} is outside labels.json "
+                              f"(0..{len(names) - 1})")
+        if prepared.is_image:
+            return images_from_rows(str(path), prepared.images("test"), [names[i] for i in ids])
+        return SourceSet(str(path), "labelled", prepared.texts("test"), labels=[names[i] for i in ids])
     if not path.is_file():
         raise DatasetNotFoundError(f"{path}: source set not found (expected builtin:NAME, a prepared dataset "
                                    "directory or a .csv/.tsv/.parquet/.jsonl file)")
