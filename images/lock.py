@@ -32,7 +32,8 @@ RUNTIME_LOCK = ROOT / "images" / "requirements.lock"
 TRITON_LOCK = ROOT / "images" / "triton" / "requirements.lock"
 # numpy<2: the Triton 24.10 python-backend stub is built against the numpy 1.x ABI (DESIGN.md section 4).
 # onnxruntime 1.23.2 is the newest release with CPython 3.10 wheels (the Triton 24.10 image's Python).
-TRITON_REQUIREMENTS = ("numpy==1.26.4", "tokenizers==0.23.3", "onnxruntime==1.23.2")
+# Pillow decodes images in the image-preprocess model; 12.3 is the newest release with CPython 3.10 wheels.
+TRITON_REQUIREMENTS = ("numpy==1.26.4", "tokenizers==0.23.3", "onnxruntime==1.23.2", "Pillow==12.3.0")
 TRITON_PYTHON = "3.10"
 TRITON_PLATFORMS = (
     "manylinux_2_35_x86_64", "manylinux_2_34_x86_64", "manylinux_2_28_x86_64", "manylinux_2_27_x86_64",
