@@ -27,6 +27,19 @@ def _entry_models(repository: Path) -> list[str]:
     return sorted(p.parent.name for p in repository.glob("*/config.pbtxt"))
 
 
+def _example_request(repository: Path, model: str, http_url: str) -> str:
+    """A curl command that calls ``model``: a sentence for text deployments, a base64 PNG for image ones."""
+    from transferkit.serve.repository import model_names
+
+    url = f"{http_url}/v2/models/{model}/infer"
+    if (repository / model_names(model, kind="image")[0]).is_dir():
+        body = ('{"inputs":[{"name":"image","shape":[1,1],"datatype":"BYTES","data":["\'$(base64 -w0 IMAGE.png)\'"]}]}')
+        return f"curl -s -X POST {url} -H 'Content-Type: application/json' -d '{body}'"
+    body = json.dumps({"inputs": [{"name": "text", "shape": [1, 1], "datatype": "BYTES",
+                                   "data": ["A wonderful, moving film."]}]})
+    return f"curl -s -X POST {url} -H 'Content-Type: application/json' -d '{body}'"
+
+
 @handle_errors
 def serve(
     repository: Path = typer.Option(..., "--repository", "-r", help="Model repository folder."),
@@ -65,10 +78,7 @@ def serve(
         console.print(f"  gRPC     {server.grpc_url}")
         console.print(f"  metrics  {server.metrics_url}")
         if models:
-            body = json.dumps({"inputs": [{"name": "text", "shape": [1, 1], "datatype": "BYTES",
-                                           "data": ["A wonderful, moving film."]}]})
-            console.print(f"  try:     curl -s -X POST {server.http_url}/v2/models/{models[0]}/infer "
-                          f"-H 'Content-Type: application/json' -d '{body}'", markup=False)
+            console.print(f"  try:     {_example_request(repository, models[0], server.http_url)}", markup=False)
         console.print("Press Ctrl-C to stop.")
         while not stop.wait(0.5):
             if not server.running():
