@@ -17,8 +17,55 @@ GPU_PREFERENCES = ("fp16", "qdq")
 # 20 is the newest opset it supports.
 MIN_OPSET, MAX_OPSET = 14, 20
 DEFAULT_OPSET = 17
-# Variants each target produces, in the order they are preferred when they pass the accuracy gate.
+# Variants each target produces for text models, in the order they are preferred when they pass the accuracy gate.
 TARGET_VARIANTS = {"cpu": ("int8",), "gpu": ("fp16", "qdq")}
+TEXT_TASK = "text-classification"
+IMAGE_TASK = "image-classification"
+# Image models (CNNs) on CPU: static QDQ int8 is the int8 variant; dynamic int8 is built, gated and reported for
+# comparison but never recommended: it runs convolutions as ConvInteger, measured ~50x slower than fp32 and 19
+# points less accurate on EfficientNet-Lite0 (digits, 32 px, 2 threads).
+IMAGE_TARGET_VARIANTS = {"cpu": ("qdq", "int8"), "gpu": ("fp16", "qdq")}
+
+
+@dataclass(frozen=True)
+class VariantPlan:
+    """Which graph variants an export builds and how the recommended one is chosen.
+
+    Attributes:
+        build: Variants quantized/converted from fp32, gated and measured, in build order.
+        preferences: Recommendation order among the variants the accuracy gate keeps; ends with ``fp32``.
+            Built variants missing from it are measured for comparison only: they never become the
+            recommendation, do not count for ``passed`` and do not trigger ``on_drop='fail'``.
+    """
+
+    build: tuple[str, ...]
+    preferences: tuple[str, ...]
+
+    @property
+    def candidates(self) -> tuple[str, ...]:
+        """Built variants that can be recommended (the ones ``passed`` and ``on_drop`` look at)."""
+        return tuple(name for name in self.preferences if name in self.build)
+
+
+def variant_plan(task: str, target: str, gpu_prefer: str = "fp16") -> VariantPlan:
+    """The variants built for ``task`` on ``target`` and their recommendation order.
+
+    Args:
+        task: ``text-classification`` or ``image-classification``.
+        target: ``cpu`` or ``gpu``.
+        gpu_prefer: First choice on gpu (``fp16`` or ``qdq``).
+
+    Returns:
+        The plan; text on cpu builds dynamic int8, image models on cpu static QDQ int8 (plus dynamic int8
+        measured for comparison), every task on gpu fp16 and QDQ int8.
+
+    """
+    if target == "gpu":
+        build = IMAGE_TARGET_VARIANTS["gpu"] if task == IMAGE_TASK else TARGET_VARIANTS["gpu"]
+        return VariantPlan(build, (gpu_prefer, *(v for v in ("fp16", "qdq") if v != gpu_prefer), "fp32"))
+    if task == IMAGE_TASK:
+        return VariantPlan(IMAGE_TARGET_VARIANTS["cpu"], ("qdq", "fp32"))
+    return VariantPlan(TARGET_VARIANTS["cpu"], ("int8", "fp32"))
 
 
 @dataclass
@@ -31,15 +78,18 @@ class ExportConfig:
         data_dir: Prepared dataset directory (see :mod:`transferkit.data.prepared`): validation rows feed the
             parity gate, test rows the accuracy gate, training rows the static-quantization calibration.
         out_dir: Export directory to write (replaced atomically; nothing is left behind on failure).
-        target: ``cpu`` (dynamic int8, per channel) or ``gpu`` (static QDQ int8 + fp16).
+        target: ``cpu`` (text: dynamic int8, per channel; images: static QDQ int8 with uint8 activations, plus
+            dynamic int8 measured for comparison) or ``gpu`` (static QDQ int8 + fp16).
         opset: ONNX opset for ``torch.onnx.export``.
         atol: Largest allowed absolute logit difference between PyTorch and ONNX Runtime.
         max_drop: Largest allowed accuracy drop of a quantized variant, in percentage points.
         on_drop: ``fallback`` (drop the variant and recommend the next one, finally fp32) or ``fail``
             (raise :class:`~transferkit.errors.QuantizationGateError`).
-        max_length: Token limit recorded in ``io_spec.json``; default: the fine-tune run's ``max_length``
-            (``training_summary.json``), else 128 capped by the model's limit.
-        calibration_size: Training rows used to calibrate static QDQ quantization (target gpu).
+        max_length: Token limit recorded in ``io_spec.json`` (text models; ignored with a warning for image
+            models); default: the fine-tune run's ``max_length`` (``training_summary.json``), else 128 capped by
+            the model's limit.
+        calibration_size: Training rows used to calibrate static QDQ quantization (target gpu; image models on
+            every target).
         calibration_method: ``minmax``, ``percentile`` or ``entropy`` (onnxruntime calibrators).
         threads: CPU threads for PyTorch and ONNX Runtime; default: the CPUs available to the process
             (affinity mask and cgroup quota, so a pod with a CPU limit is not oversubscribed).
@@ -49,7 +99,7 @@ class ExportConfig:
         max_eval_samples: Cap on test rows for the accuracy gate (None: the whole split).
         latency_runs: Timed batch-1 runs per variant (p50/p95 latency).
         throughput_runs: Timed batch-``throughput_batch_size`` runs per variant.
-        throughput_batch_size: Batch size of the throughput measurement.
+        throughput_batch_size: Batch size of the throughput measurement (sequences or images).
         allow_pickle: Accept ``pytorch_model.bin`` weights.
         trust_remote_code: Accept models that ship custom modelling code.
 
@@ -138,13 +188,18 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
 
 @dataclass
 class ParityCase:
-    """One PyTorch-vs-ONNX Runtime comparison."""
+    """One PyTorch-vs-ONNX Runtime comparison.
+
+    ``seq_len`` and ``padding`` describe text inputs; image cases have ``seq_len`` 0 and padding ``none``.
+    ``input_shape`` is the shape of the first graph input (``[batch, seq]`` or ``[batch, 3, S, S]``).
+    """
 
     batch_size: int
     seq_len: int
     padding: str
     max_abs_diff: float
     labels_agree: bool
+    input_shape: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -172,9 +227,13 @@ class ExportResult:
     """What the export step produced; ``to_dict()`` is what a KFP component records.
 
     Attributes:
-        passed: True when every quantized variant the target produces held its accuracy (no fallback).
+        passed: True when every variant the target can recommend held its accuracy (no fallback); variants
+            measured for comparison only (dynamic int8 of image models) do not count.
         fallback: True when the recommended variant is not the target's first choice because a variant
             failed the accuracy gate.
+        max_length: Token limit of text models; None for image models.
+        task: ``text-classification`` or ``image-classification``.
+        input_shape: Graph input shape with -1 for dynamic axes (``[-1, -1]`` for text, ``[-1, 3, S, S]``).
     """
 
     out_dir: Path
@@ -187,7 +246,7 @@ class ExportResult:
     passed: bool
     fallback: bool
     labels: list[str]
-    max_length: int
+    max_length: int | None
     opset: int
     threads: int
     io_spec_path: Path
@@ -196,6 +255,8 @@ class ExportResult:
     report_html: Path
     graph_rewrites: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    task: str = TEXT_TASK
+    input_shape: list[int] = field(default_factory=list)
 
     def scalar_metrics(self) -> dict[str, float]:
         """Flat numeric metrics (KFP ``Metrics`` artifact)."""

@@ -5,11 +5,18 @@ inputs/outputs, pick the graph variant and set up preprocessing. Layout of an ex
 
     model.onnx            fp32 graph (always present)
     model.int8.onnx       dynamic int8 (target cpu), when kept by the accuracy gate
-    model.qdq.onnx        static QDQ int8 (target gpu), when kept
+    model.qdq.onnx        static QDQ int8 (target gpu; image models on target cpu too), when kept
     model.fp16.onnx       fp16 (target gpu), when kept
     io_spec.json          this file
     labels.json           label names, index = class id
     tokenizer/            tokenizer files (text models)
+    preprocessor.json     image preprocessing settings (image models; the same dict as ``preprocessing``)
+
+Text models (``task`` ``text-classification``) have int64 ``[-1, -1]`` token inputs, ``tokenizer_dir``
+``tokenizer`` and ``preprocessing.kind`` ``tokenizer``. Image models (``image-classification``) have one input
+``pixel_values`` float32 ``[-1, 3, S, S]``, ``tokenizer_dir`` None, no ``tokenizer_files``, ``max_length``
+None and ``preprocessing`` = ``ImagePreprocessConfig.to_dict()`` (``kind`` ``image``: decode, resize,
+centre-crop to ``image_size``, rescale, normalise).
 """
 
 from __future__ import annotations

@@ -235,28 +235,46 @@ def export_onnx(exportable: ExportableModel, sample: dict[str, np.ndarray], path
         ExportError: The exporter or the ONNX checker failed.
 
     """
+    wrapper = _LogitsOnly.wrap(exportable.model, exportable.input_names)
+    axes = {name: {0: "batch", 1: "sequence"} for name in exportable.input_names}
+    return export_graph(wrapper, sample, exportable.input_names, axes, path, opset, exportable.resolved.path)
+
+
+def export_graph(module: Any, sample: dict[str, np.ndarray], input_names: list[str] | tuple[str, ...],
+                 dynamic_axes: dict[str, dict[int, str]], path: Path, opset: int, where: Path) -> Path:
+    """Trace ``module`` (positional inputs in ``input_names`` order, returns logits) to ONNX and check the file.
+
+    Args:
+        module: A ``torch.nn.Module`` in eval mode that maps the input tensors to the ``logits`` tensor.
+        sample: Real inputs used for tracing, by input name.
+        input_names: Graph input names, in the module's argument order.
+        dynamic_axes: Dynamic axes per input; the output's batch axis is always dynamic.
+        path: Output ``.onnx`` file.
+        opset: ONNX opset version.
+        where: Model directory named in error messages.
+
+    Raises:
+        ExportError: The exporter or the ONNX checker failed.
+
+    """
     import onnx
     import torch
 
-    wrapper = _LogitsOnly.wrap(exportable.model, exportable.input_names)
-    args = tuple(torch.from_numpy(sample[name]) for name in exportable.input_names)
-    axes = {name: {0: "batch", 1: "sequence"} for name in exportable.input_names}
-    axes[OUTPUT_NAME] = {0: "batch"}
+    args = tuple(torch.from_numpy(sample[name]) for name in input_names)
+    axes = {**dynamic_axes, OUTPUT_NAME: {0: "batch"}}
     try:
         with warnings.catch_warnings(), torch.no_grad():
             # Tracer warnings about Python-level shape checks are expected; the parity gate runs
-            # several batch sizes and lengths to prove the traced graph is shape-generic.
+            # several batch sizes (and lengths) to prove the traced graph is shape-generic.
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                wrapper, args, str(path), input_names=list(exportable.input_names), output_names=[OUTPUT_NAME],
+                module, args, str(path), input_names=list(input_names), output_names=[OUTPUT_NAME],
                 dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False,
             )
         onnx.checker.check_model(str(path))
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ExportError(
-            f"{exportable.resolved.path}: torch.onnx.export failed ({type(exc).__name__}: {first})"
-        ) from exc
+        raise ExportError(f"{where}: torch.onnx.export failed ({type(exc).__name__}: {first})") from exc
     return path
 
 

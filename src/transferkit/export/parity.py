@@ -1,7 +1,9 @@
 """Parity gate: PyTorch and ONNX Runtime must produce the same logits on real inputs.
 
 Optimum's exporter only warns when outputs drift; here a difference above ``atol`` or a single
-disagreeing predicted label raises :class:`~transferkit.errors.ParityError`.
+disagreeing predicted label raises :class:`~transferkit.errors.ParityError`. Text models are compared with
+:func:`check_parity` (several batch sizes and padded lengths), image models with :func:`check_image_parity`
+(several batch sizes of preprocessed validation images).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ PARITY_CASES: tuple[tuple[int, str, int | None], ...] = (
     (2, "max_length", -2),
     (3, "longest", 8),
 )
+# Batch sizes of the image parity cases: single images and several sizes exercise the dynamic batch axis.
+IMAGE_PARITY_BATCHES: tuple[int, ...] = (1, 4, 8, 3)
 
 
 def _window(values: Sequence[Any], start: int, size: int) -> list[Any]:
@@ -90,19 +94,73 @@ def check_parity(
         got = np.asarray(session.run(["logits"], feeds)[0], dtype=np.float32)
         seq_len = int(feeds["input_ids"].shape[1])
         where = f"batch {batch_size}, seq {seq_len} (padding={padding})"
-        if got.shape != expected.shape:
-            raise ParityError(f"parity: ONNX logits shape {got.shape} != PyTorch {expected.shape} at {where}")
-        if not (np.isfinite(got).all() and np.isfinite(expected).all()):
-            raise ParityError(f"parity: non-finite logits at {where}")
-        diff = float(np.max(np.abs(got - expected)))
-        agree = bool(np.array_equal(got.argmax(axis=1), expected.argmax(axis=1)))
-        results.append(ParityCase(batch_size, seq_len, padding, diff, agree))
-        logger.debug("parity %s: max |diff| %.3g, labels agree: %s", where, diff, agree)
-        if diff > atol:
-            raise ParityError(f"parity: max |logit diff| {diff:.3g} > atol {atol:g} at {where}")
-        if not agree:
-            flips = int(np.sum(got.argmax(axis=1) != expected.argmax(axis=1)))
-            raise ParityError(f"parity: predicted labels differ on {flips}/{batch_size} rows at {where}")
+        diff, agree = _compare(expected, got, where, atol)
+        results.append(ParityCase(batch_size, seq_len, padding, diff, agree, list(feeds["input_ids"].shape)))
+    _log_passed(results, atol)
+    return results
+
+
+def check_image_parity(
+    model: Any,
+    session: Any,
+    pixel_values: np.ndarray,
+    atol: float,
+    batch_sizes: Sequence[int] = IMAGE_PARITY_BATCHES,
+) -> list[ParityCase]:
+    """Compare logits of an image classifier in PyTorch and ONNX Runtime over several batch sizes.
+
+    Args:
+        model: PyTorch image classifier in eval mode (``model(pixel_values).logits``).
+        session: ONNX Runtime session of the exported graph (input ``pixel_values``).
+        pixel_values: Real preprocessed validation images ``[N, 3, S, S]`` (cycled when a case needs more).
+        atol: Largest allowed absolute logit difference.
+        batch_sizes: Batch sizes to test.
+
+    Returns:
+        One :class:`ParityCase` per batch size (``seq_len`` 0, padding ``none``).
+
+    Raises:
+        ExportError: No validation images.
+        ParityError: Any case exceeds ``atol``, any predicted label differs, or outputs are not finite.
+
+    """
+    import torch
+
+    if len(pixel_values) == 0:
+        raise ExportError("parity: no validation images to compare on")
+    results: list[ParityCase] = []
+    offset = 0
+    for batch_size in batch_sizes:
+        rows = [(offset + i) % len(pixel_values) for i in range(batch_size)]
+        offset += batch_size
+        batch = np.ascontiguousarray(pixel_values[rows], dtype=np.float32)
+        with torch.no_grad():
+            expected = model(torch.from_numpy(batch)).logits.detach().float().cpu().numpy()
+        got = np.asarray(session.run(["logits"], {"pixel_values": batch})[0], dtype=np.float32)
+        shape = list(batch.shape)
+        diff, agree = _compare(expected, got, f"batch {batch_size}, pixel_values {shape}", atol)
+        results.append(ParityCase(batch_size, 0, "none", diff, agree, shape))
+    _log_passed(results, atol)
+    return results
+
+
+def _compare(expected: np.ndarray, got: np.ndarray, where: str, atol: float) -> tuple[float, bool]:
+    """Max absolute logit difference and label agreement of one case; raise when the gate fails."""
+    if got.shape != expected.shape:
+        raise ParityError(f"parity: ONNX logits shape {got.shape} != PyTorch {expected.shape} at {where}")
+    if not (np.isfinite(got).all() and np.isfinite(expected).all()):
+        raise ParityError(f"parity: non-finite logits at {where}")
+    diff = float(np.max(np.abs(got - expected)))
+    agree = bool(np.array_equal(got.argmax(axis=1), expected.argmax(axis=1)))
+    logger.debug("parity %s: max |diff| %.3g, labels agree: %s", where, diff, agree)
+    if diff > atol:
+        raise ParityError(f"parity: max |logit diff| {diff:.3g} > atol {atol:g} at {where}")
+    if not agree:
+        flips = int(np.sum(got.argmax(axis=1) != expected.argmax(axis=1)))
+        raise ParityError(f"parity: predicted labels differ on {flips}/{len(got)} rows at {where}")
+    return diff, agree
+
+
+def _log_passed(results: list[ParityCase], atol: float) -> None:
     logger.info("Parity passed: max |logit diff| %.3g over %d shapes (atol %g)",
                 max(c.max_abs_diff for c in results), len(results), atol)
-    return results

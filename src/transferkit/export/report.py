@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transferkit.export.config import ExportConfig, ExportResult
+from transferkit.export.config import IMAGE_TASK, ExportConfig, ExportResult, VariantPlan, variant_plan
 from transferkit.reporting import Report
 
 
@@ -12,7 +12,7 @@ def _fmt(value: float | None, pattern: str) -> str:
     return "n/a" if value is None else pattern.format(value)
 
 
-def _chart(result: ExportResult, batch: int) -> object:
+def _chart(result: ExportResult, batch: int, unit: str) -> object:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,7 +24,7 @@ def _chart(result: ExportResult, batch: int) -> object:
     panels = (
         ("Size (MB)", [result.variants[n].size_bytes / 1e6 for n in names]),
         ("Test accuracy (%)", [100 * (result.variants[n].accuracy or 0.0) for n in names]),
-        (f"Throughput b={batch} (seq/s)", [result.variants[n].throughput_seq_per_s or 0.0 for n in names]),
+        (f"Throughput b={batch} ({unit}/s)", [result.variants[n].throughput_seq_per_s or 0.0 for n in names]),
     )
     for ax, (title, values) in zip(axes, panels, strict=True):
         ax.bar(names, values, color=colors)
@@ -36,31 +36,63 @@ def _chart(result: ExportResult, batch: int) -> object:
     return fig
 
 
-def build_report(result: ExportResult, config: ExportConfig, model_path: Path, providers: list[str]) -> Report:
-    """Build the export report (written by the caller with ``Report.write``)."""
+def build_report(result: ExportResult, config: ExportConfig, model_path: Path, providers: list[str],
+                 plan: VariantPlan | None = None, speed_note: str | None = None, item_unit: str = "seq") -> Report:
+    """Build the export report (written by the caller with ``Report.write``).
+
+    Args:
+        result: The export result.
+        config: The step configuration.
+        model_path: Exported model directory.
+        providers: Execution providers the quantized variants were measured with.
+        plan: Variants and recommendation order (default: the text plan of the target).
+        speed_note: How the speed inputs were built (default: padded to ``max_length`` tokens).
+        item_unit: Unit of the throughput column (``seq`` or ``img``).
+
+    """
+    image = result.task == IMAGE_TASK
+    plan = plan or variant_plan(result.task, result.target, config.gpu_prefer)
+    speed_note = speed_note or f"inputs padded to {result.max_length} tokens"
     report = Report("ONNX export and quantization")
     verdict = "passed" if result.passed else f"a variant was dropped; fell back to {result.recommended_variant}"
     report.paragraph(
-        f"Model {model_path} exported for target {result.target}: recommended variant "
-        f"{result.recommended_variant} ({result.recommended_file}). Accuracy gate: {verdict}.",
+        f"{'Image' if image else 'Text'} model {model_path} exported for target {result.target}: recommended "
+        f"variant {result.recommended_variant} ({result.recommended_file}). Accuracy gate: {verdict}.",
         css_class="pass" if result.passed else "fail",
     )
     report.heading("Parity gate (PyTorch fp32 vs ONNX Runtime)")
-    report.paragraph(
-        f"All shapes within atol {config.atol:g} with identical predicted labels; largest difference "
-        f"{result.parity_max_abs_diff:.3g}. Opset {result.opset}, max_length {result.max_length}."
-    )
-    report.table(
-        ["batch", "seq len", "padding", "max |logit diff|", "labels agree"],
-        [[c.batch_size, c.seq_len, c.padding, f"{c.max_abs_diff:.3g}", c.labels_agree] for c in result.parity_cases],
-    )
+    if image:
+        report.paragraph(
+            f"All batch sizes within atol {config.atol:g} with identical predicted labels; largest difference "
+            f"{result.parity_max_abs_diff:.3g}. Opset {result.opset}, input pixel_values {result.input_shape} "
+            "(float32, dynamic batch)."
+        )
+        report.table(
+            ["batch", "pixel_values shape", "max abs logit diff", "labels agree"],
+            [[c.batch_size, "x".join(str(d) for d in c.input_shape), f"{c.max_abs_diff:.3g}", c.labels_agree]
+             for c in result.parity_cases],
+        )
+    else:
+        report.paragraph(
+            f"All shapes within atol {config.atol:g} with identical predicted labels; largest difference "
+            f"{result.parity_max_abs_diff:.3g}. Opset {result.opset}, max_length {result.max_length}."
+        )
+        report.table(
+            ["batch", "seq len", "padding", "max abs logit diff", "labels agree"],
+            [[c.batch_size, c.seq_len, c.padding, f"{c.max_abs_diff:.3g}", c.labels_agree]
+             for c in result.parity_cases],
+        )
     report.heading("Accuracy gate and speed per variant")
+    comparison = [name for name in plan.build if name not in plan.candidates]
+    extra = (f" Measured for comparison only, never recommended for this task and target: {', '.join(comparison)}."
+             if comparison else "")
     report.paragraph(
         f"Test-split accuracy; a quantized variant is kept when it loses at most {config.max_drop:g} points "
-        f"(on_drop={config.on_drop}). Speed measured in-process with ONNX Runtime ({', '.join(providers)} for "
-        f"quantized variants), {result.threads} threads, inputs padded to {result.max_length} tokens: batch-1 "
-        f"latency over {config.latency_runs} runs, batch-{config.throughput_batch_size} throughput (median of "
-        f"{config.throughput_runs} runs). The machine may be shared: compare variants within this report only."
+        f"(on_drop={config.on_drop}). Recommendation order: {' > '.join(plan.preferences)}.{extra} Speed measured "
+        f"in-process with ONNX Runtime ({', '.join(providers)} for quantized variants), {result.threads} threads, "
+        f"{speed_note}: batch-1 latency over {config.latency_runs} runs, batch-{config.throughput_batch_size} "
+        f"throughput (median of {config.throughput_runs} runs). The machine may be shared: compare variants within "
+        "this report only."
     )
     rows = []
     for name, v in result.variants.items():
@@ -72,10 +104,10 @@ def build_report(result: ExportResult, config: ExportConfig, model_path: Path, p
         ])
     report.table(
         ["variant", "file", "size MB", "accuracy", "drop pt", "agrees w/ fp32", "b1 p50 ms", "b1 p95 ms",
-         "seq/s", "gate", "reason"],
+         f"{item_unit}/s", "gate", "reason"],
         rows,
     )
-    report.figure("variants.png", _chart(result, config.throughput_batch_size),
+    report.figure("variants.png", _chart(result, config.throughput_batch_size, item_unit),
                   "Size, accuracy and throughput per variant")
     if result.graph_rewrites:
         report.heading("Graph rewrites")
@@ -85,8 +117,9 @@ def build_report(result: ExportResult, config: ExportConfig, model_path: Path, p
             f"Add + LayerNormalization (measured). Rewritten nodes: {result.graph_rewrites}."
         )
     report.heading("Outputs")
+    assets = "labels.json, preprocessor.json" if image else "labels.json, tokenizer/"
     report.paragraph(
         f"{result.out_dir}: {', '.join(v.file for v in result.variants.values() if v.kept)}, io_spec.json, "
-        "labels.json, tokenizer/, metrics.json, report.md, report.html."
+        f"{assets}, metrics.json, report.md, report.html."
     )
     return report

@@ -1,4 +1,4 @@
-"""ONNX Runtime sessions, tokenization to numpy feeds, batched prediction and in-process latency."""
+"""ONNX Runtime sessions, tokenization to numpy feeds, batched prediction (text and images) and in-process latency."""
 
 from __future__ import annotations
 
@@ -106,6 +106,18 @@ def predict_logits(
     return logits
 
 
+def predict_image_logits(session: Any, pixel_values: np.ndarray, batch_size: int) -> np.ndarray:
+    """Logits for preprocessed images ``[N, 3, S, S]`` (graph input ``pixel_values``), in input order."""
+    if len(pixel_values) == 0:
+        raise ExportError("evaluation: no images to predict")
+    outputs = [
+        np.asarray(session.run(["logits"], {"pixel_values": pixel_values[start : start + batch_size]})[0],
+                   dtype=np.float32)
+        for start in range(0, len(pixel_values), batch_size)
+    ]
+    return np.concatenate(outputs, axis=0)
+
+
 def measure_speed(
     session: Any,
     feeds_b1: dict[str, np.ndarray],
@@ -113,7 +125,7 @@ def measure_speed(
     latency_runs: int,
     throughput_runs: int,
 ) -> dict[str, float | None]:
-    """Batch-1 latency (p50/p95, ms) and batch-N throughput (sequences/s, from the median run)."""
+    """Batch-1 latency (p50/p95, ms) and batch-N throughput (sequences or images/s, from the median run)."""
     result: dict[str, float | None] = {"latency_b1_p50_ms": None, "latency_b1_p95_ms": None,
                                        "throughput_seq_per_s": None}
     if latency_runs:

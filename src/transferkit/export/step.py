@@ -1,7 +1,9 @@
 """The export step: ONNX export with a parity gate, then quantization with an accuracy gate.
 
 ``export_model(config)`` writes an export directory (layout in :mod:`transferkit.export.io_spec`) plus
-``metrics.json`` and ``report.md``/``report.html``, all-or-nothing.
+``metrics.json`` and ``report.md``/``report.html``, all-or-nothing. Text and image classifiers go through the
+same steps; what differs (inputs, preprocessing, calibration data, graph rewrites) lives in
+:mod:`transferkit.export.tasks`.
 """
 
 from __future__ import annotations
@@ -16,21 +18,20 @@ from typing import Any
 import numpy as np
 
 from transferkit.data.prepared import PreparedDataset, load_prepared
-from transferkit.errors import ExportError, PreparedDataError, QuantizationGateError
-from transferkit.export.config import TARGET_VARIANTS, ExportConfig, ExportResult, VariantResult
-from transferkit.export.io_spec import IO_SPEC_FILE, VARIANT_FILES, IOSpec, TensorSpec, VariantSpec
-from transferkit.export.onnx_export import (
-    OUTPUT_NAME,
-    ExportableModel,
-    export_onnx,
-    keep_residual_adds_unfused,
-    load_exportable,
-    resolve_max_length,
-    trim_trailing_padding,
+from transferkit.errors import PreparedDataError, QuantizationGateError
+from transferkit.export.config import (
+    TEXT_TASK,
+    ExportConfig,
+    ExportResult,
+    VariantPlan,
+    VariantResult,
+    variant_plan,
 )
-from transferkit.export.parity import check_parity
+from transferkit.export.io_spec import IO_SPEC_FILE, VARIANT_FILES, IOSpec, TensorSpec, VariantSpec
+from transferkit.export.onnx_export import OUTPUT_NAME
 from transferkit.export.quantize import quantize_onnx
-from transferkit.export.runtime import encode, measure_speed, ort_session, predict_logits, select_providers
+from transferkit.export.runtime import measure_speed, ort_session, select_providers
+from transferkit.export.tasks import ImageTask, TextTask, load_task
 from transferkit.io import atomic_output_dir, write_json
 
 logger = logging.getLogger(__name__)
@@ -58,47 +59,26 @@ def _torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _check_data(dataset: PreparedDataset, config: ExportConfig) -> None:
+def _check_data(dataset: PreparedDataset, plan: VariantPlan) -> None:
     """Fail before any work when a split the step needs is empty."""
     needed = {"validation": "the parity gate", "test": "the accuracy gate"}
-    if config.target == "gpu":
+    if "qdq" in plan.build:
         needed["train"] = "static QDQ calibration (calibration split)"
     for split, purpose in needed.items():
         if dataset.table(split).num_rows == 0:
             raise PreparedDataError(f"{dataset.path / (split + '.parquet')}: no rows; {purpose} needs examples")
 
 
-def _trace_sample(exportable: ExportableModel, texts: list[str], pairs: list[str] | None, max_length: int
-                  ) -> dict[str, np.ndarray]:
-    """Two real rows padded to a common length, with at least one padded position, for tracing."""
-    batch = [texts[i % len(texts)] for i in range(2)]
-    batch_pairs = [pairs[i % len(pairs)] for i in range(2)] if pairs else None
-    feeds = encode(exportable.tokenizer, batch, batch_pairs, exportable.input_names, max_length)
-    if feeds["attention_mask"].all():
-        longest = int(feeds["input_ids"].shape[1])
-        feeds = encode(exportable.tokenizer, batch, batch_pairs, exportable.input_names,
-                       min(longest + 4, max_length), padding="max_length")
-    return feeds
+def _preferences(config: ExportConfig, task: str = TEXT_TASK) -> list[str]:
+    """Recommendation order of the variants for ``task`` on the configured target (fp32 last)."""
+    return list(variant_plan(task, config.target, config.gpu_prefer).preferences)
 
 
-def _preferences(config: ExportConfig) -> list[str]:
-    if config.target == "cpu":
-        return ["int8", "fp32"]
-    first = config.gpu_prefer
-    return [first, *(v for v in ("fp16", "qdq") if v != first), "fp32"]
-
-
-def _calibration_feeds(exportable: ExportableModel, dataset: PreparedDataset, config: ExportConfig,
-                       max_length: int) -> list[dict[str, np.ndarray]]:
-    texts = dataset.texts("train")[: config.calibration_size]
-    pairs = dataset.text_pairs("train")
-    pairs = pairs[: config.calibration_size] if pairs is not None else None
-    feeds = []
-    for start in range(0, len(texts), 8):
-        chunk_pairs = pairs[start : start + 8] if pairs is not None else None
-        feeds.append(encode(exportable.tokenizer, texts[start : start + 8], chunk_pairs, exportable.input_names,
-                            max_length))
-    return feeds
+def _providers(name: str, target: str) -> list[str]:
+    """Execution providers a variant is meant for; static QDQ built for the cpu target runs on CPU kernels."""
+    if name == "qdq" and target == "cpu":
+        return ["CPUExecutionProvider"]
+    return list(PROVIDERS[name])
 
 
 def _accuracy(labels: np.ndarray, logits: np.ndarray, num_labels: int) -> tuple[float, float]:
@@ -109,26 +89,12 @@ def _accuracy(labels: np.ndarray, logits: np.ndarray, num_labels: int) -> tuple[
             float(f1_score(labels, predictions, average="macro", labels=list(range(num_labels)), zero_division=0)))
 
 
-def _tokenizer_files(exportable: ExportableModel, directory: Path, max_length: int) -> list[str]:
-    """Save the tokenizer with truncation/padding set, so ``tokenizer.json`` alone reproduces preprocessing."""
-    tokenizer = exportable.tokenizer
-    backend = tokenizer.backend_tokenizer
-    backend.enable_truncation(max_length=max_length)
-    backend.enable_padding(pad_id=int(tokenizer.pad_token_id), pad_token=str(tokenizer.pad_token),
-                           direction=tokenizer.padding_side)
-    try:
-        tokenizer.save_pretrained(str(directory))
-    finally:
-        backend.no_truncation()
-        backend.no_padding()
-    files = sorted(p.name for p in directory.iterdir() if p.is_file())
-    if "tokenizer.json" not in files:
-        raise ExportError(f"{exportable.resolved.path}: the tokenizer did not save a tokenizer.json")
-    return files
-
-
 def export_model(config: ExportConfig) -> ExportResult:
-    """Export a fine-tuned classifier to ONNX, gate parity, quantize for the target and gate accuracy.
+    """Export a fine-tuned text or image classifier to ONNX, gate parity, quantize for the target, gate accuracy.
+
+    Image models (a directory for which :func:`~transferkit.models.vision.is_image_model_dir` holds, with a
+    prepared image dataset) get a ``pixel_values`` float32 ``[-1, 3, S, S]`` input; on cpu their int8 variant
+    is static QDQ calibrated on training images, and dynamic int8 is built and measured for comparison.
 
     Args:
         config: Validated step configuration.
@@ -137,8 +103,10 @@ def export_model(config: ExportConfig) -> ExportResult:
         The result with paths in ``config.out_dir``.
 
     Raises:
-        ModelError: Model without weights or tokenizer, or not loadable.
+        ModelError: Model without weights or tokenizer, not loadable, or not for the dataset's task.
+        ConfigError: An image model without usable preprocessing settings.
         PreparedDataError: Dataset missing, or an empty validation/test/calibration split.
+        DataError: An image of the dataset does not decode.
         ExportError: Unsupported architecture, exporter or quantizer failure, mismatching labels.
         ParityError: ONNX Runtime differs from PyTorch beyond ``atol`` or disagrees on a label.
         QuantizationGateError: A variant lost more than ``max_drop`` points with ``on_drop='fail'``.
@@ -146,34 +114,26 @@ def export_model(config: ExportConfig) -> ExportResult:
     """
     started = time.perf_counter()
     dataset = load_prepared(config.data_dir)
-    _check_data(dataset, config)
+    plan = variant_plan(dataset.task, config.target, config.gpu_prefer)
+    _check_data(dataset, plan)
     threads = config.resolved_threads
     with _torch_threads(threads):
-        exportable = load_exportable(config.model_dir, dataset.labels, config.data_dir,
-                                     allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
-        max_length = resolve_max_length(config.max_length, exportable)
-        logger.info("Exporting %s (%s, inputs %s, max_length %d) for target %s with %d threads",
-                    exportable.resolved.path, exportable.model_type, exportable.input_names, max_length,
+        task = load_task(config, dataset)
+        logger.info("Exporting %s (%s) for target %s with %d threads", task.model_path, task.describe(),
                     config.target, threads)
         with atomic_output_dir(config.out_dir) as tmp:
-            result = _export_into(tmp, config, dataset, exportable, max_length, threads, started)
+            result = _export_into(tmp, config, task, plan, threads, started)
     return result
 
 
-def _export_into(tmp: Path, config: ExportConfig, dataset: PreparedDataset, exportable: ExportableModel,
-                 max_length: int, threads: int, started: float) -> ExportResult:
-    import onnx
+Task = TextTask | ImageTask
 
-    val_texts, val_pairs = dataset.texts("validation"), dataset.text_pairs("validation")
+
+def _export_into(tmp: Path, config: ExportConfig, task: Task, plan: VariantPlan, threads: int,
+                 started: float) -> ExportResult:
     fp32_path = tmp / VARIANT_FILES["fp32"]
     t0 = time.perf_counter()
-    export_onnx(exportable, _trace_sample(exportable, val_texts, val_pairs, max_length), fp32_path, config.opset)
-    graph = onnx.load(str(fp32_path))
-    rewrites: dict[str, int] = {"trim_trailing_padding": int(trim_trailing_padding(graph, exportable.input_names))}
-    if config.target == "cpu":
-        rewrites["residual_add_as_sum"] = keep_residual_adds_unfused(graph)
-    if any(rewrites.values()):
-        onnx.save(graph, str(fp32_path))
+    rewrites = task.export(fp32_path, config.opset, config.target)
     export_seconds = time.perf_counter() - t0
     logger.info("Exported %s (%.1f MB) in %.1f s; graph rewrites %s", fp32_path.name,
                 fp32_path.stat().st_size / 1e6, export_seconds, rewrites)
@@ -181,36 +141,32 @@ def _export_into(tmp: Path, config: ExportConfig, dataset: PreparedDataset, expo
     providers = select_providers(config.target)
     # fp32 is the reference: always on CPU, where it is compared with PyTorch.
     sessions: dict[str, Any] = {"fp32": ort_session(fp32_path, threads, ["CPUExecutionProvider"])}
-    cases = check_parity(exportable.model, sessions["fp32"], exportable.tokenizer, val_texts, val_pairs,
-                         exportable.input_names, max_length, config.atol)
+    cases = task.parity(sessions["fp32"], config.atol)
 
     variants: dict[str, VariantResult] = {
         "fp32": VariantResult("fp32", fp32_path.name, PRECISIONS["fp32"], fp32_path.stat().st_size,
                               seconds_to_build=round(export_seconds, 3)),
     }
-    for name in TARGET_VARIANTS[config.target]:
-        calibration = _calibration_feeds(exportable, dataset, config, max_length) if name == "qdq" else None
+    for name in plan.build:
+        options = {"calibration": task.calibration_feeds(), **task.qdq_options(config.target)} if name == "qdq" else {}
         t0 = time.perf_counter()
-        path = quantize_onnx(fp32_path, tmp / VARIANT_FILES[name], mode=MODES[name], calibration=calibration,
-                             calibration_method=config.calibration_method, verify=False)
+        path = quantize_onnx(fp32_path, tmp / VARIANT_FILES[name], mode=MODES[name],
+                             calibration_method=config.calibration_method, verify=False, **options)
         variants[name] = VariantResult(name, path.name, PRECISIONS[name], path.stat().st_size,
                                        seconds_to_build=round(time.perf_counter() - t0, 3))
         sessions[name] = ort_session(path, threads, providers)
 
-    _accuracy_gate(sessions, config, dataset, exportable, max_length, variants)
-    preferences = _preferences(config)
-    recommended = next(name for name in preferences if name in variants and variants[name].kept)
-    _measure(sessions, config, exportable, val_texts, val_pairs, max_length, variants)
+    _accuracy_gate(sessions, config, task, plan, variants)
+    recommended = next(name for name in plan.preferences if name in variants and variants[name].kept)
+    _measure(sessions, config, task, variants)
     sessions.clear()
     for variant in variants.values():
         if not variant.kept:
             (tmp / variant.file).unlink(missing_ok=True)
 
-    tokenizer_dir = tmp / "tokenizer"
-    tokenizer_dir.mkdir()
-    tokenizer_files = _tokenizer_files(exportable, tokenizer_dir, max_length)
-    write_json(tmp / "labels.json", exportable.labels)
-    spec = _io_spec(config, dataset, exportable, max_length, variants, recommended, tokenizer_files)
+    assets = task.write_assets(tmp)
+    write_json(tmp / "labels.json", task.labels)
+    spec = _io_spec(config, task, variants, recommended, assets)
     spec.save(tmp)
 
     out = config.out_dir.absolute()
@@ -218,15 +174,16 @@ def _export_into(tmp: Path, config: ExportConfig, dataset: PreparedDataset, expo
         out_dir=out, target=config.target, recommended_variant=recommended,
         recommended_file=variants[recommended].file,
         parity_max_abs_diff=max(c.max_abs_diff for c in cases), parity_cases=cases, variants=variants,
-        passed=all(variants[v].kept for v in TARGET_VARIANTS[config.target]), fallback=recommended != preferences[0],
-        labels=exportable.labels, max_length=max_length, opset=config.opset, threads=threads,
+        passed=all(variants[v].kept for v in plan.candidates), fallback=recommended != plan.preferences[0],
+        labels=task.labels, max_length=task.max_length, opset=config.opset, threads=threads,
         io_spec_path=out / IO_SPEC_FILE, metrics_path=out / METRICS_FILE, report_md=out / "report.md",
-        report_html=out / "report.html", graph_rewrites=rewrites,
+        report_html=out / "report.html", graph_rewrites=rewrites, task=task.task, input_shape=task.input_shape,
     )
     from transferkit.export.report import build_report
 
     result.seconds = round(time.perf_counter() - started, 3)
-    build_report(result, config, exportable.resolved.path, providers).write(tmp, stem="report")
+    build_report(result, config, task.model_path, providers, plan, task.speed_note(), task.item_unit).write(
+        tmp, stem="report")
     write_json(tmp / METRICS_FILE, result.to_dict())
     _make_readable(tmp)
     logger.info("Export done in %.1f s: recommended %s (%s)", result.seconds, recommended, result.recommended_file)
@@ -240,24 +197,19 @@ def _make_readable(directory: Path) -> None:
         path.chmod(0o755 if path.is_dir() else 0o644)
 
 
-def _accuracy_gate(sessions: dict[str, Any], config: ExportConfig, dataset: PreparedDataset,
-                   exportable: ExportableModel, max_length: int, variants: dict[str, VariantResult]) -> None:
+def _accuracy_gate(sessions: dict[str, Any], config: ExportConfig, task: Task, plan: VariantPlan,
+                   variants: dict[str, VariantResult]) -> None:
     """Evaluate every variant on the test split; mark variants that lose more than ``max_drop`` points.
 
     Raises:
-        QuantizationGateError: A variant failed and ``on_drop`` is ``fail``.
+        QuantizationGateError: A variant that can be recommended failed and ``on_drop`` is ``fail``.
 
     """
-    texts, pairs = dataset.texts("test"), dataset.text_pairs("test")
-    labels = np.asarray(dataset.label_ids("test"))
-    if config.max_eval_samples is not None:
-        texts, labels = texts[: config.max_eval_samples], labels[: config.max_eval_samples]
-        pairs = pairs[: config.max_eval_samples] if pairs is not None else None
-    num_labels = len(exportable.labels)
+    labels = task.test_labels()
+    num_labels = len(task.labels)
     reference: np.ndarray | None = None
     for name, variant in variants.items():
-        logits = predict_logits(sessions[name], exportable.tokenizer, texts, pairs, exportable.input_names,
-                                max_length, config.eval_batch_size)
+        logits = task.test_logits(sessions[name])
         predictions = logits.argmax(axis=1)
         variant.accuracy, variant.macro_f1 = _accuracy(labels, logits, num_labels)
         if reference is None:
@@ -275,9 +227,12 @@ def _accuracy_gate(sessions: dict[str, Any], config: ExportConfig, dataset: Prep
             variant.reason = f"accuracy drop {variant.accuracy_drop_pt:.2f} pt <= max_drop {config.max_drop:g}"
         else:
             variant.reason = f"accuracy drop {variant.accuracy_drop_pt:.2f} pt > max_drop {config.max_drop:g}"
+        candidate = name in plan.candidates
+        if not candidate:
+            variant.reason += "; measured for comparison, never recommended for this task and target"
         logger.info("Accuracy gate %s: %.4f vs fp32 %.4f (%s) -> %s", name, variant.accuracy, fp32_accuracy,
                     variant.reason, "kept" if variant.kept else "dropped")
-        if not variant.kept and config.on_drop == "fail":
+        if not variant.kept and candidate and config.on_drop == "fail":
             raise QuantizationGateError(
                 f"accuracy gate: {name} accuracy {variant.accuracy:.2%} on {len(labels)} test rows is "
                 f"{variant.accuracy_drop_pt:.2f} points below fp32 {fp32_accuracy:.2%} (max_drop {config.max_drop:g}"
@@ -285,16 +240,11 @@ def _accuracy_gate(sessions: dict[str, Any], config: ExportConfig, dataset: Prep
             )
 
 
-def _measure(sessions: dict[str, Any], config: ExportConfig, exportable: ExportableModel, texts: list[str],
-             pairs: list[str] | None, max_length: int, variants: dict[str, VariantResult]) -> None:
-    """In-process latency (batch 1) and throughput (batch N), every input padded to ``max_length``."""
+def _measure(sessions: dict[str, Any], config: ExportConfig, task: Task, variants: dict[str, VariantResult]) -> None:
+    """In-process latency (batch 1) and throughput (batch N) on the task's speed inputs."""
     if not (config.latency_runs or config.throughput_runs):
         return
-    n = config.throughput_batch_size
-    rows = [texts[i % len(texts)] for i in range(n)]
-    row_pairs = [pairs[i % len(pairs)] for i in range(n)] if pairs else None
-    feeds_bn = encode(exportable.tokenizer, rows, row_pairs, exportable.input_names, max_length, padding="max_length")
-    feeds_b1 = {k: v[:1] for k, v in feeds_bn.items()}
+    feeds_b1, feeds_bn = task.speed_feeds()
     for name, variant in variants.items():
         speed = measure_speed(sessions[name], feeds_b1, feeds_bn, config.latency_runs, config.throughput_runs)
         variant.latency_b1_p50_ms = speed["latency_b1_p50_ms"]
@@ -302,40 +252,26 @@ def _measure(sessions: dict[str, Any], config: ExportConfig, exportable: Exporta
         variant.throughput_seq_per_s = speed["throughput_seq_per_s"]
 
 
-def _io_spec(config: ExportConfig, dataset: PreparedDataset, exportable: ExportableModel, max_length: int,
-             variants: dict[str, VariantResult], recommended: str, tokenizer_files: list[str]) -> IOSpec:
-    tokenizer = exportable.tokenizer
+def _io_spec(config: ExportConfig, task: Task, variants: dict[str, VariantResult], recommended: str,
+             assets: dict[str, Any]) -> IOSpec:
     kept = {name: v for name, v in variants.items() if v.kept}
     return IOSpec(
-        task=dataset.task,
-        model_type=exportable.model_type,
-        inputs=[TensorSpec(name, "int64", [-1, -1]) for name in exportable.input_names],
-        outputs=[TensorSpec(OUTPUT_NAME, "float32", [-1, len(exportable.labels)])],
-        labels=exportable.labels,
-        max_length=max_length,
+        task=task.task,
+        model_type=task.model_type,
+        inputs=task.inputs(),
+        outputs=[TensorSpec(OUTPUT_NAME, "float32", [-1, len(task.labels)])],
+        labels=task.labels,
+        max_length=assets["max_length"],
         opset=config.opset,
         variants={
             name: VariantSpec(v.file, v.precision, v.size_bytes, primary_metric=v.accuracy,
-                              primary_metric_drop_pt=v.accuracy_drop_pt, providers=PROVIDERS[name])
+                              primary_metric_drop_pt=v.accuracy_drop_pt, providers=_providers(name, config.target))
             for name, v in kept.items()
         },
         recommended_variant=recommended,
-        tokenizer_dir="tokenizer",
-        tokenizer_files=tokenizer_files,
-        preprocessing={
-            "kind": "tokenizer",
-            "tokenizer_class": type(tokenizer).__name__,
-            "model_input_names": list(exportable.input_names),
-            "truncation": True,
-            "max_length": max_length,
-            "padding": "longest",
-            "padding_side": tokenizer.padding_side,
-            "pad_token": str(tokenizer.pad_token),
-            "pad_token_id": int(tokenizer.pad_token_id),
-            "text_pair": dataset.has_text_pair,
-            "postprocessing": "softmax(logits) for probabilities; argmax indexes labels",
-        },
+        tokenizer_dir=assets["tokenizer_dir"],
+        tokenizer_files=assets["tokenizer_files"],
+        preprocessing=assets["preprocessing"],
         target=config.target,
         primary_metric_name="accuracy",
     )
-

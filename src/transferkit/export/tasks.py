@@ -1,0 +1,352 @@
+"""What the export step does differently for text and image models, behind one interface.
+
+:func:`load_task` returns a :class:`TextTask` (tokenizer inputs, ``max_length``, padding trim, ``tokenizer/``)
+or an :class:`ImageTask` (``pixel_values``, preprocessing from ``preprocessor.json``); the step
+(:mod:`transferkit.export.step`) runs the same export, parity gate, quantization, accuracy gate, speed
+measurement and ``io_spec.json`` for both.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transferkit.data.prepared import PreparedDataset
+from transferkit.errors import ExportError, ModelError
+from transferkit.export.config import IMAGE_TASK, TEXT_TASK, ExportConfig, ParityCase
+from transferkit.export.io_spec import TensorSpec
+from transferkit.io import write_json
+
+logger = logging.getLogger(__name__)
+
+# Calibration batches hold this many rows (text: token ids; images: preprocessed pixels).
+CALIBRATION_BATCH = 8
+
+
+class TextTask:
+    """A sequence classifier: token-id inputs, ``max_length``, padding trim, tokenizer files for serving."""
+
+    task = TEXT_TASK
+    item_unit = "seq"  # unit of the throughput measurement
+
+    def __init__(self, exportable: Any, dataset: PreparedDataset, config: ExportConfig, max_length: int) -> None:
+        self.exportable = exportable
+        self.dataset = dataset
+        self.config = config
+        self.max_length = max_length
+        self._val_texts = dataset.texts("validation")
+        self._val_pairs = dataset.text_pairs("validation")
+
+    @property
+    def labels(self) -> list[str]:
+        """Label names, index = class id."""
+        return self.exportable.labels
+
+    @property
+    def model_type(self) -> str:
+        """``bert``, ``roberta``, ``gpt2``..."""
+        return self.exportable.model_type
+
+    @property
+    def model_path(self) -> Path:
+        """The resolved model directory."""
+        return self.exportable.resolved.path
+
+    @property
+    def input_shape(self) -> list[int]:
+        """Shape of every graph input: dynamic batch and sequence."""
+        return [-1, -1]
+
+    def describe(self) -> str:
+        """Short description for logs."""
+        return f"{self.model_type}, inputs {self.exportable.input_names}, max_length {self.max_length}"
+
+    def inputs(self) -> list[TensorSpec]:
+        """Graph inputs for ``io_spec.json``."""
+        return [TensorSpec(name, "int64", self.input_shape) for name in self.exportable.input_names]
+
+    def export(self, path: Path, opset: int, target: str) -> dict[str, int]:
+        """Write the fp32 graph and apply the text graph rewrites; return the rewrite counts."""
+        import onnx
+
+        from transferkit.export.onnx_export import export_onnx, keep_residual_adds_unfused, trim_trailing_padding
+
+        export_onnx(self.exportable, self._trace_sample(), path, opset)
+        graph = onnx.load(str(path))
+        rewrites = {"trim_trailing_padding": int(trim_trailing_padding(graph, self.exportable.input_names))}
+        if target == "cpu":
+            rewrites["residual_add_as_sum"] = keep_residual_adds_unfused(graph)
+        if any(rewrites.values()):
+            onnx.save(graph, str(path))
+        return rewrites
+
+    def _trace_sample(self) -> dict[str, np.ndarray]:
+        """Two real rows padded to a common length, with at least one padded position, for tracing."""
+        from transferkit.export.runtime import encode
+
+        exportable, texts, pairs = self.exportable, self._val_texts, self._val_pairs
+        batch = [texts[i % len(texts)] for i in range(2)]
+        batch_pairs = [pairs[i % len(pairs)] for i in range(2)] if pairs else None
+        feeds = encode(exportable.tokenizer, batch, batch_pairs, exportable.input_names, self.max_length)
+        if feeds["attention_mask"].all():
+            longest = int(feeds["input_ids"].shape[1])
+            feeds = encode(exportable.tokenizer, batch, batch_pairs, exportable.input_names,
+                           min(longest + 4, self.max_length), padding="max_length")
+        return feeds
+
+    def parity(self, session: Any, atol: float) -> list[ParityCase]:
+        """PyTorch vs ONNX Runtime on validation texts over several batch sizes and lengths."""
+        from transferkit.export.parity import check_parity
+
+        exportable = self.exportable
+        return check_parity(exportable.model, session, exportable.tokenizer, self._val_texts, self._val_pairs,
+                            exportable.input_names, self.max_length, atol)
+
+    def qdq_options(self, target: str) -> dict[str, Any]:
+        """``quantize_onnx`` options of static QDQ: symmetric int8 on the matrix products (TensorRT layout)."""
+        return {}
+
+    def calibration_feeds(self) -> list[dict[str, np.ndarray]]:
+        """The first ``calibration_size`` training rows, tokenized in batches."""
+        from transferkit.export.runtime import encode
+
+        size = self.config.calibration_size
+        texts = self.dataset.texts("train")[:size]
+        pairs = self.dataset.text_pairs("train")
+        pairs = pairs[:size] if pairs is not None else None
+        feeds = []
+        for start in range(0, len(texts), CALIBRATION_BATCH):
+            chunk_pairs = pairs[start : start + CALIBRATION_BATCH] if pairs is not None else None
+            feeds.append(encode(self.exportable.tokenizer, texts[start : start + CALIBRATION_BATCH], chunk_pairs,
+                                self.exportable.input_names, self.max_length))
+        return feeds
+
+    def test_labels(self) -> np.ndarray:
+        """Label ids of the accuracy-gate rows."""
+        return np.asarray(self.dataset.label_ids("test")[: self.config.max_eval_samples])
+
+    def test_logits(self, session: Any) -> np.ndarray:
+        """Logits of ``session`` on the accuracy-gate rows (batched by length)."""
+        from transferkit.export.runtime import predict_logits
+
+        cap = self.config.max_eval_samples
+        texts, pairs = self.dataset.texts("test")[:cap], self.dataset.text_pairs("test")
+        pairs = pairs[:cap] if pairs is not None else None
+        return predict_logits(session, self.exportable.tokenizer, texts, pairs, self.exportable.input_names,
+                              self.max_length, self.config.eval_batch_size)
+
+    def speed_feeds(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Batch-1 and batch-N feeds of validation rows, every input padded to ``max_length``."""
+        from transferkit.export.runtime import encode
+
+        n, texts, pairs = self.config.throughput_batch_size, self._val_texts, self._val_pairs
+        rows = [texts[i % len(texts)] for i in range(n)]
+        row_pairs = [pairs[i % len(pairs)] for i in range(n)] if pairs else None
+        feeds_bn = encode(self.exportable.tokenizer, rows, row_pairs, self.exportable.input_names, self.max_length,
+                          padding="max_length")
+        return {k: v[:1] for k, v in feeds_bn.items()}, feeds_bn
+
+    def speed_note(self) -> str:
+        """How the speed inputs were built (report)."""
+        return f"inputs padded to {self.max_length} tokens"
+
+    def write_assets(self, directory: Path) -> dict[str, Any]:
+        """Write ``tokenizer/``; return the ``io_spec.json`` fields that describe preprocessing."""
+        tokenizer_dir = directory / "tokenizer"
+        tokenizer_dir.mkdir()
+        tokenizer_files = self._tokenizer_files(tokenizer_dir)
+        tokenizer = self.exportable.tokenizer
+        preprocessing = {
+            "kind": "tokenizer",
+            "tokenizer_class": type(tokenizer).__name__,
+            "model_input_names": list(self.exportable.input_names),
+            "truncation": True,
+            "max_length": self.max_length,
+            "padding": "longest",
+            "padding_side": tokenizer.padding_side,
+            "pad_token": str(tokenizer.pad_token),
+            "pad_token_id": int(tokenizer.pad_token_id),
+            "text_pair": self.dataset.has_text_pair,
+            "postprocessing": "softmax(logits) for probabilities; argmax indexes labels",
+        }
+        return {"tokenizer_dir": "tokenizer", "tokenizer_files": tokenizer_files, "max_length": self.max_length,
+                "preprocessing": preprocessing}
+
+    def _tokenizer_files(self, directory: Path) -> list[str]:
+        """Save the tokenizer with truncation/padding set, so ``tokenizer.json`` alone reproduces preprocessing."""
+        tokenizer = self.exportable.tokenizer
+        backend = tokenizer.backend_tokenizer
+        backend.enable_truncation(max_length=self.max_length)
+        backend.enable_padding(pad_id=int(tokenizer.pad_token_id), pad_token=str(tokenizer.pad_token),
+                               direction=tokenizer.padding_side)
+        try:
+            tokenizer.save_pretrained(str(directory))
+        finally:
+            backend.no_truncation()
+            backend.no_padding()
+        files = sorted(p.name for p in directory.iterdir() if p.is_file())
+        if "tokenizer.json" not in files:
+            raise ExportError(f"{self.model_path}: the tokenizer did not save a tokenizer.json")
+        return files
+
+
+class ImageTask:
+    """An image classifier: ``pixel_values`` float32 ``[batch, 3, S, S]``, preprocessing from ``preprocessor.json``.
+
+    Images are preprocessed once with the model's evaluation transform: validation images for tracing, the
+    parity gate and the speed measurement, the first ``calibration_size`` training images for static QDQ
+    calibration, test images (up to ``max_eval_samples``) for the accuracy gate.
+    """
+
+    task = IMAGE_TASK
+    item_unit = "img"
+    max_length = None
+
+    def __init__(self, exportable: Any, dataset: PreparedDataset, config: ExportConfig) -> None:
+        self.exportable = exportable
+        self.dataset = dataset
+        self.config = config
+        self._pixels: dict[str, np.ndarray] = {}
+
+    @property
+    def labels(self) -> list[str]:
+        """Label names, index = class id."""
+        return self.exportable.labels
+
+    @property
+    def model_type(self) -> str:
+        """``efficientnet-lite0`` or the transformers ``model_type`` (``resnet``, ``vit``...)."""
+        return self.exportable.model_type
+
+    @property
+    def model_path(self) -> Path:
+        """The resolved model directory."""
+        return self.exportable.resolved.path
+
+    @property
+    def input_shape(self) -> list[int]:
+        """``[-1, 3, S, S]``: dynamic batch, fixed image size."""
+        return self.exportable.input_shape
+
+    def describe(self) -> str:
+        """Short description for logs."""
+        return f"{self.model_type}, input pixel_values {self.input_shape}"
+
+    def inputs(self) -> list[TensorSpec]:
+        """Graph inputs for ``io_spec.json``."""
+        from transferkit.export.image import PIXEL_VALUES
+
+        return [TensorSpec(PIXEL_VALUES, "float32", self.input_shape)]
+
+    def pixels(self, split: str, limit: int | None = None) -> np.ndarray:
+        """Preprocessed images of a split (at most ``limit``), computed once per split and limit."""
+        from transferkit.export.image import preprocess_images
+
+        key = f"{split}:{limit}"
+        if key not in self._pixels:
+            images = self.dataset.images(split)[:limit]
+            self._pixels[key] = preprocess_images(self.exportable.preprocessor, images,
+                                                  str(self.dataset.path / f"{split}.parquet"))
+        return self._pixels[key]
+
+    def export(self, path: Path, opset: int, target: str) -> dict[str, int]:
+        """Write the fp32 graph (traced on two validation images); CNN graphs get no rewrites.
+
+        Every image the step uses is preprocessed first, so an undecodable one fails before any export work.
+        """
+        from transferkit.export.image import export_image_onnx
+
+        self.pixels("test", self.config.max_eval_samples)
+        self.pixels("train", self.config.calibration_size)
+        validation = self.pixels("validation")
+        export_image_onnx(self.exportable, validation[np.arange(2) % len(validation)], path, opset)
+        return {}
+
+    def parity(self, session: Any, atol: float) -> list[ParityCase]:
+        """PyTorch vs ONNX Runtime on validation images over several batch sizes."""
+        from transferkit.export.parity import check_image_parity
+
+        return check_image_parity(self.exportable.model, session, self.pixels("validation"), atol)
+
+    def qdq_options(self, target: str) -> dict[str, Any]:
+        """Static QDQ of every supported op; uint8 activations on cpu, symmetric int8 on gpu (TensorRT)."""
+        return {"op_types": None, "symmetric_activations": target == "gpu"}
+
+    def calibration_feeds(self) -> list[dict[str, np.ndarray]]:
+        """The first ``calibration_size`` training images, preprocessed, in batches."""
+        from transferkit.export.image import PIXEL_VALUES
+
+        pixels = self.pixels("train", self.config.calibration_size)
+        return [{PIXEL_VALUES: pixels[start : start + CALIBRATION_BATCH]}
+                for start in range(0, len(pixels), CALIBRATION_BATCH)]
+
+    def test_labels(self) -> np.ndarray:
+        """Label ids of the accuracy-gate images."""
+        return np.asarray(self.dataset.label_ids("test")[: self.config.max_eval_samples])
+
+    def test_logits(self, session: Any) -> np.ndarray:
+        """Logits of ``session`` on the accuracy-gate images."""
+        from transferkit.export.runtime import predict_image_logits
+
+        return predict_image_logits(session, self.pixels("test", self.config.max_eval_samples),
+                                    self.config.eval_batch_size)
+
+    def speed_feeds(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Batch-1 and batch-N feeds of preprocessed validation images."""
+        from transferkit.export.image import PIXEL_VALUES
+
+        validation = self.pixels("validation")
+        rows = np.arange(self.config.throughput_batch_size) % len(validation)
+        batch = np.ascontiguousarray(validation[rows])
+        return {PIXEL_VALUES: batch[:1]}, {PIXEL_VALUES: batch}
+
+    def speed_note(self) -> str:
+        """How the speed inputs were built (report)."""
+        size = self.exportable.image_size
+        return f"preprocessed {size}x{size} validation images (preprocessing not timed)"
+
+    def write_assets(self, directory: Path) -> dict[str, Any]:
+        """Write ``preprocessor.json``; return the ``io_spec.json`` fields that describe preprocessing."""
+        from transferkit.data.transforms import PREPROCESSOR_FILE
+
+        preprocessing = self.exportable.preprocessor.config.to_dict()
+        write_json(directory / PREPROCESSOR_FILE, preprocessing)
+        return {"tokenizer_dir": None, "tokenizer_files": [], "max_length": None, "preprocessing": preprocessing}
+
+
+def load_task(config: ExportConfig, dataset: PreparedDataset) -> TextTask | ImageTask:
+    """Load the model for export and wrap it with the task it serves; check that model and data agree.
+
+    Raises:
+        ModelError: An image model with text data or the reverse, or a model that does not load.
+        ExportError: Unsupported architecture or labels that differ from the dataset's.
+        ConfigError: An image model without usable preprocessing settings.
+
+    """
+    from transferkit.export.image import is_image_model
+
+    image_model = is_image_model(config.model_dir)
+    if image_model != dataset.is_image:
+        kind = "an image classifier" if image_model else "a text classifier"
+        raise ModelError(
+            f"{config.model_dir}: {kind}, but {dataset.path / 'schema.json'} is for {dataset.task}; export with "
+            "the prepared dataset the model was trained on"
+        )
+    if image_model:
+        from transferkit.export.image import load_exportable_image
+
+        if config.max_length is not None:
+            logger.warning("max_length=%d applies to text models; ignored for image model %s", config.max_length,
+                           config.model_dir)
+        exportable = load_exportable_image(config.model_dir, dataset.labels, config.data_dir,
+                                           allow_pickle=config.allow_pickle,
+                                           trust_remote_code=config.trust_remote_code)
+        return ImageTask(exportable, dataset, config)
+    from transferkit.export.onnx_export import load_exportable, resolve_max_length
+
+    exportable = load_exportable(config.model_dir, dataset.labels, config.data_dir,
+                                 allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
+    return TextTask(exportable, dataset, config, resolve_max_length(config.max_length, exportable))
