@@ -98,22 +98,43 @@ def collect_outputs(run_dir: Path) -> dict[str, dict[str, Any]]:
     return outputs
 
 
-def sample_inference(http_url: str, model_name: str, text: str) -> dict[str, Any]:
-    """Send one raw sentence to the deployed ensemble and return its label and probabilities."""
+def sample_inference(http_url: str, model_name: str, *, text: str | None = None,
+                     image: bytes | None = None) -> dict[str, Any]:
+    """Send one raw sentence or one encoded image to the deployed ensemble; return its label and probabilities."""
     import numpy as np
     import tritonclient.http as httpclient
 
     client = httpclient.InferenceServerClient(http_url.removeprefix("http://"))
-    batch = np.array([[text.encode("utf-8")]], dtype=object)
-    request = httpclient.InferInput("text", list(batch.shape), "BYTES")
+    name, payload = ("text", text.encode("utf-8")) if text is not None else ("image", image)
+    batch = np.empty((1, 1), dtype=object)
+    batch[0, 0] = payload
+    request = httpclient.InferInput(name, list(batch.shape), "BYTES")
     request.set_data_from_numpy(batch)
     response = client.infer(model_name, [request])
     label = response.as_numpy("label").reshape(-1)[0]
     return {
-        "text": text,
+        "input": text if text is not None else f"PNG image ({len(payload)} bytes)",
         "label": label.decode() if isinstance(label, bytes) else str(label),
         "probabilities": [round(float(v), 4) for v in response.as_numpy("probabilities").reshape(-1)],
     }
+
+
+def sample_image(outputs: dict[str, dict[str, Any]], work_dir: Path) -> tuple[bytes, str, Path]:
+    """The first test image of the run's prepared dataset: (PNG bytes, true label, a copy saved as PNG).
+
+    Raises:
+        PipelineError: The run has no prepared image dataset.
+    """
+    import pyarrow.parquet as pq
+
+    uri = ((outputs.get("data-prep") or {}).get("dataset") or {}).get("uri")
+    if not uri:
+        raise PipelineError("the run has no data-prep dataset output to take a sample image from")
+    table = pq.read_table(Path(uri) / "test.parquet", columns=["image", "label_name"]).slice(0, 1)
+    data, label = table.column("image")[0].as_py(), table.column("label_name")[0].as_py()
+    path = work_dir / "sample.png"
+    path.write_bytes(data)
+    return data, str(label), path
 
 
 def run_local(
@@ -133,7 +154,7 @@ def run_local(
         work_dir: Holds ``pipeline_root/``, ``cache/`` and ``model_repository/`` across runs.
         caching: Reuse results of identical steps from earlier runs (deploy is never cached).
         serve_forever: Keep Triton running after the run until interrupted.
-        sample_text: Sentence sent to the deployed model at the end.
+        sample_text: Sentence sent to a deployed text model at the end (image models get the first test image).
 
     Raises:
         PipelineError: The package is missing or a step failed.
@@ -180,7 +201,12 @@ def run_local(
             )
         if any(name.startswith("deploy-triton") for name in timer.tasks):
             result.endpoint = f"{server.http_url}/v2/models/{result.model_name}/infer"
-            result.sample = sample_inference(server.http_url, result.model_name, sample_text)
+            if arguments.get("task") == "image-classification":
+                image, expected, path = sample_image(result.outputs, work_dir)
+                result.sample = sample_inference(server.http_url, result.model_name, image=image)
+                result.sample.update(expected=expected, image=str(path))
+            else:
+                result.sample = sample_inference(server.http_url, result.model_name, text=sample_text)
         if serve_forever:
             logger.info("Serving %s at %s; press Ctrl-C to stop", result.model_name, server.http_url)
             try:

@@ -146,8 +146,10 @@ def _print_summary(result: Any) -> None:
         table.add_row(name, task["status"], f"{task['seconds']:.1f}", ", ".join(shown))
     console.print(table)
     if result.sample:
-        console.print(f"Triton answer from {result.endpoint}: {result.sample['text']!r} -> "
-                      f"{result.sample['label']} {result.sample['probabilities']}")
+        sample = result.sample
+        expected = f" (true label {sample['expected']}, image {sample['image']})" if "expected" in sample else ""
+        console.print(f"Triton answer from {result.endpoint}: {sample['input']!r} -> "
+                      f"{sample['label']} {sample['probabilities']}{expected}")
     else:
         console.print("Deploy was skipped: a gate did not pass (see the deploy-gate decision in the run outputs).")
 

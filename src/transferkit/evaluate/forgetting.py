@@ -68,7 +68,8 @@ class ForgettingConfig:
         probe_size: ``representation-drift``: at most this many probe texts (seeded sample). Images: at most
             this many images in either mode.
         seed: Seed of the probe sample.
-        image_size: Images: input size instead of the base model's preprocessing size (None = the base's).
+        image_size: Images: input size of both models (None = the fine-tuned model's ``preprocessor.json`` size,
+            i.e. the size it was trained and is served at).
         allow_pickle: Accept pickle weights.
         trust_remote_code: Accept models with custom code.
         progress: Show progress bars.
@@ -468,7 +469,7 @@ def _check_forgetting_images(cfg: ForgettingConfig) -> ForgettingResult:
     )
     from transferkit.evaluate.sources import load_source
     from transferkit.models.catalog import resolve_model
-    from transferkit.models.vision import load_image_classifier
+    from transferkit.models.vision import load_image_classifier, load_image_preprocessor
 
     resolved = resolve_model(cfg.base, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
     entry = resolved.entry
@@ -489,9 +490,13 @@ def _check_forgetting_images(cfg: ForgettingConfig) -> ForgettingResult:
     mode = choose_image_mode(source_set, cfg.mode, head_labels, catalog_mode=catalog_mode, where=str(source))
     if cfg.metric is not None and cfg.metric not in METRICS[mode]:
         raise ConfigError(f"metric: {cfg.metric!r} does not apply to mode {mode}; expected {METRICS[mode]}")
+    image_size = cfg.image_size
+    if image_size is None:
+        # Both models see images at the size the fine-tuned model was trained and is served at.
+        image_size = load_image_preprocessor(cfg.model).config.image_size
     probe = ImageForgettingProbe(
         resolved, source_set, mode=mode, metric=cfg.metric or METRICS[mode][0], batch_size=cfg.batch_size,
-        probe_size=cfg.probe_size, seed=cfg.seed, image_size=cfg.image_size, allow_pickle=cfg.allow_pickle,
+        probe_size=cfg.probe_size, seed=cfg.seed, image_size=image_size, allow_pickle=cfg.allow_pickle,
         trust_remote_code=cfg.trust_remote_code, progress=cfg.progress,
     )
     model = load_image_classifier(cfg.model, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)

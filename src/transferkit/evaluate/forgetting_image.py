@@ -1,7 +1,8 @@
 """The forgetting check for image classifiers: source-task accuracy by head transplant, and per-stage CKA.
 
 Both modes compare the base model and the fine-tuned model on the same source images, preprocessed the way
-the base model expects (its catalog entry or ``preprocessor.json``; ``image_size`` can override the size).
+the base model expects (its catalog entry or ``preprocessor.json``) at the fine-tuned model's input size
+(``check_forgetting`` passes it; ``image_size`` overrides it).
 
 ``source-task`` (head transplant)
     The base model is an image classifier whose head was trained on the source task (e.g. digits of
