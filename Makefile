@@ -9,7 +9,7 @@ export TRANSFERKIT_CACHE ?= $(HOME)/.cache/transferkit
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-unit test-integration lint bench compile images clean
+.PHONY: setup demo demo-vision test test-unit test-integration lint bench compile images clean
 
 setup: $(STAMP)
 	@$(BIN)/python -m transferkit.setup_assets
@@ -25,6 +25,11 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(BIN)/transferkit pipeline run --local
+
+# Images: EfficientNet-Lite0 on Fashion-MNIST, ending with a test PNG answered by the local Triton.
+demo-vision: setup
+	$(BIN)/transferkit pipeline run --local --params pipelines/transfer_learning/params/demo-vision.yaml \
+	  --work-dir runs/vision
 
 test: setup
 	$(BIN)/python -m pytest tests -q

@@ -81,7 +81,8 @@ class ExportConfig:
         target: ``cpu`` (text: dynamic int8, per channel; images: static QDQ int8 with uint8 activations, plus
             dynamic int8 measured for comparison) or ``gpu`` (static QDQ int8 + fp16).
         opset: ONNX opset for ``torch.onnx.export``.
-        atol: Largest allowed absolute logit difference between PyTorch and ONNX Runtime.
+        atol: Largest allowed logit difference between PyTorch and ONNX Runtime, multiplied by the largest
+            |logit| when that exceeds 1 (rounding differences grow with the logits' magnitude).
         max_drop: Largest allowed accuracy drop of a quantized variant, in percentage points.
         on_drop: ``fallback`` (drop the variant and recommend the next one, finally fp32) or ``fail``
             (raise :class:`~transferkit.errors.QuantizationGateError`).

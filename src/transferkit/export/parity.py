@@ -153,8 +153,11 @@ def _compare(expected: np.ndarray, got: np.ndarray, where: str, atol: float) -> 
     diff = float(np.max(np.abs(got - expected)))
     agree = bool(np.array_equal(got.argmax(axis=1), expected.argmax(axis=1)))
     logger.debug("parity %s: max |diff| %.3g, labels agree: %s", where, diff, agree)
-    if diff > atol:
-        raise ParityError(f"parity: max |logit diff| {diff:.3g} > atol {atol:g} at {where}")
+    # fp32 kernels of the two runtimes differ by rounding, which grows with the logits' magnitude (a trained
+    # CNN's logits reach 10-30): the tolerance is atol for logits up to 1 and relative beyond.
+    scale = max(1.0, float(np.max(np.abs(expected))) if expected.size else 1.0)
+    if diff > atol * scale:
+        raise ParityError(f"parity: max |logit diff| {diff:.3g} > atol {atol:g} x logit scale {scale:.3g} at {where}")
     if not agree:
         flips = int(np.sum(got.argmax(axis=1) != expected.argmax(axis=1)))
         raise ParityError(f"parity: predicted labels differ on {flips}/{len(got)} rows at {where}")

@@ -62,3 +62,22 @@ def test_failing_step_names_the_task_and_the_cause(repo_root, tmp_path):
     assert last.startswith("error: local run failed at task(s) data-prep")
     with pytest.raises(PipelineError, match="data-prep"):
         _run(repo_root, tmp_path / "work2", dataset_uri=str(tmp_path / "missing.csv"))
+
+
+def test_image_pipeline_deploys_and_triton_labels_a_png(repo_root, tmp_path):
+    """task=image-classification: real digits, EfficientNet-Lite0 at 32 px, the same pipeline and Triton."""
+    params = {"dataset_uri": "builtin:digits", "task": "image-classification", "base_model": "efficientnet-lite0",
+              "max_rows": 0, "max_steps": 30, "batch_size": 32, "image_size": 32, "min_primary": 0.0,
+              "forgetting_min_retention": 0.0, "max_quantization_drop": 100.0, "model_name": "digits"}
+    from pipelines.transfer_learning.local_run import run_local
+
+    result = run_local(params, package=repo_root / "pipelines/transfer_learning/pipeline.yaml",
+                       work_dir=tmp_path / "work")
+    assert result.status == "SUCCESS"
+    assert result.outputs["forgetting-check"]["retention"] <= 1.0
+    assert result.outputs["onnx-quantize"]["recommended_variant"] == "qdq"
+    assert result.outputs["deploy-gate"]["Output"] is True
+    sample = result.sample
+    assert sample["label"] in [str(i) for i in range(10)]
+    assert abs(sum(sample["probabilities"]) - 1.0) < 1e-3
+    assert (tmp_path / "work" / "sample.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
