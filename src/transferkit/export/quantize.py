@@ -137,6 +137,7 @@ def quantize_onnx(
     verify: bool = True,
     op_types: Sequence[str] | None = QDQ_OP_TYPES,
     symmetric_activations: bool = True,
+    keep_input_layers_float: bool = False,
 ) -> Path:
     """Write a quantized (``dynamic``/``qdq``) or fp16 variant of ``src`` to ``dst``.
 
@@ -153,6 +154,9 @@ def quantize_onnx(
             supports (Conv, Gemm, Add, Clip, pooling... for CNNs).
         symmetric_activations: ``qdq`` only: symmetric int8 activations (zero point 0, what TensorRT needs);
             False: asymmetric uint8 activations, ONNX Runtime's fast CPU kernels. Weights are symmetric int8.
+        keep_input_layers_float: ``qdq`` only: leave the nodes that read a graph input (a CNN's stem
+            convolution) in float. Measured on EfficientNet-Lite0 / Fashion-MNIST (400 test images): a
+            1-epoch model lost 4.0 points with the stem quantized and 1.5 without; a 2-epoch model 0.4 and 0.2.
 
     Returns:
         ``dst``.
@@ -179,7 +183,7 @@ def quantize_onnx(
         try:
             with _quiet_quantizer_logs():
                 _write_variant(source, out, Path(work), mode, reader, per_channel, calibration_method, large,
-                               op_types, symmetric_activations)
+                               op_types, symmetric_activations, keep_input_layers_float)
             if verify:
                 _check_loads(out)
         except ExportError:
@@ -198,7 +202,7 @@ def quantize_onnx(
 
 def _write_variant(source: Path, out: Path, work: Path, mode: str, reader: Any, per_channel: bool,
                    calibration_method: str, large: bool, op_types: Sequence[str] | None,
-                   symmetric_activations: bool) -> None:
+                   symmetric_activations: bool, keep_input_layers_float: bool = False) -> None:
     import onnx
 
     if mode == "fp16":
@@ -226,12 +230,17 @@ def _write_variant(source: Path, out: Path, work: Path, mode: str, reader: Any, 
             # TensorRT consumes symmetric int8 scales (zero point 0) for activations and weights; ONNX Runtime's
             # CPU kernels are fastest with asymmetric uint8 activations and symmetric int8 weights.
             extra.update({"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True})
+            excluded: list[str] = []
+            if keep_input_layers_float:
+                graph = onnx.load(str(prepared), load_external_data=False).graph
+                inputs = {i.name for i in graph.input}
+                excluded = [n.name for n in graph.node if inputs & set(n.input)]
             quantize_static(
                 str(prepared), str(out), reader, quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=list(op_types) if op_types is not None else None, per_channel=per_channel,
                 activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
                 weight_type=QuantType.QInt8, calibrate_method=method, use_external_data_format=large,
-                extra_options=extra,
+                nodes_to_exclude=excluded, extra_options=extra,
             )
 
 

@@ -272,8 +272,8 @@ class ImageTask:
         return check_image_parity(self.exportable.model, session, self.pixels("validation"), atol)
 
     def qdq_options(self, target: str) -> dict[str, Any]:
-        """Static QDQ of every supported op; uint8 activations on cpu, symmetric int8 on gpu (TensorRT)."""
-        return {"op_types": None, "symmetric_activations": target == "gpu"}
+        """Static QDQ of every supported op but the stem; uint8 activations on cpu, symmetric int8 on gpu."""
+        return {"op_types": None, "symmetric_activations": target == "gpu", "keep_input_layers_float": True}
 
     def calibration_feeds(self) -> list[dict[str, np.ndarray]]:
         """The first ``calibration_size`` training images, preprocessed, in batches."""
