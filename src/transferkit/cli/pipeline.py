@@ -140,7 +140,10 @@ def _print_summary(result: Any) -> None:
         base = next((k for k in keys if name.startswith(k)), None)
         shown = [f"{k}={_fmt(outputs[k])}" for k in keys.get(base, ()) if k in outputs]
         metrics = outputs.get("metrics") or {}
-        for extra in ("int8_size_mb", "fp32_size_mb", "int8_latency_b1_p50_ms", "int8_accuracy_drop_pt"):
+        # The recommended graph's figures (int8 for text, static QDQ int8 for images), beside fp32's size.
+        chosen = outputs.get("recommended_variant") or "int8"
+        for extra in (f"{chosen}_size_mb", "fp32_size_mb", f"{chosen}_latency_b1_p50_ms",
+                      f"{chosen}_accuracy_drop_pt"):
             if extra in metrics:
                 shown.append(f"{extra}={_fmt(metrics[extra])}")
         table.add_row(name, task["status"], f"{task['seconds']:.1f}", ", ".join(shown))
