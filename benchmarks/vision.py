@@ -85,7 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000, help="Fashion-MNIST images sampled (80/10/10 split).")
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--epochs", type=float, default=2.0, help="Full fine-tune epochs.")
+    parser.add_argument("--epochs", type=float, default=3.0, help="Full fine-tune epochs.")
     parser.add_argument("--augment", default="none", help="Full fine-tune augmentation: none | image.")
     parser.add_argument("--skip-export", action="store_true", help="Train and evaluate only.")
     parser.add_argument("--seed", type=int, default=42)
@@ -113,6 +113,7 @@ def main() -> None:
         "full_accuracy": round(full_accuracy, 4), "full_seconds": round(full_seconds, 1),
         "full_epochs": args.epochs, "full_train_samples_per_second": full.train_samples_per_second,
         "feature_extraction_cache_seconds": (fe.feature_cache or {}).get("seconds"),
+        "feature_extraction_cache_hit": (fe.feature_cache or {}).get("cache_hit"),
     }
     if not args.skip_export:
         metrics = _export(work / "full", data, work / "full-export")

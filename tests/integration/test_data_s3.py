@@ -151,3 +151,57 @@ def test_unreachable_endpoint_and_missing_credentials(bucket, tmp_path: Path, mo
     with pytest.raises(AuthError, match="no AWS credentials found"):
         prepare_dataset(DataPrepConfig(dataset=f"s3://{name}/raw/movies.csv", out=tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def digit_folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real scikit-learn digits as class folders of PNG files (3 classes x 20 images)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    root = tmp_path_factory.mktemp("digit-folders") / "digits"
+    for label in (0, 1, 2):
+        folder = root / f"digit-{label}"
+        folder.mkdir(parents=True)
+        for i, index in enumerate(np.flatnonzero(data.target == label)[:20]):
+            pixels = np.rint(data.images[index] * (255.0 / 16.0)).astype(np.uint8)
+            Image.fromarray(pixels, "L").save(folder / f"{i:03d}.png")
+    return root
+
+
+def _upload_tree(client, name: str, root: Path, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        client.upload_file(str(path), name, f"{prefix}/{path.relative_to(root).as_posix()}")
+
+
+def test_image_class_folders_under_an_s3_prefix_match_the_local_folders(bucket, digit_folders, tmp_path):
+    client, name = bucket
+    _upload_tree(client, name, digit_folders, "images/digits")
+    common = {"task": "image-classification", "min_class_count": 5}
+    remote = prepare_dataset(DataPrepConfig(dataset=f"s3://{name}/images/digits/", out=tmp_path / "s3", **common))
+    local = prepare_dataset(DataPrepConfig(dataset=str(digit_folders), out=tmp_path / "local", **common))
+    assert remote.rows == local.rows and sum(remote.rows.values()) == 60
+    for split in SPLITS:
+        columns = ["image", "label", "label_name"]
+        assert load_prepared(tmp_path / "s3").table(split).select(columns).equals(
+            load_prepared(tmp_path / "local").table(split).select(columns))
+    assert load_prepared(tmp_path / "s3").labels == ["digit-0", "digit-1", "digit-2"]
+
+
+def test_image_table_with_relative_paths_under_an_s3_prefix(bucket, digit_folders, tmp_path):
+    client, name = bucket
+    _upload_tree(client, name, digit_folders, "table/files")
+    rows = sorted(p.relative_to(digit_folders).as_posix() for p in digit_folders.rglob("*.png"))
+    table = pa.table({"path": [f"files/{r}" for r in rows], "y": [r.split("/")[0] for r in rows]})
+    csv = tmp_path / "index.csv"
+    pacsv.write_csv(table, csv)
+    client.upload_file(str(csv), name, "table/index.csv")
+    prepare_dataset(DataPrepConfig(dataset=f"s3://{name}/table/", out=tmp_path / "out", task="image-classification",
+                                   image_column="path", label_column="y", min_class_count=5))
+    prepared = load_prepared(tmp_path / "out")
+    assert sum(prepared.table(split).num_rows for split in SPLITS) == 60
+    with pytest.raises(DatasetNotFoundError, match=f"s3://{name}/nothing/: no such S3 object or prefix"):
+        prepare_dataset(DataPrepConfig(dataset=f"s3://{name}/nothing/", out=tmp_path / "none",
+                                       task="image-classification"))
+    assert not (tmp_path / "none").exists()

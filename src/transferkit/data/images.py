@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transferkit.data.sources import SourceFile, _is_hidden, detect_format, iter_batches, open_source
+from transferkit.data.sources import (
+    SourceFile,
+    _is_hidden,
+    detect_format,
+    download_s3,
+    iter_batches,
+    open_source,
+)
 from transferkit.data.validate import as_strings
 from transferkit.errors import DataError, DatasetNotFoundError, SchemaError
 
@@ -294,6 +302,16 @@ def _builtin_files(uri: str) -> list[SourceFile]:
     return [SourceFile(builtin_path(uri), uri, "parquet")]
 
 
+def _image_or_table(key: str) -> bool:
+    if Path(key).suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    try:
+        detect_format(Path(key))
+    except DataError:
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def open_image_source(uri: str, image_column: str, label_column: str) -> Iterator[ImageSource]:
     """Resolve a dataset URI to image items (S3 downloads live in a temporary directory until exit).
@@ -307,6 +325,24 @@ def open_image_source(uri: str, image_column: str, label_column: str) -> Iterato
     if uri.startswith("builtin:"):
         # Built-ins are cached as tables with fixed columns, whatever the configured column names.
         yield ImageSource(table_items(_builtin_files(uri), "image", "label"), "builtin", 1, "column 'label'")
+        return
+    if uri.startswith("s3://"):
+        # Class folders or a table with its image files under a prefix: the whole tree is downloaded so
+        # relative paths in a table resolve as they do locally.
+        display = uri.rstrip("/")
+        with tempfile.TemporaryDirectory(prefix="transferkit-s3-") as tmp:
+            root = Path(tmp)
+            download_s3(uri, root, accept=_image_or_table)
+            if is_image_folder(root):
+                yield folder_items(root, display)
+                return
+            tables = [SourceFile(p, f"{display}/{p.relative_to(root).as_posix()}", detect_format(p))
+                      for p in sorted(root.rglob("*"))
+                      if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES and not _is_hidden(p, root)]
+            items = table_items(tables, image_column, label_column)
+            if not items:
+                raise DataError(f"{uri}: no data rows")
+            yield ImageSource(items, "table", len(tables), f"column {label_column!r}")
         return
     local = Path(uri.removeprefix("file://")).expanduser()
     if "://" not in uri or uri.startswith("file://"):

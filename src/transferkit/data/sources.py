@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -184,9 +184,26 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return parts.netloc, parts.path.lstrip("/")
 
 
-def _s3_files(uri: str, workdir: Path) -> list[SourceFile]:
+def download_s3(uri: str, workdir: Path, accept: Callable[[str], bool] | None = None) -> tuple[list[str], str]:
+    """Download an S3 object, or every accepted object under a prefix, into ``workdir`` (keys relative to it).
+
+    Args:
+        uri: ``s3://bucket/key`` or ``s3://bucket/prefix/``.
+        workdir: Local folder; object keys are laid out below it relative to the prefix.
+        accept: Which keys under a prefix to download (default: data files of a known format).
+
+    Returns:
+        (downloaded keys, the prefix they are relative to).
+
+    Raises:
+        DatasetNotFoundError: No object or prefix at the URI.
+        DataError: Nothing accepted under the prefix, or a key escaping the prefix.
+        AuthError: S3 credentials are missing or rejected.
+
+    """
     from botocore.exceptions import BotoCoreError, ClientError
 
+    accept = accept or _known_format
     bucket, key = parse_s3_uri(uri)
     client = _s3_client()
     try:
@@ -199,7 +216,8 @@ def _s3_files(uri: str, workdir: Path) -> list[SourceFile]:
                 if str(exc.response.get("Error", {}).get("Code")) not in {"404", "NoSuchKey", "NotFound"}:
                     raise
         if keys:
-            detect_format(Path(key), uri)  # refuse an unknown format before downloading it
+            if not accept(key):
+                detect_format(Path(key), uri)  # names the unknown format before downloading it
             root_key = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
         else:
             root_key = f"{key.rstrip('/')}/" if key else ""
@@ -209,7 +227,7 @@ def _s3_files(uri: str, workdir: Path) -> list[SourceFile]:
             if not listed:
                 raise DatasetNotFoundError(f"{uri}: no such S3 object or prefix")
             keys = [k for k in listed if not _is_hidden(Path(k[len(root_key):]), Path())]
-            keys = [k for k in keys if _known_format(k)]
+            keys = [k for k in keys if accept(k)]
             if not keys:
                 found = ", ".join(k[len(root_key):] for k in listed[:5])
                 raise DataError(f"{uri}: prefix holds no data files (found only: {found}); expected {SUPPORTED}")
@@ -223,6 +241,12 @@ def _s3_files(uri: str, workdir: Path) -> list[SourceFile]:
             client.download_file(bucket, object_key, str(local))
     except (ClientError, BotoCoreError) as exc:
         raise _s3_error(uri, exc, client) from None
+    return keys, root_key
+
+
+def _s3_files(uri: str, workdir: Path) -> list[SourceFile]:
+    bucket, key = parse_s3_uri(uri)
+    keys, root_key = download_s3(uri, workdir)
     if len(keys) == 1 and keys[0] == key:
         local = workdir / key[len(root_key):]
         return [SourceFile(local, uri, detect_format(local, uri))]

@@ -26,7 +26,23 @@ logger = logging.getLogger(__name__)
 CALIBRATION_BATCH = 8
 
 
-class TextTask:
+class _ExportTask:
+    """What both tasks share: the loaded model (``exportable``), its labels and directory."""
+
+    exportable: Any
+
+    @property
+    def labels(self) -> list[str]:
+        """Label names, index = class id."""
+        return self.exportable.labels
+
+    @property
+    def model_path(self) -> Path:
+        """The resolved model directory."""
+        return self.exportable.resolved.path
+
+
+class TextTask(_ExportTask):
     """A sequence classifier: token-id inputs, ``max_length``, padding trim, tokenizer files for serving."""
 
     task = TEXT_TASK
@@ -41,19 +57,9 @@ class TextTask:
         self._val_pairs = dataset.text_pairs("validation")
 
     @property
-    def labels(self) -> list[str]:
-        """Label names, index = class id."""
-        return self.exportable.labels
-
-    @property
     def model_type(self) -> str:
         """``bert``, ``roberta``, ``gpt2``..."""
         return self.exportable.model_type
-
-    @property
-    def model_path(self) -> Path:
-        """The resolved model directory."""
-        return self.exportable.resolved.path
 
     @property
     def input_shape(self) -> list[int]:
@@ -193,7 +199,7 @@ class TextTask:
         return files
 
 
-class ImageTask:
+class ImageTask(_ExportTask):
     """An image classifier: ``pixel_values`` float32 ``[batch, 3, S, S]``, preprocessing from ``preprocessor.json``.
 
     Images are preprocessed once with the model's evaluation transform: validation images for tracing, the
@@ -212,19 +218,9 @@ class ImageTask:
         self._pixels: dict[str, np.ndarray] = {}
 
     @property
-    def labels(self) -> list[str]:
-        """Label names, index = class id."""
-        return self.exportable.labels
-
-    @property
     def model_type(self) -> str:
         """``efficientnet-lite0`` or the transformers ``model_type`` (``resnet``, ``vit``...)."""
         return self.exportable.model_type
-
-    @property
-    def model_path(self) -> Path:
-        """The resolved model directory."""
-        return self.exportable.resolved.path
 
     @property
     def input_shape(self) -> list[int]:
