@@ -13,7 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.helpers import prepare_image_data, write_movie_slice
+from tests.helpers import prepare_image_data, write_image_model, write_movie_slice
 from transferkit.cli.main import app
 from transferkit.data.prepared import load_prepared
 from transferkit.errors import ConfigError, ModelError
@@ -141,7 +141,7 @@ def test_augmented_training_and_scratch(digits, tmp_path):
     ({"max_length": 64}, ConfigError, "max_length: applies to text models only"),
     ({"augment": "word_dropout"}, ConfigError, "augment: 'word_dropout' is a text augmentation"),
     ({"image_size": 8}, ConfigError, "image_size: 8 is below the minimum"),
-    ({"strategy": "off_the_shelf"}, ConfigError, "off_the_shelf has no zero-shot path for images"),
+    ({"strategy": "off_the_shelf"}, ModelError, "off_the_shelf needs a head whose labels match labels.json"),
     ({"unfreeze_top_layers": 9}, ModelError, "exceeds the model's 8 stages"),
 ])
 def test_bad_options_for_images_are_named(digits, tmp_path, options, error, message):
@@ -149,6 +149,19 @@ def test_bad_options_for_images_are_named(digits, tmp_path, options, error, mess
     with pytest.raises(error, match=message):
         run_training(_config(digits, tmp_path / "bad", **settings))
     assert not (tmp_path / "bad").exists()
+
+
+def test_off_the_shelf_packages_a_matching_head_in_the_dataset_label_order(digits, tmp_path):
+    labels = [str(i) for i in range(10)]
+    source = write_image_model(tmp_path / "reversed", list(reversed(labels)), image_size=SIZE)
+    out = tmp_path / "packaged"
+    result = run_training(TrainConfig(data_dir=digits, model=str(source), strategy="off_the_shelf", out_dir=out))
+    assert result.trainable_params == 0 and result.stop_reason == "no_training"
+    assert read_json(out / "labels.json") == labels
+    # Rows were reordered, not relabelled: the packaged model reproduces the reported validation accuracy.
+    assert _validation_accuracy(out, digits) == pytest.approx(result.validation_metrics["accuracy"], abs=1e-9)
+    original = load_image_classifier(source).classifier.weight
+    assert torch.equal(load_image_classifier(out).classifier.weight, original.flip(0))
 
 
 def test_text_model_on_image_data_and_image_options_on_text_data(digits, tmp_path):

@@ -326,9 +326,65 @@ def _run_image(config: TrainConfig, dataset: Any, resolved: ResolvedModel, label
     context = _RunContext(config, dataset, resolved, None, hp, labels, train_split, validation_split, digests,
                           started, pooling="model", image=image)
     if config.strategy == "off_the_shelf":
-        raise ConfigError("strategy: off_the_shelf has no zero-shot path for images; use feature_extraction (a "
-                          "head on the frozen base, seconds on cached features) or full")
+        return _run_image_off_the_shelf(context)
     return _run_trained(context)
+
+
+def _run_image_off_the_shelf(ctx: _RunContext) -> TrainResult:
+    """Package an image classifier whose head already knows the dataset's labels (rows reordered to match)."""
+    import numpy as np
+
+    from transferkit.evaluate.image_inference import predict_image_proba
+    from transferkit.evaluate.inference import select_device
+    from transferkit.models.vision import load_image_classifier
+    from transferkit.train.diagnostics import Curves
+    from transferkit.train.modeling import count_parameters
+    from transferkit.train.report import write_training_report
+    from transferkit.train.zeroshot import head_permutation, reorder_head
+
+    config = ctx.config
+    world_size, rank = _dist_info()
+    model = load_image_classifier(ctx.resolved, allow_pickle=config.allow_pickle,
+                                  trust_remote_code=config.trust_remote_code)
+    id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
+    head = [id2label.get(i, str(i)) for i in range(int(model.config.num_labels))]
+    permutation = head_permutation(head, ctx.labels)
+    if permutation is None:
+        shown = head if len(head) <= 10 else [*head[:10], "..."]
+        raise ModelError(f"{ctx.resolved.reference}: off_the_shelf needs a head whose labels match labels.json "
+                         f"{ctx.labels} (model head: {shown}); images have no zero-shot path: use "
+                         "feature_extraction (seconds on cached features) or full")
+    reorder_head(model, permutation, ctx.labels)
+    model.eval()
+    device = select_device()
+    probs = predict_image_proba(model, ctx.image.preprocessor, ctx.validation_split.images,
+                                batch_size=ctx.hp["eval_batch_size"], device=device, desc="validation",
+                                where="validation.parquet", progress=_interactive())
+    from transformers import EvalPrediction
+
+    labels = np.asarray(ctx.validation_split.labels)
+    validation = _compute_metrics(EvalPrediction(predictions=np.log(np.clip(probs, 1e-12, 1.0)), label_ids=labels))
+    validation["loss"] = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0))))
+    _, total = count_parameters(model)
+    core: dict[str, Any] = {
+        "trainable": 0, "total": total, "stop_reason": "no_training", "device": device.type, "precision": "fp32",
+        "world_size": world_size, "global_step": 0, "epochs": 0.0, "best_step": None, "validation": validation,
+        "resolved": {"mode": "existing_head", "image_size": ctx.hp["image_size"]},
+    }
+    if rank != 0:
+        return _result(ctx, core, written=False, checkpoint_dir=None)
+    with atomic_output_dir(config.out_dir) as tmp:
+        ctx.image.save(tmp, model, ctx.labels)
+        summary = _summary(ctx, core)
+        md_path, html_path, png = write_training_report(tmp, ctx, core, Curves(), stem=REPORT_STEM,
+                                                        curves_name=CURVES_FILE)
+        summary["artifacts"] = {"report_html": html_path.name, "report_md": md_path.name,
+                                "curves_png": png.name if png else None, "log_history": None, "tensorboard": None}
+        write_json(tmp / SUMMARY_FILE, summary)
+    out = config.out_dir.absolute()
+    return _result(ctx, core, written=True, checkpoint_dir=None, summary_path=out / SUMMARY_FILE,
+                   report_html=out / html_path.name, report_md=out / md_path.name,
+                   curves_png=(out / png.name) if png else None)
 
 
 def _build_model(ctx: _RunContext) -> Any:
