@@ -65,7 +65,8 @@ def fine_tune(
         data_dir=Path(dataset.path), model=base_model, strategy=strategy, out_dir=Path(model.path),
         epochs=epochs or None, max_steps=max_steps or None, learning_rate=learning_rate or None,
         head_learning_rate=head_learning_rate or None, llrd=llrd, l2sp=l2sp, batch_size=batch_size or None,
-        max_length=max_length or None, image_size=image_size or None, warmup_ratio=None if warmup_ratio < 0 else warmup_ratio,
+        max_length=max_length or None, image_size=image_size or None,
+        warmup_ratio=None if warmup_ratio < 0 else warmup_ratio,
         weight_decay=None if weight_decay < 0 else weight_decay, scheduler=scheduler or None,
         unfreeze_top_layers=unfreeze_top_layers, early_stopping_patience=early_stopping_patience,
         augment=augment, class_weights=class_weights, preserve_source=preserve_source and not is_image,
@@ -89,6 +90,7 @@ def fine_tune(
     metrics.log_metric("trainable_params", float(summary["parameters"]["trainable"]))
     shutil.copyfile(out / summary["artifacts"]["report_html"], report.path)
     Path(metrics.path).write_text(json.dumps(metrics.metadata, indent=2), encoding="utf-8")
-    model.metadata.update({"strategy": strategy, "base_model": base_model, "framework": "pytorch" if is_image else "transformers"})
+    framework = "pytorch" if is_image else "transformers"
+    model.metadata.update({"strategy": strategy, "base_model": base_model, "framework": framework})
     outputs = namedtuple("FineTuneOutputs", ["validation_metric", "strategy"])
     return outputs(float(best if best is not None else 0.0), strategy)
