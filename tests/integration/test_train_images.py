@@ -186,3 +186,13 @@ def test_two_cpu_processes_fine_tune_an_image_model(digits, tmp_path):
     assert json.loads(completed.stdout.strip().splitlines()[-1]) == summary
     assert summary["world_size"] == 2 and summary["resolved"]["effective_batch_size"] == 16
     assert load_image_classifier(out).config.labels == [str(i) for i in range(10)]
+
+
+@pytest.mark.gpu
+def test_mixed_precision_fine_tune_on_a_cuda_gpu(digits, tmp_path):
+    """precision auto on CUDA: bf16 where supported, else fp16; the saved model still evaluates in fp32."""
+    result = run_training(_config(digits, tmp_path / "gpu", strategy="full", max_steps=20))
+    assert result.device == "cuda"
+    assert result.precision == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    assert _validation_accuracy(tmp_path / "gpu", digits) == pytest.approx(result.validation_metrics["accuracy"],
+                                                                          abs=0.01)
