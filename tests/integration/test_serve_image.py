@@ -223,11 +223,12 @@ def test_cli_deploy_of_an_image_export(deployed, image_export, server, tmp_path)
     result = CliRunner().invoke(app, [
         "deploy", "--onnx", str(image_export.export_dir), "--name", NAME, "--mode", "triton",
         "--repository", str(server.repository), "--triton-url", server.http_url, "--api-key-env", "",
-        "--instance-kind", "cpu", "--output", str(tmp_path / "record.json")])
+        "--instance-kind", "cpu", "--output", str(tmp_path / "record.json"),
+        "--smoke-data", str(image_export.data_dir), "--smoke-count", "3"])
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "record.json").read_text())
     assert record["version"] == deployed.version + 1 and record["previous_version"] == deployed.version
-    assert record["smoke_test"]["passed"] and record["smoke_test"]["inputs"] == 4  # generated images
+    assert record["smoke_test"]["passed"] and record["smoke_test"]["inputs"] == 3  # test-split images
     with TritonControl(server.http_url) as control:
         assert control.ready_versions(NAME) == [record["version"]]
 
