@@ -227,28 +227,29 @@ def supports_image_feature_cache(model: Any) -> bool:
     return _head_module_name(model) is not None
 
 
-class ImageHeadModel:
-    """Factory of the head-only model trained on cached features (modules shared with the full model)."""
+def build_image_head_model(model: Any) -> Any:
+    """Return an ``nn.Module`` ``features -> head`` that shares the head's parameters with ``model``.
 
-    @staticmethod
-    def build(model: Any) -> Any:
-        """Return an ``nn.Module`` ``features -> head`` that shares the head's parameters with ``model``."""
-        import torch.nn as nn
-        from transformers.modeling_outputs import ImageClassifierOutput
+    Raises:
+        ModelError: The head is not one module (no cached-feature path).
 
-        name = _head_module_name(model)
-        if name is None:
-            raise ModelError(f"{type(model).__name__}: no single head module; cannot train on cached features")
+    """
+    import torch.nn as nn
+    from transformers.modeling_outputs import ImageClassifierOutput
 
-        class _Head(nn.Module):
-            def __init__(self, head: nn.Module) -> None:
-                super().__init__()
-                self.head = head
+    name = _head_module_name(model)
+    if name is None:
+        raise ModelError(f"{type(model).__name__}: no single head module; cannot train on cached features")
 
-            def forward(self, features: Any, labels: Any = None) -> Any:
-                return ImageClassifierOutput(logits=self.head(features))
+    class _Head(nn.Module):
+        def __init__(self, head: nn.Module) -> None:
+            super().__init__()
+            self.head = head
 
-        return _Head(getattr(model, name))
+        def forward(self, features: Any, labels: Any = None) -> Any:
+            return ImageClassifierOutput(logits=self.head(features))
+
+    return _Head(getattr(model, name))
 
 
 def compute_head_inputs(model: Any, dataset: ImageDataset, batch_size: int) -> Any:

@@ -600,13 +600,13 @@ def _run_trained(ctx: _RunContext) -> TrainResult:
         cache_started = time.perf_counter()
         model.to(args.device)
         if ctx.image is not None:
-            from transferkit.train.image_task import ImageHeadModel
+            from transferkit.train.image_task import build_image_head_model
 
             features, cache_path, hit = ctx.image.cached_features(
                 model, Path(ctx.resolved.path), {"train": train_ds, "validation": eval_ds}, ctx.digests,
                 hp["eval_batch_size"],
             )
-            head_model = ImageHeadModel.build(model)
+            head_model = build_image_head_model(model)
         else:
             features, cache_path, hit = cached_features(
                 model, Path(ctx.resolved.path), {"train": train_ds, "validation": eval_ds}, ctx.tokenizer,
