@@ -69,3 +69,43 @@ def write_image_model(out: Path, labels: list[str], image_size: int = 32, seed: 
     base.update(image_size=image_size, resize_size=None)
     preprocessing = ImagePreprocessConfig.from_dict(base)
     return save_image_classifier(model, out, labels, preprocessing)
+
+
+def tiny_transformers_image_model(kind: str, num_labels: int = 3):  # type: ignore[no-untyped-def]
+    """A seeded, randomly initialised tiny transformers image classifier (resnet, vit, convnext, efficientnet)."""
+    import torch
+    from transformers import (
+        ConvNextConfig,
+        ConvNextForImageClassification,
+        EfficientNetConfig,
+        EfficientNetForImageClassification,
+        ResNetConfig,
+        ResNetForImageClassification,
+        ViTConfig,
+        ViTForImageClassification,
+    )
+
+    torch.manual_seed(0)
+    if kind == "resnet":
+        return ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                                                         num_labels=num_labels))
+    if kind == "vit":
+        return ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=2,
+                                                   num_attention_heads=2, intermediate_size=32,
+                                                   num_labels=num_labels))
+    if kind == "convnext":
+        return ConvNextForImageClassification(ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2,
+                                                             num_labels=num_labels))
+    return EfficientNetForImageClassification(EfficientNetConfig(image_size=32, width_coefficient=0.1,
+                                                                 depth_coefficient=0.2, hidden_dim=64,
+                                                                 num_labels=num_labels))
+
+
+def write_tiny_transformers_image_model(kind: str, root: Path) -> Path:
+    """Save :func:`tiny_transformers_image_model` with an HF ``preprocessor_config.json`` (32 x 32 inputs)."""
+    model_dir = root / kind
+    tiny_transformers_image_model(kind).save_pretrained(model_dir)
+    processor = ({"size": {"shortest_edge": 32}, "crop_pct": 0.875, "resample": 3} if kind == "resnet"
+                 else {"size": {"height": 32, "width": 32}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3})
+    (model_dir / "preprocessor_config.json").write_text(json.dumps(processor))
+    return model_dir

@@ -13,7 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.helpers import prepare_image_data, write_image_model, write_movie_slice
+from tests.helpers import prepare_image_data, write_image_model, write_movie_slice, write_tiny_transformers_image_model
 from transferkit.cli.main import app
 from transferkit.data.prepared import load_prepared
 from transferkit.errors import ConfigError, ModelError
@@ -196,3 +196,25 @@ def test_mixed_precision_fine_tune_on_a_cuda_gpu(digits, tmp_path):
     assert result.precision == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
     assert _validation_accuracy(tmp_path / "gpu", digits) == pytest.approx(result.validation_metrics["accuracy"],
                                                                           abs=0.01)
+
+
+@pytest.mark.parametrize("kind", ["resnet", "vit", "convnext"])
+def test_transformers_image_classifiers_train_by_stage_and_export(kind, digits, tmp_path):
+    """Any transformers image classifier directory: cached-feature head, LLRD by stage, export with parity."""
+    from transferkit.export.config import ExportConfig
+    from transferkit.export.step import export_model
+
+    base = write_tiny_transformers_image_model(kind, tmp_path)
+    head = run_training(TrainConfig(data_dir=digits, model=str(base), strategy="feature_extraction", epochs=2,
+                                    out_dir=tmp_path / "fe"))
+    assert head.feature_cache["used"] is True
+    full = run_training(TrainConfig(data_dir=digits, model=str(base), strategy="full", max_steps=8, llrd=0.5,
+                                    out_dir=tmp_path / "full"))
+    groups = read_json(tmp_path / "full" / "training_summary.json")["resolved"]["param_groups"]
+    lrs = {g["group"]: g["lr"] for g in groups}
+    assert lrs["embeddings"] < min(v for k, v in lrs.items() if k.startswith("layer."))
+    assert _validation_accuracy(tmp_path / "full", digits) == pytest.approx(full.validation_metrics["accuracy"],
+                                                                            abs=1e-9)
+    exported = export_model(ExportConfig(model_dir=tmp_path / "full", data_dir=digits, out_dir=tmp_path / "onnx",
+                                         max_drop=100.0))
+    assert exported.parity_max_abs_diff < 1e-3 and "qdq" in exported.variants

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from tests.helpers import tiny_transformers_image_model, write_tiny_transformers_image_model
 from transferkit.data.prepare import DataPrepConfig, prepare_dataset
 from transferkit.data.prepared import PreparedDataset, load_prepared
 from transferkit.errors import DataError, ModelError, UnsafeModelError
@@ -105,46 +105,9 @@ def test_lite_save_load_round_trip_gives_identical_logits(digits, tmp_path):
     assert torch.equal(fewer.encoder._conv_head.weight, model.encoder._conv_head.weight)
 
 
-def _tiny_transformers(kind: str, num_labels: int = 3):
-    from transformers import (
-        ConvNextConfig,
-        ConvNextForImageClassification,
-        EfficientNetConfig,
-        EfficientNetForImageClassification,
-        ResNetConfig,
-        ResNetForImageClassification,
-        ViTConfig,
-        ViTForImageClassification,
-    )
-
-    torch.manual_seed(0)
-    if kind == "resnet":
-        return ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
-                                                         num_labels=num_labels))
-    if kind == "vit":
-        return ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=2,
-                                                   num_attention_heads=2, intermediate_size=32,
-                                                   num_labels=num_labels))
-    if kind == "convnext":
-        return ConvNextForImageClassification(ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2,
-                                                             num_labels=num_labels))
-    return EfficientNetForImageClassification(EfficientNetConfig(image_size=32, width_coefficient=0.1,
-                                                                 depth_coefficient=0.2, hidden_dim=64,
-                                                                 num_labels=num_labels))
-
-
-def _save_tiny(kind: str, root: Path) -> Path:
-    model_dir = root / kind
-    _tiny_transformers(kind).save_pretrained(model_dir)
-    processor = ({"size": {"shortest_edge": 32}, "crop_pct": 0.875, "resample": 3} if kind == "resnet"
-                 else {"size": {"height": 32, "width": 32}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3})
-    (model_dir / "preprocessor_config.json").write_text(json.dumps(processor))
-    return model_dir
-
-
 @pytest.mark.parametrize("kind", ["resnet", "vit"])
 def test_tiny_transformers_model_loads_trains_and_round_trips(kind, digits, tmp_path):
-    model_dir = _save_tiny(kind, tmp_path)
+    model_dir = write_tiny_transformers_image_model(kind, tmp_path)
     model = load_image_classifier(model_dir, labels=digits.labels)
     assert model.config.num_labels == 10 and model.config.id2label[3] == digits.labels[3]
     preprocessor = load_image_preprocessor(model_dir)
@@ -174,7 +137,7 @@ def test_tiny_transformers_model_loads_trains_and_round_trips(kind, digits, tmp_
 
 
 def test_same_size_head_with_other_labels_is_reinitialised(tmp_path):
-    model_dir = _save_tiny("resnet", tmp_path)
+    model_dir = write_tiny_transformers_image_model("resnet", tmp_path)
     first = load_image_classifier(model_dir)
     relabelled = load_image_classifier(model_dir, labels=["cat", "dog", "owl"])
     assert relabelled.config.id2label == {0: "cat", 1: "dog", 2: "owl"}
@@ -206,7 +169,7 @@ def test_stage_groups_efficientnet_lite0():
      ("efficientnet", "embeddings", None)],
 )
 def test_stage_groups_transformers(kind, stem, blocks):
-    groups = _check_groups(_tiny_transformers(kind), stem)
+    groups = _check_groups(tiny_transformers_image_model(kind), stem)
     middle = [name for name, _ in groups[1:-1] if name != "top"]
     assert middle == [f"{middle[0].split('.')[0]}.{i}" for i in range(len(middle))]
     if blocks is not None:
@@ -227,7 +190,7 @@ def test_text_model_is_not_an_image_model():
 
 
 def test_directory_without_weights(tmp_path):
-    model_dir = _save_tiny("resnet", tmp_path)
+    model_dir = write_tiny_transformers_image_model("resnet", tmp_path)
     (model_dir / "model.safetensors").unlink()
     with pytest.raises(ModelError, match="no weights found") as caught:
         load_image_classifier(model_dir)
@@ -235,7 +198,7 @@ def test_directory_without_weights(tmp_path):
 
 
 def test_pickle_only_weights_refused(tmp_path):
-    model_dir = _save_tiny("resnet", tmp_path)
+    model_dir = write_tiny_transformers_image_model("resnet", tmp_path)
     (model_dir / "model.safetensors").rename(model_dir / "pytorch_model.bin")
     with pytest.raises(UnsafeModelError, match="pytorch_model.bin"):
         load_image_classifier(model_dir)
