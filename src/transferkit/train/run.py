@@ -337,9 +337,7 @@ def _run_image_off_the_shelf(ctx: _RunContext) -> TrainResult:
     from transferkit.evaluate.image_inference import predict_image_proba
     from transferkit.evaluate.inference import select_device
     from transferkit.models.vision import load_image_classifier
-    from transferkit.train.diagnostics import Curves
     from transferkit.train.modeling import count_parameters
-    from transferkit.train.report import write_training_report
     from transferkit.train.zeroshot import head_permutation, reorder_head
 
     config = ctx.config
@@ -375,16 +373,30 @@ def _run_image_off_the_shelf(ctx: _RunContext) -> TrainResult:
         return _result(ctx, core, written=False, checkpoint_dir=None)
     with atomic_output_dir(config.out_dir) as tmp:
         ctx.image.save(tmp, model, ctx.labels)
-        summary = _summary(ctx, core)
-        md_path, html_path, png = write_training_report(tmp, ctx, core, Curves(), stem=REPORT_STEM,
-                                                        curves_name=CURVES_FILE)
-        summary["artifacts"] = {"report_html": html_path.name, "report_md": md_path.name,
-                                "curves_png": png.name if png else None, "log_history": None, "tensorboard": None}
-        write_json(tmp / SUMMARY_FILE, summary)
-    out = config.out_dir.absolute()
+        artifacts = _write_untrained_reports(tmp, ctx, core)
+    return _untrained_result(ctx, core, artifacts)
+
+
+def _write_untrained_reports(directory: Path, ctx: _RunContext, core: dict[str, Any]) -> dict[str, Any]:
+    """Write the summary and report of a run that packaged a model without training; return the artifact names."""
+    from transferkit.train.diagnostics import Curves
+    from transferkit.train.report import write_training_report
+
+    summary = _summary(ctx, core)
+    md_path, html_path, png = write_training_report(directory, ctx, core, Curves(), stem=REPORT_STEM,
+                                                    curves_name=CURVES_FILE)
+    summary["artifacts"] = {"report_html": html_path.name, "report_md": md_path.name,
+                            "curves_png": png.name if png else None, "log_history": None, "tensorboard": None}
+    write_json(directory / SUMMARY_FILE, summary)
+    return summary["artifacts"]
+
+
+def _untrained_result(ctx: _RunContext, core: dict[str, Any], artifacts: dict[str, Any]) -> TrainResult:
+    out = ctx.config.out_dir.absolute()
+    png = artifacts["curves_png"]
     return _result(ctx, core, written=True, checkpoint_dir=None, summary_path=out / SUMMARY_FILE,
-                   report_html=out / html_path.name, report_md=out / md_path.name,
-                   curves_png=(out / png.name) if png else None)
+                   report_html=out / artifacts["report_html"], report_md=out / artifacts["report_md"],
+                   curves_png=(out / png) if png else None)
 
 
 def _build_model(ctx: _RunContext) -> Any:
@@ -1025,17 +1037,6 @@ def _run_off_the_shelf(ctx: _RunContext) -> TrainResult:
             core["preserve_source"] = _preserve_source(ctx, tmp)
             core["validation_before_preserve"] = core["validation"]
             core["validation"] = evaluate_model_dir(tmp, ctx)
-        from transferkit.train.diagnostics import Curves
-        from transferkit.train.report import write_training_report
-
-        summary = _summary(ctx, core)
-        md_path, html_path, png = write_training_report(tmp, ctx, core, Curves(), stem=REPORT_STEM,
-                                                        curves_name=CURVES_FILE)
-        summary["artifacts"] = {"report_html": html_path.name, "report_md": md_path.name,
-                                "curves_png": png.name if png else None, "log_history": None, "tensorboard": None}
-        write_json(tmp / SUMMARY_FILE, summary)
-    out = config.out_dir.absolute()
+        artifacts = _write_untrained_reports(tmp, ctx, core)
     del precision
-    return _result(ctx, core, written=True, checkpoint_dir=None, summary_path=out / SUMMARY_FILE,
-                   report_html=out / html_path.name, report_md=out / md_path.name,
-                   curves_png=(out / png.name) if png else None)
+    return _untrained_result(ctx, core, artifacts)
