@@ -243,3 +243,16 @@ def test_load_generator_sends_images(deployed, server, test_images):
     for level in result.levels:
         assert level.requests == 32 and level.throughput_rps > 0
         assert level.server_avg_batch_size is not None and level.server_avg_batch_size >= 1.0
+
+
+def test_bench_serve_cli_sends_dataset_images(deployed, server, image_export, tmp_path):
+    result = CliRunner().invoke(app, [
+        "bench", "serve", "--model", NAME, "--http-url", server.http_url, "--grpc-url", server.grpc_url,
+        "--metrics-url", server.metrics_url, "--protocol", "http", "--concurrency", "2", "--requests", "8",
+        "--images", str(image_export.data_dir), "--output", str(tmp_path / "load.json")])
+    assert result.exit_code == 0, result.output
+    load = json.loads((tmp_path / "load.json").read_text())
+    assert load["total_errors"] == 0 and load["levels"][0]["requests"] == 8
+    (tmp_path / "empty").mkdir()
+    empty = CliRunner().invoke(app, ["bench", "serve", "--model", NAME, "--images", str(tmp_path / "empty")])
+    assert empty.exit_code == 2 and "no images found" in empty.output

@@ -21,10 +21,38 @@ def _ints(text: str) -> tuple[int, ...]:
         raise ConfigError(f"concurrency: expected comma-separated integers, got {text!r}") from exc
 
 
+MAX_IMAGES = 256
+
+
+def _load_images(path: Path) -> tuple[bytes, ...]:
+    """Encoded images from a prepared image dataset (its test split) or a folder of image files (recursive).
+
+    Raises:
+        ConfigError: The path holds no images.
+    """
+    from transferkit.data.images import IMAGE_SUFFIXES
+    from transferkit.data.prepared import load_prepared
+    from transferkit.errors import ConfigError
+
+    if (path / "schema.json").is_file():
+        images = load_prepared(path).images("test")[:MAX_IMAGES]
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        images = [p.read_bytes() for p in files[:MAX_IMAGES]]
+    else:
+        raise ConfigError(f"--images {path}: not a directory (expected a prepared image dataset or image files)")
+    if not images:
+        raise ConfigError(f"--images {path}: no images found (PNG, JPEG, BMP, GIF or WebP files, or a prepared "
+                          "image dataset with a test split)")
+    return tuple(images)
+
+
 @app.command("serve")
 @handle_errors
 def serve(
     model: str = typer.Option(..., "--model", "-m", help="Model to call (text ensemble: BYTES input 'text')."),
+    images: Path = typer.Option(None, help="Image models: a prepared image dataset (test split) or a folder of "
+                                           "image files to send instead of sentences."),
     http_url: str = typer.Option("http://127.0.0.1:8000", help="Triton HTTP endpoint."),
     grpc_url: str = typer.Option("127.0.0.1:8001", help="Triton gRPC endpoint (host:port)."),
     metrics_url: str = typer.Option("http://127.0.0.1:8002/metrics", help="Prometheus metrics ('' to skip)."),
@@ -47,7 +75,7 @@ def serve(
                         batch_model=batch_model or None,
                         protocols=tuple(p.strip() for p in protocol.split(",") if p.strip()),
                         concurrency=_ints(concurrency), requests=requests, duration_s=duration,
-                        allow_remote=allow_remote)
+                        allow_remote=allow_remote, images=_load_images(images) if images else None)
     result = run_load(config)
     console.print(f"{'protocol':<8} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
                   f"{'errors':>6} {'batch':>6}")
