@@ -17,17 +17,15 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from transferkit.data import image_stats
 from transferkit.data import splits as splitting
 from transferkit.data.images import DecodedImage, ImageItem, ImageSource, decode_image, open_image_source, read_item
-from transferkit.data.prepare import DataPrepConfig, DataPrepResult, _check_out, split_metrics
+from transferkit.data.prepare import DataPrepConfig, DataPrepResult, _check_out, split_metrics, write_prepared
 from transferkit.data.prepared import FORMAT_VERSION, SPLITS
 from transferkit.data.sources import SourceFile
 from transferkit.data.validate import check_classes, check_stratifiable, encode_labels, sorted_label_names
-from transferkit.errors import ConfigError, DataError
-from transferkit.io import atomic_output_dir, write_json
+from transferkit.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -134,35 +132,9 @@ def prepare_images(config: DataPrepConfig) -> DataPrepResult:
     sheets = image_stats.contact_sheets(tables, names, config.seed)
     stats["contact_sheets"] = sorted(sheets)
     report = image_stats.build_report(stats, tables, sheets)
-    try:
-        with atomic_output_dir(config.out) as tmp:
-            for split in SPLITS:
-                pq.write_table(tables[split], tmp / f"{split}.parquet")
-            write_json(tmp / "labels.json", names)
-            write_json(tmp / "schema.json", _schema(config, names, tables, source))
-            write_json(tmp / "stats.json", stats)
-            md_path, html_path = report.write(tmp, stem="report")
-    except OSError as exc:
-        raise ConfigError(f"out: cannot write {config.out} ({exc.strerror or type(exc).__name__})") from None
-    out = Path(config.out).absolute()
-    logger.info("Prepared %s -> %s in %.1f s (%d/%d/%d images)", config.dataset, out,
-                time.perf_counter() - started, *stats["rows"].values())
-    return DataPrepResult(
-        out_dir=out,
-        split_paths={split: out / f"{split}.parquet" for split in SPLITS},
-        labels_path=out / "labels.json",
-        schema_path=out / "schema.json",
-        stats_path=out / "stats.json",
-        report_md=out / md_path.name,
-        report_html=out / html_path.name,
-        rows=dict(stats["rows"]),
-        labels=names,
-        num_labels=len(names),
-        source_rows=source_rows,
-        duplicates_removed=leakage.total,
-        warnings=list(stats["warnings"]),
-        metrics=_metrics(stats),
-        task=config.task,
+    return write_prepared(
+        config, tables, names, _schema(config, names, tables, source), stats, report, started, source_rows,
+        leakage.total, unit="images", metrics=_metrics(stats),
         image_size={"width": dict(stats["image_size"]["width"]), "height": dict(stats["image_size"]["height"])},
         modes=dict(stats["modes"]),
     )

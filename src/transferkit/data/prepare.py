@@ -317,37 +317,55 @@ def prepare_dataset(config: DataPrepConfig) -> DataPrepResult:
     stats, tokens, words = _statistics(config, model, tables, names, leakage, train_duplicates, source_rows,
                                        split_info)
     report = statistics.build_report(stats, tokens, words)
+    schema = _schema(config, names, tables, len(files))
+    return write_prepared(config, tables, names, schema, stats, report, started, source_rows, leakage.total,
+                          unit="rows", metrics=_metrics(stats), token_length=dict(stats["token_length"]),
+                          truncation_rate=stats["truncation_rate"])
+
+
+def write_prepared(config: DataPrepConfig, tables: dict[str, pa.Table], names: list[str], schema: dict[str, Any],
+                   stats: dict[str, Any], report: Any, started: float, source_rows: int, duplicates_removed: int,
+                   *, unit: str, metrics: dict[str, float], **task_fields: Any) -> DataPrepResult:
+    """Write the splits, labels, schema, statistics and report atomically; return the step's result.
+
+    Shared by text and image data prep; ``metrics`` are the task's KFP metrics and ``task_fields`` its own
+    :class:`DataPrepResult` fields.
+
+    Raises:
+        ConfigError: ``out`` cannot be written.
+
+    """
     try:
         with atomic_output_dir(config.out) as tmp:
             for split in SPLITS:
                 pq.write_table(tables[split], tmp / f"{split}.parquet")
             write_json(tmp / "labels.json", names)
-            write_json(tmp / "schema.json", _schema(config, names, tables, len(files)))
+            write_json(tmp / "schema.json", schema)
             write_json(tmp / "stats.json", stats)
             md_path, html_path = report.write(tmp, stem="report")
-            md_name, html_name = md_path.name, html_path.name
     except OSError as exc:
         raise ConfigError(f"out: cannot write {config.out} ({exc.strerror or type(exc).__name__})") from None
     out = Path(config.out).absolute()
     elapsed = time.perf_counter() - started
-    logger.info("Prepared %s -> %s in %.1f s (%d/%d/%d rows)", config.dataset, out, elapsed, *stats["rows"].values())
+    logger.info("Prepared %s -> %s in %.1f s (%d/%d/%d %s)", config.dataset, out, elapsed, *stats["rows"].values(),
+                unit)
     return DataPrepResult(
         out_dir=out,
         split_paths={split: out / f"{split}.parquet" for split in SPLITS},
         labels_path=out / "labels.json",
         schema_path=out / "schema.json",
         stats_path=out / "stats.json",
-        report_md=out / md_name,
-        report_html=out / html_name,
+        report_md=out / md_path.name,
+        report_html=out / html_path.name,
         rows=dict(stats["rows"]),
         labels=names,
         num_labels=len(names),
         source_rows=source_rows,
-        duplicates_removed=leakage.total,
-        token_length=dict(stats["token_length"]),
-        truncation_rate=stats["truncation_rate"],
+        duplicates_removed=duplicates_removed,
         warnings=list(stats["warnings"]),
-        metrics=_metrics(stats),
+        metrics=metrics,
+        task=config.task,
+        **task_fields,
     )
 
 
