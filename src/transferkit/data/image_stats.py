@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from transferkit.data.splits import SPLITS
-from transferkit.data.stats import class_balance_figure, summarize
+from transferkit.data.stats import add_class_balance, labels_cell, summarize
 from transferkit.reporting import Report
 
 SHEET_COLUMNS = 4
@@ -140,18 +140,14 @@ def build_report(stats: dict[str, Any], tables: dict[str, pa.Table], sheets: dic
         ["images used", stats["rows_used"]],
         ["train / validation / test", f"{rows['train']} / {rows['validation']} / {rows['test']}"],
         ["split", stats["split"]["mode"] + f" (seed {stats['split']['seed']})"],
-        ["labels", f"{stats['num_labels']}: " + ", ".join(stats["labels"][:20])
-         + (" ..." if stats["num_labels"] > 20 else "")],
+        ["labels", labels_cell(stats)],
         ["duplicate images removed from validation / test (leakage)",
          f"{stats['duplicates_removed']['validation']} / {stats['duplicates_removed']['test']}"],
         ["duplicate images within train (kept)", stats["duplicates_within_train"]],
         ["class imbalance (largest / smallest)", f"{stats['imbalance_ratio']:g}"],
     ])
-    report.heading("Class balance")
-    balance = stats["class_balance"]
-    names = stats["labels"]
-    report.table(["label", *SPLITS], [[n, *(balance[s][n] for s in SPLITS)] for n in names[:100]])
-    report.figure("class_balance.png", class_balance_figure(balance, names), "Images per class in each split")
+    add_class_balance(report, stats, "Images")
+    balance, names = stats["class_balance"], stats["labels"]
     report.heading("Image sizes")
     report.table(["", "min", "mean", "p50", "p95", "p99", "max"], [
         [name, *(sizes[name][k] for k in ("min", "mean", "p50", "p95", "p99", "max"))]

@@ -182,6 +182,20 @@ def _number(value: float) -> int | str:
     return int(value) if float(value).is_integer() else f"{value:g}"
 
 
+def labels_cell(stats: dict[str, Any]) -> str:
+    """The report's "labels" cell: the count and the first 20 names."""
+    return f"{stats['num_labels']}: " + ", ".join(stats["labels"][:20]) + (" ..." if stats["num_labels"] > 20 else "")
+
+
+def add_class_balance(report: Any, stats: dict[str, Any], unit: str) -> None:
+    """Add the class-balance section (per-split counts of the first 100 labels and the bar chart) to a report."""
+    report.heading("Class balance")
+    balance = stats["class_balance"]
+    names = stats["labels"]
+    report.table(["label", *SPLITS], [[n, *(balance[s][n] for s in SPLITS)] for n in names[:100]])
+    report.figure("class_balance.png", class_balance_figure(balance, names), f"{unit} per class in each split")
+
+
 def build_report(stats: dict[str, Any], tokens: np.ndarray, words: np.ndarray) -> Report:
     """The Markdown/HTML data report: summary, class balance chart, length histograms, warnings."""
     report = Report(f"Data preparation: {stats['source']}")
@@ -194,18 +208,13 @@ def build_report(stats: dict[str, Any], tokens: np.ndarray, words: np.ndarray) -
         ["train / validation / test", f"{rows['train']} / {rows['validation']} / {rows['test']}"],
         ["split", stats["split"]["mode"] + (f" (seed {stats['split']['seed']})" if stats["split"].get("seed")
                                             is not None else "")],
-        ["labels", f"{stats['num_labels']}: " + ", ".join(stats["labels"][:20])
-         + (" ..." if stats["num_labels"] > 20 else "")],
+        ["labels", labels_cell(stats)],
         ["duplicates removed from validation / test (leakage)",
          f"{stats['duplicates_removed']['validation']} / {stats['duplicates_removed']['test']}"],
         ["duplicate texts within train (kept)", stats["duplicates_within_train"]],
         ["class imbalance (largest / smallest)", f"{stats['imbalance_ratio']:g}"],
     ])
-    report.heading("Class balance")
-    balance = stats["class_balance"]
-    names = stats["labels"]
-    report.table(["label", *SPLITS], [[n, *(balance[s][n] for s in SPLITS)] for n in names[:100]])
-    report.figure("class_balance.png", class_balance_figure(balance, names), "Rows per class in each split")
+    add_class_balance(report, stats, "Rows")
     report.heading("Lengths")
     tok = stats["token_length"]
     report.paragraph(
