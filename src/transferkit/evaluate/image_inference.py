@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,23 @@ THUMBNAIL_SIZE = 96
 
 def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:
     return [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+
+
+def pixel_batches(preprocessor: Any, images: Sequence[bytes], *, batch_size: int, device: Any, desc: str,
+                  where: str, progress: bool) -> Iterator[Any]:
+    """Preprocess ``images`` batch by batch (evaluation transform) into tensors on ``device``, with progress.
+
+    Raises:
+        DataError: An image cannot be decoded (the message names ``where`` and the row).
+
+    """
+    import torch
+
+    spans = _batches(len(images), batch_size)
+    with _progress(len(spans), desc, progress) as bar:
+        for start, stop in spans:
+            yield torch.stack([preprocessor(images[i], f"{where} row {i}") for i in range(start, stop)]).to(device)
+            bar.update(1)
 
 
 def _logits(model: Any, pixel_values: Any) -> Any:
@@ -74,14 +91,12 @@ def predict_image_proba(
 
     device = device or select_device()
     model.to(device).eval()
-    spans = _batches(len(images), batch_size)
     chunks: list[np.ndarray] = []
-    with torch.inference_mode(), _progress(len(spans), desc, progress) as bar:
-        for start, stop in spans:
-            pixels = torch.stack([preprocessor(images[i], f"{where} row {i}") for i in range(start, stop)])
-            logits = _logits(model, pixels.to(device))
+    with torch.inference_mode():
+        for pixels in pixel_batches(preprocessor, images, batch_size=batch_size, device=device, desc=desc,
+                                    where=where, progress=progress):
+            logits = _logits(model, pixels)
             chunks.append(torch.softmax(logits.detach().to("cpu", torch.float64), dim=-1).numpy())
-            bar.update(1)
     if not chunks:
         return np.zeros((0, int(model.config.num_labels)), dtype=np.float64)
     return np.concatenate(chunks, axis=0)
@@ -197,12 +212,11 @@ def stage_features(
     handles = [named[name].register_forward_hook(hook_for(name)) for _, modules in stages for name in modules]
     chunks: list[list[np.ndarray]] = []
     try:
-        spans = _batches(len(images), batch_size)
-        with torch.inference_mode(), _progress(len(spans), desc, progress) as bar:
-            for start, stop in spans:
+        with torch.inference_mode():
+            for pixels in pixel_batches(preprocessor, images, batch_size=batch_size, device=device, desc=desc,
+                                        where=where, progress=progress):
                 calls.clear()
-                pixels = torch.stack([preprocessor(images[i], f"{where} row {i}") for i in range(start, stop)])
-                _logits(model, pixels.to(device))
+                _logits(model, pixels)
                 batch: list[np.ndarray] = []
                 for stage, modules in stages:
                     ran = [calls[m] for m in modules if m in calls]
@@ -210,7 +224,6 @@ def stage_features(
                         raise ModelError(f"{type(model).__name__}: stage {stage} did not run in the forward pass")
                     batch.append(max(ran, key=lambda item: item[0])[1].numpy())
                 chunks.append(batch)
-                bar.update(1)
     finally:
         for handle in handles:
             handle.remove()

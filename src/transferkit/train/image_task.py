@@ -255,7 +255,8 @@ def build_image_head_model(model: Any) -> Any:
 def compute_head_inputs(model: Any, dataset: ImageDataset, batch_size: int) -> Any:
     """Run the frozen model in eval mode and capture the input of its head for every image."""
     import torch
-    from tqdm.auto import tqdm
+
+    from transferkit.evaluate.image_inference import pixel_batches
 
     head = getattr(model, _head_module_name(model) or "")
     captured: list[Any] = []
@@ -265,10 +266,10 @@ def compute_head_inputs(model: Any, dataset: ImageDataset, batch_size: int) -> A
     model.eval()
     try:
         with torch.inference_mode():
-            for start in tqdm(range(0, len(dataset), batch_size), desc=f"features[{dataset.split.name}]",
-                              leave=False, disable=len(dataset) <= batch_size):
-                batch = [dataset[i]["pixel_values"] for i in range(start, min(start + batch_size, len(dataset)))]
-                model(pixel_values=torch.stack(batch).to(device))
+            for pixels in pixel_batches(dataset.preprocessor, dataset.split.images, batch_size=batch_size,
+                                        device=device, desc=f"features[{dataset.split.name}]",
+                                        where=f"{dataset.split.name}.parquet", progress=len(dataset) > batch_size):
+                model(pixel_values=pixels)
     finally:
         handle.remove()
         model.train(was_training)
