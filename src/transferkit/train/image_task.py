@@ -185,11 +185,6 @@ def freeze_image_model(model: Any, strategy: str, unfreeze_top_layers: int = 0) 
         if params and not any(p.requires_grad for p in params):
             pin_eval(module)
     base_frozen = not any(p.requires_grad for n, p in model.named_parameters() if layout.classify(n)[0] != "head")
-    if base_frozen:
-        prefix = getattr(model, "base_model_prefix", "")
-        base = getattr(model, prefix, None) if prefix else None
-        if base is not None and hasattr(base, "named_modules"):
-            pin_eval(base)
     return {"layout": layout, "trainable_layers": trainable_layers, "base_frozen": base_frozen}
 
 
