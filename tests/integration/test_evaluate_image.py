@@ -21,17 +21,8 @@ from transferkit.errors import DataError, EvaluationError, GateFailedError
 from transferkit.evaluate import EvaluateConfig, evaluate_model
 from transferkit.models.vision import load_image_classifier, load_image_preprocessor
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small inputs on shared cores: one intra-op thread is as fast and does not stall when cores are busy."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from transferkit.errors import ForgettingGateError
 from transferkit.evaluate import EvaluateConfig, ForgettingConfig, check_forgetting, evaluate_model
 from transferkit.models.vision import load_image_classifier, save_image_classifier
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
 runner = CliRunner()
 PREPROCESSING = ImagePreprocessConfig(image_size=28)
 
@@ -44,15 +44,6 @@ def _fit(model, x, y, *, steps, lr, seed, batch=64):
         optimizer.step()
         optimizer.zero_grad()
     return model.eval()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small models on shared cores: one intra-op thread is as fast and does not stall when cores are busy."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
