@@ -26,7 +26,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     skip_cluster = pytest.mark.skip(reason="needs a real Kubernetes cluster (set TRANSFERKIT_CLUSTER_TESTS=1)")
     has_gpu = _has_cuda()
+    from transferkit.hardware import detect_cpu
+
+    cpu = detect_cpu()
+    skip_vnni = pytest.mark.skip(reason=f"needs VNNI/AMX; this CPU ({cpu.model}) has {cpu.int8_isa}")
     for item in items:
+        if "vnni" in item.keywords and not cpu.exact_u8s8:
+            item.add_marker(skip_vnni)
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(skip_gpu)
         if "cluster" in item.keywords and not os.environ.get("TRANSFERKIT_CLUSTER_TESTS"):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from transferkit.errors import ConfigError
+from transferkit.export.int8 import CPU_ISAS
 
 TARGETS = ("cpu", "gpu")
 ON_DROP = ("fallback", "fail")
@@ -103,6 +104,11 @@ class ExportConfig:
         throughput_batch_size: Batch size of the throughput measurement (sequences or images).
         allow_pickle: Accept ``pytorch_model.bin`` weights.
         trust_remote_code: Accept models that ship custom modelling code.
+        cpu_isa: CPU int8 recipe (:mod:`transferkit.export.int8`): ``portable`` (7-bit weights, the same accuracy
+            on every CPU), ``vnni`` (8-bit weights, serve only on VNNI/AMX nodes) or ``native`` (``vnni`` when
+            this machine has VNNI, else ``portable``). Applies to the cpu target's int8 graphs.
+        agreement_sample_size: Validation inputs stored in ``agreement_sample.json`` with the fp32 graph's labels;
+            the deploy step sends them through the served model and rolls back when too few agree (0: none).
 
     """
 
@@ -126,6 +132,8 @@ class ExportConfig:
     throughput_batch_size: int = 32
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    cpu_isa: str = "portable"
+    agreement_sample_size: int = 64
 
     def __post_init__(self) -> None:
         self.model_dir = Path(self.model_dir) if not isinstance(self.model_dir, Path) else self.model_dir
@@ -135,6 +143,7 @@ class ExportConfig:
         _choice("on_drop", self.on_drop, ON_DROP)
         _choice("calibration_method", self.calibration_method, CALIBRATION_METHODS)
         _choice("gpu_prefer", self.gpu_prefer, GPU_PREFERENCES)
+        _choice("cpu_isa", self.cpu_isa, CPU_ISAS)
         if not isinstance(self.opset, int) or not MIN_OPSET <= self.opset <= MAX_OPSET:
             raise ConfigError(
                 f"opset: {self.opset!r} is not supported; expected an integer in [{MIN_OPSET}, {MAX_OPSET}]"
@@ -150,7 +159,7 @@ class ExportConfig:
         for name in ("calibration_size", "eval_batch_size", "throughput_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name}: {getattr(self, name)!r} must be >= 1")
-        for name in ("latency_runs", "throughput_runs"):
+        for name in ("latency_runs", "throughput_runs", "agreement_sample_size"):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"{name}: {getattr(self, name)!r} must be >= 0 (0 skips the measurement)")
         if self.max_eval_samples is not None and self.max_eval_samples < 1:
@@ -235,6 +244,9 @@ class ExportResult:
         max_length: Token limit of text models; None for image models.
         task: ``text-classification`` or ``image-classification``.
         input_shape: Graph input shape with -1 for dynamic axes (``[-1, -1]`` for text, ``[-1, 3, S, S]``).
+        cpu: The export node's CPU (:class:`~transferkit.hardware.CpuInfo`): where the gates ran.
+        int8_recipe: The CPU int8 recipe (:class:`~transferkit.export.int8.Int8Recipe`).
+        agreement_sample_size: Validation inputs stored with their fp32 labels for the deploy-time check.
     """
 
     out_dir: Path
@@ -258,6 +270,9 @@ class ExportResult:
     seconds: float = 0.0
     task: str = TEXT_TASK
     input_shape: list[int] = field(default_factory=list)
+    cpu: dict[str, Any] = field(default_factory=dict)
+    int8_recipe: dict[str, Any] = field(default_factory=dict)
+    agreement_sample_size: int = 0
 
     def scalar_metrics(self) -> dict[str, float]:
         """Flat numeric metrics (KFP ``Metrics`` artifact)."""

@@ -8,6 +8,8 @@ inputs/outputs, pick the graph variant and set up preprocessing. Layout of an ex
     model.qdq.onnx        static QDQ int8 (target gpu; image models on target cpu too), when kept
     model.fp16.onnx       fp16 (target gpu), when kept
     io_spec.json          this file
+    agreement_sample.json validation inputs with the fp32 graph's labels and logits: the deploy step sends them
+                          through the served model and rolls back when too few labels agree
     labels.json           label names, index = class id
     tokenizer/            tokenizer files (text models)
     preprocessor.json     image preprocessing settings (image models; the same dict as ``preprocessing``)
@@ -30,6 +32,7 @@ from transferkit.errors import ExportError
 from transferkit.io import write_json
 
 IO_SPEC_FILE = "io_spec.json"
+AGREEMENT_SAMPLE_FILE = "agreement_sample.json"
 IO_SPEC_VERSION = 1
 VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "qdq": "model.qdq.onnx", "fp16": "model.fp16.onnx"}
 
@@ -75,6 +78,10 @@ class IOSpec:
     format_version: int = IO_SPEC_VERSION
     target: str = "cpu"  # export target the variants were built for: cpu or gpu
     primary_metric_name: str = "accuracy"  # what VariantSpec.primary_metric measures (test split)
+    # Where the gates ran (transferkit.hardware.CpuInfo) and how CPU int8 graphs were quantized
+    # (transferkit.export.int8.Int8Recipe: its serving_node_labels say which nodes may serve them).
+    export_cpu: dict[str, Any] = field(default_factory=dict)
+    int8_recipe: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.recommended_variant not in self.variants:

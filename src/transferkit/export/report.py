@@ -109,6 +109,7 @@ def build_report(result: ExportResult, config: ExportConfig, model_path: Path, p
     )
     report.figure("variants.png", _chart(result, config.throughput_batch_size, item_unit),
                   "Size, accuracy and throughput per variant")
+    _cpu_section(report, result)
     if result.graph_rewrites:
         report.heading("Graph rewrites")
         report.paragraph(
@@ -123,3 +124,29 @@ def build_report(result: ExportResult, config: ExportConfig, model_path: Path, p
         f"{assets}, metrics.json, report.md, report.html."
     )
     return report
+
+
+def _cpu_section(report: Report, result: ExportResult) -> None:
+    """Where the gates ran and which serving nodes the int8 graph's measured accuracy holds on."""
+    cpu, recipe = result.cpu, result.int8_recipe
+    if not cpu or not recipe:
+        return
+    report.heading("CPU and int8 recipe")
+    if result.target != "cpu":
+        where = ("The gpu target's static QDQ graph was evaluated unfused (quantize, dequantize, float matmul): "
+                 "the int8 numerics an exact engine such as TensorRT computes, whatever this CPU's int8 kernels.")
+    elif recipe["name"] == "portable":
+        where = ("Recipe portable: 7-bit weights, so ONNX Runtime's uint8 x int8 kernels cannot saturate on any "
+                 "x86-64 or ARM CPU; the accuracy measured here holds on every serving node.")
+    else:
+        labels = " or ".join(recipe["serving_node_labels"]) or "an int8 dot-product instruction set"
+        where = (f"Recipe vnni (cpu_isa={recipe['requested']}): 8-bit weights, exact only on CPUs with VNNI/AMX; "
+                 f"serve it on nodes labelled {labels} (Helm: cpuFeatures.requireVNNI). On AVX2-only CPUs its "
+                 "int8 kernels saturate and accuracy can drop by many points.")
+        if not recipe["gate_is_representative"]:
+            where += " This export node has no VNNI: the gate measured saturating kernels, not the serving nodes'."
+    report.paragraph(
+        f"Gates ran on {cpu['model']} ({cpu['arch']}, best int8 instruction set {cpu['int8_isa']}). {where} "
+        f"The deploy step sends {result.agreement_sample_size} validation inputs (agreement_sample.json) through "
+        "the served model and rolls back when too few get the fp32 graph's label."
+    )

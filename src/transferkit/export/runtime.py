@@ -24,8 +24,17 @@ def select_providers(target: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def ort_session(path: str | Path, threads: int, providers: Sequence[str] | None = None) -> Any:
+def ort_session(path: str | Path, threads: int, providers: Sequence[str] | None = None, *,
+                optimize: bool = True) -> Any:
     """Open an inference session with full graph optimizations, as a server would run it.
+
+    Args:
+        path: ONNX file.
+        threads: Intra-op threads.
+        providers: Execution providers (default CPU).
+        optimize: False runs the graph as written: a QDQ graph then computes int8 numerics in float
+            (quantize, dequantize, float matmul) instead of fusing into the CPU's int8 kernels, i.e. what an
+            exact int8 engine (TensorRT) computes, independent of this CPU's instruction set.
 
     Raises:
         ExportError: The graph does not load.
@@ -37,7 +46,8 @@ def ort_session(path: str | Path, threads: int, providers: Sequence[str] | None 
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     options.log_severity_level = 3
     try:
         return ort.InferenceSession(str(path), sess_options=options,

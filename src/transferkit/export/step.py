@@ -27,11 +27,20 @@ from transferkit.export.config import (
     VariantResult,
     variant_plan,
 )
-from transferkit.export.io_spec import IO_SPEC_FILE, VARIANT_FILES, IOSpec, TensorSpec, VariantSpec
+from transferkit.export.int8 import Int8Recipe, choose_int8_recipe
+from transferkit.export.io_spec import (
+    AGREEMENT_SAMPLE_FILE,
+    IO_SPEC_FILE,
+    VARIANT_FILES,
+    IOSpec,
+    TensorSpec,
+    VariantSpec,
+)
 from transferkit.export.onnx_export import OUTPUT_NAME
 from transferkit.export.quantize import quantize_onnx
 from transferkit.export.runtime import measure_speed, ort_session, select_providers
 from transferkit.export.tasks import ImageTask, TextTask, load_task
+from transferkit.hardware import CpuInfo, detect_cpu
 from transferkit.io import atomic_output_dir, write_json
 
 logger = logging.getLogger(__name__)
@@ -117,20 +126,42 @@ def export_model(config: ExportConfig) -> ExportResult:
     plan = variant_plan(dataset.task, config.target, config.gpu_prefer)
     _check_data(dataset, plan)
     threads = config.resolved_threads
+    cpu = detect_cpu()
+    recipe = choose_int8_recipe(config.cpu_isa, cpu)
     with _torch_threads(threads):
         task = load_task(config, dataset)
-        logger.info("Exporting %s (%s) for target %s with %d threads", task.model_path, task.describe(),
-                    config.target, threads)
+        logger.info("Exporting %s (%s) for target %s with %d threads on %s (int8: %s); int8 recipe %s",
+                    task.model_path, task.describe(), config.target, threads, cpu.model, cpu.int8_isa, recipe.name)
         with atomic_output_dir(config.out_dir) as tmp:
-            result = _export_into(tmp, config, task, plan, threads, started)
+            result = _export_into(tmp, config, task, plan, threads, started, cpu, recipe)
     return result
 
 
 Task = TextTask | ImageTask
 
 
+def _variant_options(name: str, config: ExportConfig, task: Task, recipe: Int8Recipe) -> dict[str, Any]:
+    """``quantize_onnx`` options of one variant: calibration and layout of static QDQ, the CPU int8 recipe."""
+    options: dict[str, Any] = {}
+    if name == "qdq":
+        options = {"calibration": task.calibration_feeds(), **task.qdq_options(config.target)}
+    if name in ("int8", "qdq") and config.target == "cpu":
+        options["reduce_range"] = recipe.reduce_range
+    return options
+
+
+def _variant_session(name: str, path: Path, config: ExportConfig, threads: int, providers: list[str]) -> Any:
+    """Session of a built variant, as the accuracy gate should see it.
+
+    GPU-target QDQ on CPU runs unfused: int8 numerics as TensorRT computes them, not this CPU's int8 kernels
+    (which saturate without VNNI), so the gate does not depend on the export node.
+    """
+    emulate = name == "qdq" and config.target == "gpu" and providers == ["CPUExecutionProvider"]
+    return ort_session(path, threads, providers, optimize=not emulate)
+
+
 def _export_into(tmp: Path, config: ExportConfig, task: Task, plan: VariantPlan, threads: int,
-                 started: float) -> ExportResult:
+                 started: float, cpu: CpuInfo, recipe: Int8Recipe) -> ExportResult:
     fp32_path = tmp / VARIANT_FILES["fp32"]
     t0 = time.perf_counter()
     rewrites = task.export(fp32_path, config.opset, config.target)
@@ -148,15 +179,17 @@ def _export_into(tmp: Path, config: ExportConfig, task: Task, plan: VariantPlan,
                               seconds_to_build=round(export_seconds, 3)),
     }
     for name in plan.build:
-        options = {"calibration": task.calibration_feeds(), **task.qdq_options(config.target)} if name == "qdq" else {}
         t0 = time.perf_counter()
         path = quantize_onnx(fp32_path, tmp / VARIANT_FILES[name], mode=MODES[name],
-                             calibration_method=config.calibration_method, verify=False, **options)
+                             calibration_method=config.calibration_method, verify=False,
+                             **_variant_options(name, config, task, recipe))
         variants[name] = VariantResult(name, path.name, PRECISIONS[name], path.stat().st_size,
                                        seconds_to_build=round(time.perf_counter() - t0, 3))
-        sessions[name] = ort_session(path, threads, providers)
+        sessions[name] = _variant_session(name, path, config, threads, providers)
 
     _accuracy_gate(sessions, config, task, plan, variants)
+    sample = task.agreement_sample(sessions["fp32"], config.agreement_sample_size)
+    write_json(tmp / AGREEMENT_SAMPLE_FILE, sample)
     recommended = next(name for name in plan.preferences if name in variants and variants[name].kept)
     _measure(sessions, config, task, variants)
     sessions.clear()
@@ -167,6 +200,7 @@ def _export_into(tmp: Path, config: ExportConfig, task: Task, plan: VariantPlan,
     assets = task.write_assets(tmp)
     write_json(tmp / "labels.json", task.labels)
     spec = _io_spec(config, task, variants, recommended, assets)
+    spec.export_cpu, spec.int8_recipe = cpu.to_dict(), recipe.to_dict()
     spec.save(tmp)
 
     out = config.out_dir.absolute()
@@ -178,6 +212,7 @@ def _export_into(tmp: Path, config: ExportConfig, task: Task, plan: VariantPlan,
         labels=task.labels, max_length=task.max_length, opset=config.opset, threads=threads,
         io_spec_path=out / IO_SPEC_FILE, metrics_path=out / METRICS_FILE, report_md=out / "report.md",
         report_html=out / "report.html", graph_rewrites=rewrites, task=task.task, input_shape=task.input_shape,
+        cpu=cpu.to_dict(), int8_recipe=recipe.to_dict(), agreement_sample_size=len(sample["labels"]),
     )
     from transferkit.export.report import build_report
 

@@ -41,6 +41,12 @@ class _ExportTask:
         """The resolved model directory."""
         return self.exportable.resolved.path
 
+    def _sample(self, inputs: list[Any], pairs: list[str] | None, logits: np.ndarray) -> dict[str, Any]:
+        """``agreement_sample.json``: raw inputs as the server receives them, the fp32 graph's labels/logits."""
+        return {"format_version": 1, "inputs": inputs, "pairs": pairs,
+                "labels": [self.labels[i] for i in logits.argmax(axis=1)],
+                "logits": np.round(logits.astype(np.float64), 6).tolist()}
+
 
 class TextTask(_ExportTask):
     """A sequence classifier: token-id inputs, ``max_length``, padding trim, tokenizer files for serving."""
@@ -143,6 +149,17 @@ class TextTask(_ExportTask):
         pairs = pairs[:cap] if pairs is not None else None
         return predict_logits(session, self.exportable.tokenizer, texts, pairs, self.exportable.input_names,
                               self.max_length, self.config.eval_batch_size)
+
+    def agreement_sample(self, session: Any, size: int) -> dict[str, Any]:
+        """The first ``size`` validation texts (and pairs) with the fp32 ``session``'s labels and logits."""
+        from transferkit.export.runtime import predict_logits
+
+        texts = self._val_texts[:size]
+        pairs = self._val_pairs[:size] if self._val_pairs is not None else None
+        logits = (predict_logits(session, self.exportable.tokenizer, texts, pairs, self.exportable.input_names,
+                                 self.max_length, self.config.eval_batch_size) if texts
+                  else np.zeros((0, len(self.labels)), dtype=np.float32))
+        return self._sample(list(texts), list(pairs) if pairs is not None else None, logits)
 
     def speed_feeds(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Batch-1 and batch-N feeds of validation rows, every input padded to ``max_length``."""
@@ -289,6 +306,17 @@ class ImageTask(_ExportTask):
 
         return predict_image_logits(session, self.pixels("test", self.config.max_eval_samples),
                                     self.config.eval_batch_size)
+
+    def agreement_sample(self, session: Any, size: int) -> dict[str, Any]:
+        """The first ``size`` validation images (base64 of the stored bytes) with the fp32 ``session``'s labels."""
+        import base64
+
+        from transferkit.export.runtime import predict_image_logits
+
+        images = self.dataset.images("validation")[:size]
+        logits = (predict_image_logits(session, self.pixels("validation")[: len(images)], self.config.eval_batch_size)
+                  if images else np.zeros((0, len(self.labels)), dtype=np.float32))
+        return self._sample([base64.b64encode(data).decode("ascii") for data in images], None, logits)
 
     def speed_feeds(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Batch-1 and batch-N feeds of preprocessed validation images."""

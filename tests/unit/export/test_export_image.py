@@ -31,8 +31,11 @@ from transferkit.export.parity import check_image_parity
 
 runner = CliRunner()
 IMAGE_SIZE = 32
-# One test image is 0.56 points of the 180-image digits test split; static QDQ moves a few of them.
-MAX_DROP = 5.0
+# One test image is 0.56 points of the 180-image digits test split. The portable int8 recipe (7-bit GEMM weights)
+# costs this 32 px model with a ridge head 5.6 points (10 images) on every CPU (identical predictions under an
+# emulated AVX2 CPU: tests/integration/test_int8_portability.py). These tests check the export's mechanics with a
+# budget that keeps QDQ; the gate's decision is asserted from the drop it measured.
+MAX_DROP = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +93,9 @@ def test_qdq_and_dynamic_int8_are_gated_and_reported(exported) -> None:
         assert variant["size_bytes"] < 0.35 * fp32["size_bytes"]  # int8 weights
     for variant in variants.values():
         assert variant["latency_b1_p50_ms"] > 0 and variant["throughput_seq_per_s"] > 0
-    assert qdq["kept"] and qdq["accuracy_drop_pt"] <= MAX_DROP
+    for variant in (qdq, int8):  # kept iff the measured drop is within max_drop
+        assert variant["kept"] == (variant["accuracy_drop_pt"] <= MAX_DROP)
+    assert qdq["kept"]
     # "dynamic int8 suits CNNs poorly": ConvInteger loses many points on this CNN.
     assert not int8["kept"] and int8["accuracy_drop_pt"] > MAX_DROP
     assert "measured for comparison" in int8["reason"]
@@ -110,6 +115,20 @@ def test_qdq_graph_is_static_with_uint8_activations(exported) -> None:
     zero_points = {onnx.numpy_helper.to_array(i).dtype for i in graph.graph.initializer
                    if i.name.endswith("_zero_point")}
     assert np.dtype(np.uint8) in zero_points  # asymmetric uint8 activations: ONNX Runtime's CPU kernels
+
+
+def test_portable_recipe_uses_7_bit_weights_except_depthwise(exported) -> None:
+    graph = onnx.load(str(exported.out_dir / "model.qdq.onnx")).graph
+    weights = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer
+               if i.data_type == onnx.TensorProto.INT8 and i.name.endswith("_quantized")}
+    depthwise = {name for name, values in weights.items() if values.ndim == 4 and values.shape[1] == 1}
+    assert len(depthwise) >= 10 and len(weights) > len(depthwise) + 20
+    for name, values in weights.items():
+        # Depthwise kernels accumulate in 32 bits on every CPU: they keep full 8-bit weights.
+        assert int(np.abs(values.astype(np.int32)).max()) == (127 if name in depthwise else 64), name
+    spec = IOSpec.load(exported.out_dir)
+    assert spec.int8_recipe["name"] == "portable" and spec.int8_recipe["reduce_range"] is True
+    assert spec.int8_recipe["serving_node_labels"] == [] and spec.export_cpu["int8_isa"]
 
 
 def test_io_spec_is_the_serving_contract(exported, image_model_dir: Path) -> None:
