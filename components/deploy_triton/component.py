@@ -26,11 +26,14 @@ def deploy_triton(
     values_key: str = "model",
     namespace: str = "transferkit",
     gpus: int = 1,
+    min_agreement: float = 0.9,
 ) -> NamedTuple("DeployOutputs", [("version", int), ("endpoint", str)]):
     """Publish version N+1 and roll it out in ``mode`` (``triton``, ``gitops`` or ``kserve``).
 
     In ``triton`` mode the new version is loaded through the model-control API, smoke-tested against
-    ONNX Runtime and old versions are retired; on any failure the previous version keeps serving. The
+    ONNX Runtime, checked against the fp32 graph's labels on the export's validation sample (at least
+    ``min_agreement`` must agree, so int8 kernels that misbehave on the serving node's CPU never go live) and
+    old versions are retired; on any failure the previous version keeps serving. The
     restricted-API key is read from ``TRANSFERKIT_TRITON_API_KEY`` (mount it from a Secret), never a parameter.
 
     Returns:
@@ -48,6 +51,7 @@ def deploy_triton(
         storage_uri=storage_uri or None, options=RepositoryOptions(instance_kind=instance_kind),
         keep_versions=keep_versions, triton_url=triton_url or None, git_repo=Path(git_repo) if git_repo else None,
         git_remote=git_remote or None, values_file=values_file, values_key=values_key, namespace=namespace, gpus=gpus,
+        min_agreement=min_agreement,
     ))
     Path(deployment.path).write_text(json.dumps(result.to_dict(), indent=2, default=str), encoding="utf-8")
     Path(record.path).write_text(result.to_markdown(), encoding="utf-8")

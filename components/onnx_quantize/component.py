@@ -20,6 +20,7 @@ def onnx_quantize(
     max_drop: float = 0.5,
     on_drop: str = "fallback",
     opset: int = 0,
+    cpu_isa: str = "portable",
 ) -> NamedTuple("ExportOutputs", [("passed", bool), ("recommended_variant", str)]):
     """Export ``model`` to ONNX (parity-checked) and keep the quantized variant that holds its accuracy.
 
@@ -31,6 +32,7 @@ def onnx_quantize(
         max_drop: Largest allowed accuracy drop of a quantized variant, in points.
         on_drop: ``fallback`` to fp32 or ``fail``.
         opset: ONNX opset (0 = the exporter's default).
+        cpu_isa: CPU int8 recipe: ``portable`` (any CPU), ``vnni`` (serve on VNNI nodes) or ``native``.
 
     Returns:
         Whether the export gates passed, and the variant to deploy.
@@ -45,7 +47,7 @@ def onnx_quantize(
     options = {"opset": opset} if opset else {}
     result = export_model(ExportConfig(
         model_dir=Path(model.path), data_dir=Path(dataset.path), out_dir=Path(onnx_model.path), target=target,
-        atol=atol, max_drop=max_drop, on_drop=on_drop, **options,
+        atol=atol, max_drop=max_drop, on_drop=on_drop, cpu_isa=cpu_isa, **options,
     ))
     for name, value in result.scalar_metrics().items():
         metrics.log_metric(name, value)

@@ -57,6 +57,8 @@ def build_pipeline(placement: PlacementConfig | None = None):
         forgetting_max_drop: float = -1.0,
         export_target: str = "cpu",
         max_quantization_drop: float = 0.5,
+        export_cpu_isa: str = "portable",
+        min_agreement: float = 0.9,
         model_name: str = "transferkit-model",
         deploy_mode: str = "triton",
         repository: str = "/mnt/model-repository",
@@ -103,7 +105,7 @@ def build_pipeline(placement: PlacementConfig | None = None):
             apply_placement(scores, "evaluate", placement)
             exported = onnx_quantize(
                 model=pick.outputs["selected"], dataset=prep.outputs["dataset"], target=export_target,
-                max_drop=max_quantization_drop,
+                max_drop=max_quantization_drop, cpu_isa=export_cpu_isa,
             )
             apply_placement(exported, "onnx_quantize", placement)
             gate = deploy_gate(
@@ -116,6 +118,7 @@ def build_pipeline(placement: PlacementConfig | None = None):
                     onnx_model=exported.outputs["onnx_model"], model_name=model_name, mode=deploy_mode,
                     repository=repository, storage_uri=storage_uri, triton_url=triton_url,
                     instance_kind=instance_kind, git_repo=git_repo, values_file=values_file, namespace=namespace,
+                    min_agreement=min_agreement,
                 )
                 apply_placement(deployed, "deploy_triton", placement)
 

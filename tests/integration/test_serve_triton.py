@@ -247,26 +247,39 @@ def test_version_that_fails_to_load_in_triton_rolls_back(first_deploy, export_di
         assert control.infer_texts(NAME, ["fine"])["label"].shape == (1, 1)
 
 
-def test_output_of_the_real_export_step_serves(server, key_env, tmp_path):
-    # The contract between `transferkit export` and this step, end to end: export_model's directory
-    # (dynamic int8 recommended, tokenizer.json saved with padding/truncation) deploys and passes the smoke test.
+@pytest.fixture(scope="module")
+def real_export(tmp_path_factory):
+    """The output of the real export step: dynamic int8 (portable recipe) recommended, agreement sample."""
     from tests.helpers import MOVIE_LABELS, write_movie_slice
-    from transferkit.data.prepared import load_prepared
     from transferkit.export import ExportConfig, export_model
     from transferkit.models.loading import load_sequence_classifier, load_tokenizer
 
-    data = write_movie_slice(tmp_path / "data", train=8, validation=8, test=16)
-    model_dir = tmp_path / "model"
+    root = tmp_path_factory.mktemp("real-export")
+    data = write_movie_slice(root / "data", train=8, validation=16, test=16)
+    model_dir = root / "model"
     load_sequence_classifier("minilm-l6", MOVIE_LABELS).save_pretrained(model_dir)
     load_tokenizer("minilm-l6").save_pretrained(model_dir)
     (model_dir / "labels.json").write_text(json.dumps(MOVIE_LABELS))
-    exported = export_model(ExportConfig(model_dir, data, tmp_path / "onnx", target="cpu", max_length=32, threads=2,
+    exported = export_model(ExportConfig(model_dir, data, root / "onnx", target="cpu", max_length=32, threads=2,
                                          latency_runs=0, throughput_runs=0, max_drop=100))
+    return exported, data
+
+
+def test_output_of_the_real_export_step_serves(server, key_env, real_export):
+    # The contract between `transferkit export` and this step, end to end: export_model's directory
+    # (dynamic int8 recommended, tokenizer.json saved with padding/truncation) deploys and passes the smoke test
+    # and the agreement check (validation sentences through Triton vs the fp32 graph's labels at export).
+    from transferkit.data.prepared import load_prepared
+
+    exported, data = real_export
     config = DeployConfig(onnx_dir=exported.out_dir, name="exported", repository=str(server.repository),
                           triton_url=server.http_url, api_key_env=key_env,
                           options=RepositoryOptions(instance_kind="cpu"))
     result = deploy_model(config)
     assert result.smoke_test["passed"] and result.smoke_test["tolerance"] == pytest.approx(0.1)  # int8 served
+    assert result.agreement["passed"] and result.agreement["inputs"] == 16
+    assert result.agreement["agreement"] >= 0.9 and result.agreement["min_agreement"] == 0.9
+    assert "agreement with fp32" in result.to_markdown()
     assert (server.repository / "exported_onnx" / str(result.version) / "model.onnx").stat().st_size == \
         (exported.out_dir / "model.int8.onnx").stat().st_size
     texts = load_prepared(data).texts("test")
@@ -276,3 +289,30 @@ def test_output_of_the_real_export_step_serves(server, key_env, tmp_path):
     with TritonControl(server.http_url) as control:
         served = control.infer_texts("exported", texts)
     np.testing.assert_allclose(served["logits"], expected, atol=0.1)
+
+
+def test_graph_that_disagrees_with_fp32_on_the_serving_node_is_rolled_back(server, key_env, real_export, tmp_path):
+    # Fault injection standing in for int8 kernels that misbehave on the serving node's CPU: the int8 graph's
+    # classifier bias is pushed so it answers one class. The smoke test compares the served graph with the same
+    # graph in-process and passes; only the comparison with the fp32 labels stored at export can catch it.
+    import onnx
+
+    exported, _ = real_export
+    broken = tmp_path / "onnx"
+    shutil.copytree(exported.out_dir, broken)
+    graph = onnx.load(str(broken / "model.int8.onnx"))
+    [bias] = [i for i in graph.graph.initializer if "classifier.bias" in i.name]
+    bias.CopyFrom(onnx.numpy_helper.from_array(np.array([60.0, -60.0], dtype=np.float32), bias.name))
+    onnx.save(graph, str(broken / "model.int8.onnx"))
+    config = DeployConfig(onnx_dir=broken, name="drifting", repository=str(server.repository),
+                          triton_url=server.http_url, api_key_env=key_env,
+                          options=RepositoryOptions(instance_kind="cpu"))
+    with pytest.raises(DeploymentError, match=r"version 1 not deployed: agreement check failed: int8 graph as "
+                                              r"served agrees with the fp32 graph on \d+\.\d% of 16 validation "
+                                              r"inputs \(min_agreement 90%\).*rolled back \(no previous version"):
+        deploy_model(config)
+    with TritonControl(server.http_url, api_key=KEY) as control:
+        assert control.ready_versions("drifting") == []
+    # min_agreement 0 switches the check off (the smoke test alone passes this graph).
+    config.min_agreement = 0.0
+    assert deploy_model(config).agreement is None

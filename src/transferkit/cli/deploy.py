@@ -35,6 +35,8 @@ def deploy(
     smoke_data: Path = typer.Option(None, help="Image models: prepared dataset whose test images are the smoke "
                                               "inputs (default: a few generated images)."),
     smoke_count: int = typer.Option(4, help="Image models: how many test images --smoke-data contributes."),
+    min_agreement: float = typer.Option(0.9, help="With the smoke test: roll back when fewer than this fraction of "
+                                        "the export's validation sample gets the fp32 graph's label (0: off)."),
     git_repo: Path = typer.Option(None, help="Git work tree with the values file (mode gitops)."),
     values_file: str = typer.Option("helm/values/prod.yaml", help="Values file in --git-repo (read by Argo CD)."),
     values_key: str = typer.Option("model", help="Dotted key that receives name/version/repositoryUri."),
@@ -66,7 +68,7 @@ def deploy(
         options=options, keep_versions=keep, s3_endpoint_url=s3_endpoint_url or None,
         triton_url=triton_url or None, api_key_env=api_key_env or None,
         api_key_file=str(api_key_file) if api_key_file else None, attempts=attempts, smoke_test=smoke,
-        smoke_data=smoke_data, smoke_count=smoke_count,
+        smoke_data=smoke_data, smoke_count=smoke_count, min_agreement=min_agreement,
         git_repo=git_repo, values_file=values_file, values_key=values_key, git_remote=git_remote or None,
         git_branch=git_branch or None, namespace=namespace, isvc_name=isvc_name or None,
         kserve_runtime=runtime or None, gpus=gpus, kubeconfig=kubeconfig or None,

@@ -29,6 +29,11 @@ def export(
                                          help="Training rows (images) calibrating static QDQ (gpu; images also cpu)."),
     calibration_method: str = typer.Option("minmax", "--calibration-method", help="minmax | percentile | entropy."),
     gpu_prefer: str = typer.Option("fp16", "--gpu-prefer", help="gpu: recommend fp16 or qdq (TensorRT int8)."),
+    cpu_isa: str = typer.Option("portable", "--cpu-isa", help="CPU int8 recipe: portable (7-bit weights, the same "
+                                "accuracy on every CPU) | vnni (8-bit, serve on VNNI/AMX nodes only) | native "
+                                "(vnni if this CPU has VNNI, else portable)."),
+    agreement_sample_size: int = typer.Option(64, "--agreement-sample-size", help="Validation inputs stored with "
+                                              "fp32 labels for the deploy-time agreement check (0: none)."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
     max_eval_samples: int | None = typer.Option(None, "--max-eval-samples", help="Cap on test rows for the gate."),
     latency_runs: int = typer.Option(50, "--latency-runs", help="Timed batch-1 runs per variant (0: skip)."),
@@ -46,7 +51,8 @@ def export(
     config = ExportConfig(
         model_dir=Path(model), data_dir=data, out_dir=out, target=target, opset=opset, atol=atol,
         max_drop=max_drop, on_drop=on_drop, max_length=max_length, calibration_size=calibration_size,
-        calibration_method=calibration_method, gpu_prefer=gpu_prefer, threads=threads,
+        calibration_method=calibration_method, gpu_prefer=gpu_prefer, threads=threads, cpu_isa=cpu_isa,
+        agreement_sample_size=agreement_sample_size,
         max_eval_samples=max_eval_samples, latency_runs=latency_runs, throughput_runs=throughput_runs,
         throughput_batch_size=throughput_batch_size,
         allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
@@ -66,4 +72,6 @@ def export(
         speed = "" if v.throughput_seq_per_s is None else f", {v.throughput_seq_per_s:.1f} {unit}/s"
         console.print(f"  {name:5s} {v.size_bytes / 1e6:7.1f} MB  accuracy {accuracy}  "
                       f"{'kept' if v.kept else 'dropped'} ({v.reason}){speed}")
+    console.print(f"int8 recipe {result.int8_recipe['name']} (cpu_isa={result.int8_recipe['requested']}); gates ran "
+                  f"on {result.cpu['model']} ({result.cpu['int8_isa']})")
     console.print(f"Report: {result.report_html}")

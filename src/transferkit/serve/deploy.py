@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from transferkit.errors import ConfigError, DeploymentError, TransferkitError
+from transferkit.serve.agreement import AgreementResult, check_agreement
 from transferkit.serve.control import DEFAULT_KEY_ENV, TritonControl, read_api_key, split_url
 from transferkit.serve.local import RESTRICTED_HEADER
 from transferkit.serve.publish import Publication, RepositoryStore, open_store
@@ -72,6 +73,9 @@ class DeployConfig:
         smoke_count: How many images ``smoke_data`` contributes.
         smoke_expected_labels: Labels the smoke inputs must get (optional, one per smoke input).
         smoke_tolerance: Max |logit diff| vs in-process ONNX Runtime (default by precision).
+        min_agreement: With the smoke test: smallest fraction of the export's agreement sample (validation inputs
+            with the fp32 graph's labels, ``agreement_sample.json``) whose served label must equal the fp32 one;
+            below it the version is rolled back (its int8 kernels misbehave on this node's CPU). 0 disables.
         git_repo: Git work tree holding the values file (mode ``gitops``).
         values_file: Values file path inside ``git_repo``.
         values_key: Dotted key of the mapping that receives name/version/repositoryUri.
@@ -108,6 +112,7 @@ class DeployConfig:
     smoke_count: int = 4
     smoke_expected_labels: list[str] | None = None
     smoke_tolerance: float | None = None
+    min_agreement: float = 0.9
     git_repo: Path | None = None
     values_file: str = "helm/values/prod.yaml"
     values_key: str = "model"
@@ -141,6 +146,8 @@ class DeployConfig:
             raise ConfigError(f"smoke_tolerance: must be > 0, got {self.smoke_tolerance}")
         if not self.smoke_texts:
             raise ConfigError("smoke_texts: at least one sentence is required")
+        if not 0 <= self.min_agreement <= 1:
+            raise ConfigError(f"min_agreement: must be in [0, 1] (a fraction of inputs), got {self.min_agreement}")
         if self.smoke_count < 1:
             raise ConfigError(f"smoke_count: must be >= 1, got {self.smoke_count}")
         if self.smoke_data is not None:
@@ -184,6 +191,7 @@ class DeployResult:
     repository_uri: str
     models: list[str]
     smoke_test: dict[str, Any] | None = None
+    agreement: dict[str, Any] | None = None
     retired_versions: list[int] = field(default_factory=list)
     git_commit: str | None = None
     inference_service: str | None = None
@@ -201,6 +209,9 @@ class DeployResult:
         if self.smoke_test is not None:
             passed = "passed" if self.smoke_test.get("passed") else "failed"
             rows.append(("smoke test", f"{passed} (max |diff| {self.smoke_test.get('max_abs_diff', 0):.3g})"))
+        if self.agreement is not None:
+            rows.append(("agreement with fp32", f"{self.agreement['agreement']:.1%} of {self.agreement['inputs']} "
+                         f"validation inputs (min {self.agreement['min_agreement']:.0%})"))
         if self.git_commit:
             rows.append(("git commit", self.git_commit))
         if self.inference_service:
@@ -288,6 +299,7 @@ def _deploy_triton(config: DeployConfig, exported: ExportedModel, store: Reposit
             previous = ready[-1] if ready else None
             publication = store.publish(bundle)
             smoke: SmokeResult | None = None
+            agreement: AgreementResult | None = None
             try:
                 for model in bundle.models:  # composing models first, the ensemble last
                     control.load(model)
@@ -299,6 +311,11 @@ def _deploy_triton(config: DeployConfig, exported: ExportedModel, store: Reposit
                     _check_expected_labels(smoke, config.smoke_expected_labels)
                     if not smoke.passed:
                         raise DeploymentError(f"smoke test failed: {smoke.reason}")
+                    if config.min_agreement > 0:
+                        agreement = check_agreement(control, exported, config.name, bundle.version,
+                                                    config.min_agreement)
+                        if agreement is not None and not agreement.passed:
+                            raise DeploymentError(f"agreement check failed: {agreement.reason}")
             except TransferkitError as exc:
                 outcome = _rollback_triton(control, publication, bundle.models, previous)
                 _record_history(store, config.name, bundle.version, "triton", "rolled_back")
@@ -311,6 +328,7 @@ def _deploy_triton(config: DeployConfig, exported: ExportedModel, store: Reposit
         endpoint=f"{config.triton_url.rstrip('/')}/v2/models/{config.name}/infer",
         repository_uri=config.storage_uri or store.uri, models=bundle.models,
         smoke_test=smoke.to_dict() if smoke else None, retired_versions=retired,
+        agreement=agreement.to_dict() if agreement else None,
     )
 
 

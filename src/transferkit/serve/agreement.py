@@ -1,0 +1,122 @@
+"""Deploy-time check that the served graph still predicts what the fp32 graph predicted at export.
+
+The export step stores ``agreement_sample.json``: validation inputs exactly as a client sends them (texts, or
+base64 of the encoded images) with the fp32 graph's labels. The accuracy gate ran on the export node's CPU;
+int8 kernels differ between CPUs (without VNNI, full-range int8 sums saturate), so the deploy step sends the
+sample through the freshly loaded version on the serving node and rolls back when fewer than
+``min_agreement`` of the served labels equal the fp32 ones. fp32 labels are the reference because fp32 graphs
+compute the same labels on every CPU up to rounding.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from transferkit.errors import ServingError
+from transferkit.export.io_spec import AGREEMENT_SAMPLE_FILE
+from transferkit.serve.control import TritonControl
+from transferkit.serve.repository import ExportedModel
+
+logger = logging.getLogger(__name__)
+
+# Requests of this many inputs: large enough to amortise HTTP, small enough for any max_batch_size we write.
+REQUEST_ROWS = 8
+
+
+@dataclass
+class AgreementSample:
+    """``agreement_sample.json`` of an export directory."""
+
+    inputs: list[str]
+    pairs: list[str] | None
+    labels: list[str]
+
+    @classmethod
+    def load(cls, exported: ExportedModel) -> AgreementSample | None:
+        """The export's sample, or None for exports written before it existed.
+
+        Raises:
+            ServingError: The file is malformed.
+        """
+        path = exported.directory / AGREEMENT_SAMPLE_FILE
+        if not path.is_file():
+            return None
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            sample = cls(inputs=list(raw["inputs"]), pairs=raw.get("pairs"), labels=list(raw["labels"]))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ServingError(f"{path}: malformed agreement sample ({type(exc).__name__}: {exc})") from exc
+        if len(sample.inputs) != len(sample.labels):
+            raise ServingError(f"{path}: {len(sample.inputs)} inputs but {len(sample.labels)} labels")
+        return sample
+
+
+@dataclass
+class AgreementResult:
+    """Outcome of the agreement check."""
+
+    passed: bool
+    inputs: int
+    agreement: float
+    min_agreement: float
+    disagreeing: list[int] = field(default_factory=list)
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly view (the deployment record)."""
+        return asdict(self)
+
+
+def _served_labels(control: TritonControl, exported: ExportedModel, model: str, version: int | None,
+                   sample: AgreementSample) -> list[str]:
+    labels: list[str] = []
+    for start in range(0, len(sample.inputs), REQUEST_ROWS):
+        rows = sample.inputs[start : start + REQUEST_ROWS]
+        if exported.kind == "image":
+            served = control.infer_images(model, [base64.b64decode(r) for r in rows], version=version,
+                                          outputs=("label",))
+        else:
+            pairs = sample.pairs[start : start + REQUEST_ROWS] if sample.pairs is not None else None
+            served = control.infer_texts(model, rows, version=version, pairs=pairs, outputs=("label",))
+        labels += [v.decode("utf-8") if isinstance(v, bytes) else str(v)
+                   for v in np.asarray(served["label"]).reshape(-1)]
+    return labels
+
+
+def check_agreement(control: TritonControl, exported: ExportedModel, model: str, version: int | None,
+                    min_agreement: float) -> AgreementResult | None:
+    """Send the export's agreement sample through ``model`` and compare labels with the fp32 ones.
+
+    Args:
+        control: Client of the serving Triton.
+        exported: The export the version was built from.
+        model: Ensemble name.
+        version: Version to query (None: the newest ready one).
+        min_agreement: Smallest fraction of inputs whose served label must equal the fp32 label.
+
+    Returns:
+        The result, or None when the export has no sample (older exports) or the model has no raw-input
+        ensemble to send it to.
+    """
+    sample = AgreementSample.load(exported)
+    if sample is None or not sample.inputs or exported.kind not in ("text", "image"):
+        return None
+    served = _served_labels(control, exported, model, version, sample)
+    disagreeing = [i for i, (got, want) in enumerate(zip(served, sample.labels, strict=True)) if got != want]
+    agreement = 1.0 - len(disagreeing) / len(sample.labels)
+    result = AgreementResult(agreement + 1e-12 >= min_agreement, len(sample.labels), round(agreement, 6),
+                             min_agreement, disagreeing)
+    if not result.passed:
+        result.reason = (f"{exported.variant} graph as served agrees with the fp32 graph on {agreement:.1%} of "
+                         f"{len(sample.labels)} validation inputs (min_agreement {min_agreement:.0%}); its int8 "
+                         "kernels on this node's CPU differ from the export node's (re-export with cpu_isa="
+                         "portable, or serve on VNNI nodes)")
+    logger.info("Agreement check of %s v%s: %.1f%% of %d inputs agree with fp32 (min %.0f%%) -> %s", model, version,
+                100 * agreement, len(sample.labels), 100 * min_agreement, "passed" if result.passed else "FAILED")
+    return result
