@@ -61,6 +61,14 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 8, "metric": "queueTime"},
         "podDisruptionBudget": {"enabled": True, "minAvailable": 1},
     },
+    "cpu-vnni": {  # a --cpu-isa vnni export: CPU serving on VNNI nodes only, next to the user's pod affinity
+        "gpu": {"count": 0},
+        "modelRepository": {"modelConfigName": "local"},
+        "cpuFeatures": {"requireVNNI": True},
+        "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 50,
+            "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+                                "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "transferkit-triton"}}}}]}},
+    },
     "restricted-api": {
         "restrictedApi": {"enabled": True, "existingSecret": "triton-api-key", "secretKey": "key",
                           "apis": ["model-repository", "model-config"]},
@@ -162,6 +170,8 @@ def test_schema_is_strict_at_every_level(chart):
          "/containerSecurityContext/readOnlyRootFilesystem': value must be true"),
         ({"podSecurityContext": {"runAsNonRoot": False}}, "/podSecurityContext/runAsNonRoot"),
         ({"shm": {"sizeLimit": "lots"}}, "/shm/sizeLimit"),
+        ({"cpuFeatures": {"requireVNNI": True, "labels": []}}, "/cpuFeatures/labels"),
+        ({"cpuFeatures": {"requireVNNI": "yes"}}, "/cpuFeatures/requireVNNI"),
         ({"autoscaling": {"metric": "gpu"}}, "/autoscaling/metric"),
         ({"probes": {"modelLoadBudgetSeconds": 1}}, "/probes/modelLoadBudgetSeconds': minimum"),
         ({"test": {"image": {"tag": "latest"}}}, "/test/image/tag"),
@@ -303,6 +313,21 @@ def test_cpu_only_values(chart):
     assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "50000"}
     (pdb,) = by_kind(docs, "PodDisruptionBudget")
     assert pdb["spec"]["minAvailable"] == 1 and "maxUnavailable" not in pdb["spec"]
+
+
+def test_vnni_exports_are_pinned_to_vnni_nodes(chart):
+    from transferkit.hardware import NFD_VNNI_LABELS
+
+    spec = by_kind(render(chart, VALUE_SETS["cpu-vnni"]), "Deployment")[0]["spec"]["template"]["spec"]
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    # One term per label: the scheduler ORs terms, so any VNNI flavour qualifies.
+    assert [t["matchExpressions"] for t in terms] == [
+        [{"key": label, "operator": "In", "values": ["true"]}] for label in NFD_VNNI_LABELS]
+    assert spec["affinity"]["podAntiAffinity"] == VALUE_SETS["cpu-vnni"]["affinity"]["podAntiAffinity"]
+    default = by_kind(render(chart, VALUE_SETS["cpu-only"]), "Deployment")[0]["spec"]["template"]["spec"]
+    assert "affinity" not in default  # the portable recipe runs anywhere
+    with pytest.raises(helm.HelmError, match=r"cpuFeatures.requireVNNI: affinity.nodeAffinity.required"):
+        render(chart, {**VALUE_SETS["pvc-gpu"], "cpuFeatures": {"requireVNNI": True}})
 
 
 def test_restricted_api_values_keep_the_key_out_of_the_manifest(chart):
