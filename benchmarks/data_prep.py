@@ -130,7 +130,9 @@ def main() -> None:
     }
     print(f"time ratio 1M/100k = {ratio:.2f} (goal <= 11), peak RSS 1M = {large['peak_rss_mb']:.0f} MB "
           "(goal <= 1536)")
-    print(json.dumps(summary))
+    from transferkit.hardware import benchmark_host
+
+    print(json.dumps({**summary, **benchmark_host()}))
 
 
 if __name__ == "__main__":

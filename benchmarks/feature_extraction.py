@@ -91,7 +91,10 @@ def main() -> None:
               f"{run['test_accuracy']:>9.4f} {run['validation_accuracy']:>8.4f}")
     print(f"feature computation (one-off, cache {'hit' if cached['feature_cache'].get('cache_hit') else 'miss'}): "
           f"{cached['feature_cache'].get('seconds', 0.0):.1f} s")
+    from transferkit.hardware import benchmark_host
+
     print(json.dumps({
+        **benchmark_host(),
         "speedup": round(speedup, 2),
         "accuracy_delta_pt": round(delta, 3),
         "cached_test_accuracy": round(cached["test_accuracy"], 4),

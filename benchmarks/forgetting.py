@@ -237,7 +237,10 @@ def main() -> None:
         report.write(tmp, stem="report")
         write_json(tmp / "results.json", {"rows": rows, "preserve_source": summaries})
     print(f"report: {out_dir / 'report.html'}")
+    from transferkit.hardware import benchmark_host
+
     print(json.dumps({
+        **benchmark_host(),
         "full_retention": round(full["retention"], 4), "retention_at_1pt": round(best["retention"], 4),
         "full_accuracy": round(full["accuracy"], 4), "best_within_1pt": best["setting"],
         "best_within_1pt_accuracy": round(best["accuracy"], 4), "base_lee_pearson": round(full["base_pearson"], 4),

@@ -20,8 +20,15 @@ Every ONNX graph runs in this process with the same session options. Rows are ti
 and medians reported because the machine is shared. Model: a fine-tuned MiniLM found under
 ``$TRANSFERKIT_CACHE/bench`` (from the fine-tune benchmarks), else a feature-extraction head trained here
 with ``transferkit train`` (frozen MiniLM + mean pooling; cached). Accuracy: the test split of the
-model's prepared dataset, through the export step's accuracy gate. The LAST stdout line is one JSON
-object with ``int8_vs_optimum``, ``int8_vs_pytorch``, ``int8_accuracy_drop_pt``, ``int8_b1_p50_ms``.
+model's prepared dataset, through the export step's accuracy gate.
+
+int8 recipes: "int8 (ours)" is the default portable recipe (7-bit weights: the same predictions on every CPU);
+"int8 vnni recipe" is ``--cpu-isa vnni`` (8-bit weights, exact only on VNNI/AMX CPUs), quantized from the same
+fp32 graph. Where ``qemu-user`` exists, both also run on the first ``EMULATED_ROWS`` test sentences under an
+emulated AVX2-only CPU, reporting how many predictions change from this host's.
+
+The LAST stdout line is one JSON object with ``int8_vs_optimum``, ``int8_vs_pytorch``, ``int8_vs_fp32_ort``,
+``int8_accuracy_drop_pt``, ``int8_b1_p50_ms``, the vnni recipe's figures, ``cpu_model`` and ``cpu_int8_isa``.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ QUICK = os.environ.get("TK_BENCH_QUICK") == "1"  # a smoke run of the script its
 ROUNDS = 2 if QUICK else 7
 B32_RUNS = 1 if QUICK else 3
 B1_RUNS = 5 if QUICK else 30
+EMULATED_ROWS = 16 if QUICK else 256
 OPTIMUM_REQUIREMENTS = ["torch==2.13.0", "optimum-onnx[onnxruntime]==0.1.0", "transformers==4.57.6",
                         "onnxruntime==1.32.0"]
 OPTIMUM_SCRIPT = r"""
@@ -305,6 +313,7 @@ def main() -> None:
     from transferkit.data.prepared import load_prepared
     from transferkit.export import ExportConfig, IOSpec, export_model
     from transferkit.export.runtime import encode
+    from transferkit.hardware import benchmark_host
     from transferkit.models.loading import load_tokenizer
 
     torch.set_num_threads(THREADS)
@@ -334,9 +343,17 @@ def main() -> None:
         feeds_b32 = encode(tokenizer, texts[:BATCH], None, names, SEQ, padding="max_length")
         feeds_b1 = {k: v[:1] for k, v in feeds_b32.items()}
 
+        from transferkit.export.quantize import quantize_onnx
+
+        vnni_path = quantize_onnx(result.out_dir / "model.onnx", work / "vnni.int8.onnx", mode="dynamic",
+                                  reduce_range=False)
+        vnni_accuracy = accuracy_of(vnni_path, tokenizer, dataset, names, result.max_length)
+        emulated = {name: emulated_change(path, tokenizer, texts[:EMULATED_ROWS], names, result.max_length)
+                    for name, path in (("portable", result.out_dir / "model.int8.onnx"), ("vnni", vnni_path))}
         rows = [torch_row(model_dir),
                 ort_row("ORT fp32 (ours)", result.out_dir / "model.onnx"),
-                ort_row("int8 (ours)", result.out_dir / "model.int8.onnx")]
+                ort_row("int8 (ours)", result.out_dir / "model.int8.onnx", "portable recipe (default)"),
+                ort_row("int8 vnni recipe", vnni_path, "--cpu-isa vnni: 8-bit weights")]
         python = optimum_python(cache)
         optimum_path = optimum_int8(python, model_dir, work / "optimum") if python else None
         optimum_accuracy = None
@@ -363,6 +380,7 @@ def main() -> None:
 
     by_name = {row.name: row for row in rows}
     ours, pytorch = by_name["int8 (ours)"], by_name["PyTorch eager fp32"]
+    fp32_ort, vnni = by_name["ORT fp32 (ours)"], by_name["int8 vnni recipe"]
     optimum = by_name.get("Optimum int8")
     say("")
     say(f"{'row':32s} {'b=1 p50 ms':>11s} {'b=1 p95 ms':>11s} {'b=32 seq/s':>11s} {'vs PyTorch':>11s}  note")
@@ -376,6 +394,12 @@ def main() -> None:
     summary = {
         "int8_vs_optimum": round(ours.throughput / optimum.throughput, 3) if optimum else None,
         "int8_vs_pytorch": round(ours.throughput / pytorch.throughput, 3),
+        "int8_vs_fp32_ort": round(ours.throughput / fp32_ort.throughput, 3),
+        "int8_vnni_vs_fp32_ort": round(vnni.throughput / fp32_ort.throughput, 3),
+        "int8_vnni_accuracy_drop_pt": round(100 * (fp32_v.accuracy - vnni_accuracy), 3),
+        "int8_changed_on_emulated_avx2": emulated["portable"],
+        "int8_vnni_changed_on_emulated_avx2": emulated["vnni"],
+        "emulated_rows": EMULATED_ROWS,
         "int8_accuracy_drop_pt": round(int8_v.accuracy_drop_pt, 3),
         "int8_b1_p50_ms": round(ours.latency(50), 3),
         "int8_b1_p50_vs_optimum": round(optimum.latency(50) / ours.latency(50), 3) if optimum else None,
@@ -383,12 +407,30 @@ def main() -> None:
                                            / pytorch.throughput, 3),
         "throughput_seq_per_s": {row.name: round(row.throughput, 2) for row in rows},
         "fp32_accuracy": fp32_v.accuracy, "int8_accuracy": int8_v.accuracy, "optimum_int8_accuracy": optimum_accuracy,
-        "model": model_note, "threads": THREADS, "seq": SEQ, "quick": QUICK,
+        "model": model_note, "threads": THREADS, "seq": SEQ, "quick": QUICK, **benchmark_host(),
     }
+    say(f"int8 recipes on {summary['cpu_model']} ({summary['cpu_int8_isa']}): portable drop "
+        f"{summary['int8_accuracy_drop_pt']} pt, {summary['int8_vs_fp32_ort']}x fp32 ORT, changed on emulated AVX2 "
+        f"{emulated['portable']}; vnni drop {summary['int8_vnni_accuracy_drop_pt']} pt, "
+        f"{summary['int8_vnni_vs_fp32_ort']}x fp32 ORT, changed on emulated AVX2 {emulated['vnni']}")
     say(f"int8 throughput: {summary['int8_vs_pytorch']}x PyTorch (goal >= 2.5), "
         f"{summary['int8_vs_optimum']}x Optimum (goal >= 1.0); accuracy drop {summary['int8_accuracy_drop_pt']} pt "
         "(goal <= 0.5)")
     print(json.dumps(summary), flush=True)
+
+
+def emulated_change(path: Path, tokenizer: Any, texts: list[str], names: list[str], max_length: int) -> float | None:
+    """Fraction of ``texts`` whose prediction changes on an emulated AVX2-only CPU (None without qemu-user)."""
+    from transferkit.export.emulation import emulation_available, run_on_emulated_cpu
+    from transferkit.export.runtime import encode, ort_session
+
+    if not emulation_available():
+        return None
+    batches = [encode(tokenizer, texts[i : i + 32], None, names, max_length) for i in range(0, len(texts), 32)]
+    session = ort_session(path, THREADS)
+    native = np.concatenate([session.run(["logits"], b)[0] for b in batches]).argmax(1)
+    emulated = run_on_emulated_cpu(path, batches, timeout_s=3600).argmax(1)
+    return round(float(np.mean(native != emulated)), 4)
 
 
 def accuracy_of(path: Path, tokenizer: Any, dataset: Any, names: list[str], max_length: int) -> float:

@@ -264,7 +264,9 @@ def main() -> int:
         "rounds": ROUNDS,
         "levels": {str(c): row for c, row in table.items()},
     }
-    print(json.dumps(result, sort_keys=True))
+    from transferkit.hardware import benchmark_host
+
+    print(json.dumps({**result, **benchmark_host()}, sort_keys=True))
     return 0
 
 

@@ -116,7 +116,9 @@ def main() -> None:
     print(f"\n{'run':<12} {'samples/s (median)':>18} {'all rounds':>30}")
     print(f"{'plain HF':<12} {statistics.median(plain):>18.2f} {', '.join(f'{v:.2f}' for v in plain):>30}")
     print(f"{'transferkit':<12} {statistics.median(ours):>18.2f} {', '.join(f'{v:.2f}' for v in ours):>30}")
-    print(json.dumps({"ratio": round(ratio, 3), "ratio_of_medians": round(statistics.median(ours)
+    from transferkit.hardware import benchmark_host
+
+    print(json.dumps({**benchmark_host(), "ratio": round(ratio, 3), "ratio_of_medians": round(statistics.median(ours)
                                                                            / statistics.median(plain), 3),
                       "plain_samples_per_s": round(statistics.median(plain), 2),
                       "transferkit_samples_per_s": round(statistics.median(ours), 2), "train_rows": args.train_rows,

@@ -153,7 +153,9 @@ def main() -> None:
     print(f"\n{'strategy':<34} {'test acc':>9} {'val acc':>8} {'wall s':>8} {'trainable':>11}  stop")
     for name, test_acc, val_acc, seconds, trainable, stop in rows:
         print(f"{name:<34} {test_acc:>9.4f} {val_acc:>8.4f} {seconds:>8.1f} {trainable:>11,}  {stop}")
-    print(json.dumps(results))
+    from transferkit.hardware import benchmark_host
+
+    print(json.dumps({**results, **benchmark_host()}))
 
 
 if __name__ == "__main__":

@@ -118,3 +118,9 @@ def detect_cpu() -> CpuInfo:
     except OSError:
         text = ""
     return parse_cpuinfo(text, arch)
+
+
+def benchmark_host() -> dict[str, str]:
+    """``cpu_model`` and ``cpu_int8_isa`` for a benchmark's JSON: int8 figures depend on the CPU."""
+    cpu = detect_cpu()
+    return {"cpu_model": cpu.model, "cpu_int8_isa": cpu.int8_isa}
