@@ -188,7 +188,8 @@ def _export_into(tmp: Path, config: ExportConfig, task: Task, plan: VariantPlan,
         sessions[name] = _variant_session(name, path, config, threads, providers)
 
     _accuracy_gate(sessions, config, task, plan, variants)
-    sample = task.agreement_sample(sessions["fp32"], config.agreement_sample_size)
+    sample = task.agreement_sample({name: sessions[name] for name in variants if variants[name].kept},
+                                   config.agreement_sample_size)
     write_json(tmp / AGREEMENT_SAMPLE_FILE, sample)
     recommended = next(name for name in plan.preferences if name in variants and variants[name].kept)
     _measure(sessions, config, task, variants)

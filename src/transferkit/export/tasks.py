@@ -41,11 +41,19 @@ class _ExportTask:
         """The resolved model directory."""
         return self.exportable.resolved.path
 
-    def _sample(self, inputs: list[Any], pairs: list[str] | None, logits: np.ndarray) -> dict[str, Any]:
-        """``agreement_sample.json``: raw inputs as the server receives them, the fp32 graph's labels/logits."""
-        return {"format_version": 1, "inputs": inputs, "pairs": pairs,
-                "labels": [self.labels[i] for i in logits.argmax(axis=1)],
-                "logits": np.round(logits.astype(np.float64), 6).tolist()}
+    def _sample(self, inputs: list[Any], pairs: list[str] | None, logits: dict[str, np.ndarray]) -> dict[str, Any]:
+        """The ``agreement_sample.json`` content.
+
+        Raw inputs as the server receives them, the fp32 graph's labels and logits, and every other variant's
+        labels as computed here (the export node's CPU).
+        """
+
+        def names(values: np.ndarray) -> list[str]:
+            return [self.labels[i] for i in values.argmax(axis=1)]
+
+        return {"format_version": 1, "inputs": inputs, "pairs": pairs, "labels": names(logits["fp32"]),
+                "logits": np.round(logits["fp32"].astype(np.float64), 6).tolist(),
+                "variant_labels": {name: names(values) for name, values in logits.items() if name != "fp32"}}
 
 
 class TextTask(_ExportTask):
@@ -150,15 +158,15 @@ class TextTask(_ExportTask):
         return predict_logits(session, self.exportable.tokenizer, texts, pairs, self.exportable.input_names,
                               self.max_length, self.config.eval_batch_size)
 
-    def agreement_sample(self, session: Any, size: int) -> dict[str, Any]:
-        """The first ``size`` validation texts (and pairs) with the fp32 ``session``'s labels and logits."""
+    def agreement_sample(self, sessions: dict[str, Any], size: int) -> dict[str, Any]:
+        """The first ``size`` validation texts (and pairs) with each session's labels (``fp32`` first)."""
         from transferkit.export.runtime import predict_logits
 
         texts = self._val_texts[:size]
         pairs = self._val_pairs[:size] if self._val_pairs is not None else None
-        logits = (predict_logits(session, self.exportable.tokenizer, texts, pairs, self.exportable.input_names,
-                                 self.max_length, self.config.eval_batch_size) if texts
-                  else np.zeros((0, len(self.labels)), dtype=np.float32))
+        logits = {name: predict_logits(session, self.exportable.tokenizer, texts, pairs, self.exportable.input_names,
+                                       self.max_length, self.config.eval_batch_size) if texts
+                  else np.zeros((0, len(self.labels)), dtype=np.float32) for name, session in sessions.items()}
         return self._sample(list(texts), list(pairs) if pairs is not None else None, logits)
 
     def speed_feeds(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -307,15 +315,16 @@ class ImageTask(_ExportTask):
         return predict_image_logits(session, self.pixels("test", self.config.max_eval_samples),
                                     self.config.eval_batch_size)
 
-    def agreement_sample(self, session: Any, size: int) -> dict[str, Any]:
-        """The first ``size`` validation images (base64 of the stored bytes) with the fp32 ``session``'s labels."""
+    def agreement_sample(self, sessions: dict[str, Any], size: int) -> dict[str, Any]:
+        """The first ``size`` validation images (base64 of the stored bytes) with each session's labels."""
         import base64
 
         from transferkit.export.runtime import predict_image_logits
 
         images = self.dataset.images("validation")[:size]
-        logits = (predict_image_logits(session, self.pixels("validation")[: len(images)], self.config.eval_batch_size)
-                  if images else np.zeros((0, len(self.labels)), dtype=np.float32))
+        pixels = self.pixels("validation")[: len(images)]
+        logits = {name: predict_image_logits(session, pixels, self.config.eval_batch_size) if images
+                  else np.zeros((0, len(self.labels)), dtype=np.float32) for name, session in sessions.items()}
         return self._sample([base64.b64encode(data).decode("ascii") for data in images], None, logits)
 
     def speed_feeds(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:

@@ -6,6 +6,10 @@ int8 kernels differ between CPUs (without VNNI, full-range int8 sums saturate), 
 sample through the freshly loaded version on the serving node and rolls back when fewer than
 ``min_agreement`` of the served labels equal the fp32 ones. fp32 labels are the reference because fp32 graphs
 compute the same labels on every CPU up to rounding.
+
+A variant the accuracy gate kept although it already disagreed with fp32 more often on the export node (a loose
+``max_drop``, near-tie labels of a weak model) is held to what it did there instead: the served agreement may
+fall at most ``AGREEMENT_SLACK`` below the export-time agreement of the same graph (also in the sample).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 # Requests of this many inputs: large enough to amortise HTTP, small enough for any max_batch_size we write.
 REQUEST_ROWS = 8
+# Served agreement may be this much below the same graph's agreement on the export node (batching/rounding).
+AGREEMENT_SLACK = 0.05
 
 
 @dataclass
@@ -36,6 +42,16 @@ class AgreementSample:
     inputs: list[str]
     pairs: list[str] | None
     labels: list[str]
+    variant_labels: dict[str, list[str]] = field(default_factory=dict)
+
+    def export_agreement(self, variant: str) -> float | None:
+        """Fraction of the sample on which ``variant`` gave the fp32 label on the export node (None: unknown)."""
+        labels = self.variant_labels.get(variant)
+        if variant == "fp32":
+            return 1.0
+        if not labels or len(labels) != len(self.labels):
+            return None
+        return float(np.mean([a == b for a, b in zip(labels, self.labels, strict=True)]))
 
     @classmethod
     def load(cls, exported: ExportedModel) -> AgreementSample | None:
@@ -49,7 +65,8 @@ class AgreementSample:
             return None
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
-            sample = cls(inputs=list(raw["inputs"]), pairs=raw.get("pairs"), labels=list(raw["labels"]))
+            sample = cls(inputs=list(raw["inputs"]), pairs=raw.get("pairs"), labels=list(raw["labels"]),
+                         variant_labels=dict(raw.get("variant_labels", {})))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise ServingError(f"{path}: malformed agreement sample ({type(exc).__name__}: {exc})") from exc
         if len(sample.inputs) != len(sample.labels):
@@ -65,6 +82,8 @@ class AgreementResult:
     inputs: int
     agreement: float
     min_agreement: float
+    export_agreement: float | None = None
+    required: float = 0.0
     disagreeing: list[int] = field(default_factory=list)
     reason: str = ""
 
@@ -110,13 +129,16 @@ def check_agreement(control: TritonControl, exported: ExportedModel, model: str,
     served = _served_labels(control, exported, model, version, sample)
     disagreeing = [i for i, (got, want) in enumerate(zip(served, sample.labels, strict=True)) if got != want]
     agreement = 1.0 - len(disagreeing) / len(sample.labels)
-    result = AgreementResult(agreement + 1e-12 >= min_agreement, len(sample.labels), round(agreement, 6),
-                             min_agreement, disagreeing)
+    at_export = sample.export_agreement(exported.variant)
+    required = min_agreement if at_export is None else min(min_agreement, at_export - AGREEMENT_SLACK)
+    result = AgreementResult(agreement + 1e-12 >= required, len(sample.labels), round(agreement, 6), min_agreement,
+                             None if at_export is None else round(at_export, 6), round(required, 6), disagreeing)
     if not result.passed:
+        measured = "" if at_export is None else f", {at_export:.1%} on the export node"
         result.reason = (f"{exported.variant} graph as served agrees with the fp32 graph on {agreement:.1%} of "
-                         f"{len(sample.labels)} validation inputs (min_agreement {min_agreement:.0%}); its int8 "
-                         "kernels on this node's CPU differ from the export node's (re-export with cpu_isa="
-                         "portable, or serve on VNNI nodes)")
-    logger.info("Agreement check of %s v%s: %.1f%% of %d inputs agree with fp32 (min %.0f%%) -> %s", model, version,
-                100 * agreement, len(sample.labels), 100 * min_agreement, "passed" if result.passed else "FAILED")
+                         f"{len(sample.labels)} validation inputs (required {required:.1%}: min_agreement "
+                         f"{min_agreement:.0%}{measured}); its int8 kernels on this node's CPU compute other numbers "
+                         "than the export node's (re-export with cpu_isa=portable, or serve on VNNI nodes)")
+    logger.info("Agreement check of %s v%s: %.1f%% of %d inputs agree with fp32 (required %.1f%%) -> %s", model,
+                version, 100 * agreement, len(sample.labels), 100 * required, "passed" if result.passed else "FAILED")
     return result
