@@ -51,13 +51,32 @@ def load_params(path: Path | None) -> dict[str, Any]:
     return data
 
 
+_PARAMETER_TYPES = {
+    "NUMBER_INTEGER": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "NUMBER_DOUBLE": ("a number", lambda v: isinstance(v, int | float) and not isinstance(v, bool)),
+    "STRING": ("a string", lambda v: isinstance(v, str)),
+    "BOOLEAN": ("true or false", lambda v: isinstance(v, bool)),
+    "LIST": ("a list", lambda v: isinstance(v, list)),
+    "STRUCT": ("a mapping", lambda v: isinstance(v, dict)),
+}
+
+
 def check_params(params: dict[str, Any], package: Path) -> None:
-    """Reject parameters the compiled pipeline does not declare (naming the known ones)."""
+    """Reject parameters the compiled pipeline does not declare, or of another type, before anything starts.
+
+    Raises:
+        ConfigError: Names the parameter, the value and the type the pipeline declares.
+    """
     spec = yaml.safe_load(package.read_text(encoding="utf-8").split("\n---\n")[0])
-    known = set(spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {}))
-    unknown = sorted(set(params) - known)
+    declared = spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
+    unknown = sorted(set(params) - set(declared))
     if unknown:
-        raise ConfigError(f"unknown pipeline parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        raise ConfigError(f"unknown pipeline parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(declared))}")
+    for name, value in params.items():
+        expected, accepts = _PARAMETER_TYPES.get(declared[name].get("parameterType", ""), (None, None))
+        if accepts is not None and not accepts(value):
+            raise ConfigError(f"pipeline parameter {name}: {value!r} is not {expected} "
+                              f"(declared {declared[name]['parameterType']})")
 
 
 @app.command("compile")

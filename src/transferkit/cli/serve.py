@@ -59,8 +59,9 @@ def serve(
     from transferkit.errors import ServingError
     from transferkit.serve.control import read_api_key
     from transferkit.serve.install import install_triton
-    from transferkit.serve.local import LocalTriton
+    from transferkit.serve.local import LocalTriton, check_ports
 
+    check_ports(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
     if not repository.is_dir():
         raise ServingError(f"{repository}: model repository folder does not exist")
     models = list(model or []) or _entry_models(repository)

@@ -48,8 +48,14 @@ def split_url(url: str) -> tuple[str, bool]:
     """``http://host:port`` -> (``host:port``, ssl)."""
     text = url if "://" in url else f"http://{url}"
     parsed = urlparse(text)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+    if parsed.scheme not in ("http", "https") or not parsed.netloc or not parsed.hostname:
         raise ConfigError(f"triton_url: {url!r} is not an http(s)://host:port URL")
+    try:
+        port = parsed.port
+    except ValueError:
+        raise ConfigError(f"triton_url: {url!r} has no valid port; expected an integer in 1-65535") from None
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigError(f"triton_url: port {port} in {url!r} is outside 1-65535")
     return parsed.netloc, parsed.scheme == "https"
 
 

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 
-from transferkit.errors import ServerUnavailableError, ServingError
+from transferkit.errors import ConfigError, ServerUnavailableError, ServingError
 from transferkit.serve.install import TritonInstall, find_triton
 from transferkit.serve.repository import LOCAL_CONFIG_NAME, validate_model_name
 
@@ -121,6 +121,17 @@ def cleanup_stale_shm(min_age_s: float = 60.0) -> list[str]:
     return removed
 
 
+def check_ports(**ports: int) -> None:
+    """Refuse a port outside 0-65535 (0 picks a free one) before anything starts.
+
+    Raises:
+        ConfigError: Names the option and the accepted range.
+    """
+    for field_name, port in ports.items():
+        if not 0 <= int(port) <= 65535:
+            raise ConfigError(f"{field_name}: {port} is not a TCP port; expected 1-65535 (0 picks a free one)")
+
+
 class LocalTriton:
     """A real local ``tritonserver`` as a context manager.
 
@@ -161,6 +172,7 @@ class LocalTriton:
         install: TritonInstall | None = None,
         extra_args: Iterable[str] = (),
     ) -> None:
+        check_ports(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
         self.repository = Path(repository).absolute()
         if not self.repository.is_dir():
             raise ServingError(f"{self.repository}: model repository folder does not exist")

@@ -1,0 +1,64 @@
+"""Bad options are refused before anything starts: one error line, non-zero exit, nothing left on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from transferkit.cli.main import app
+
+runner = CliRunner()
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def _refused(args: list[str], tmp_path: Path, pattern: str) -> None:
+    before = _tree(tmp_path)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output, result.stderr
+    assert pattern in lines[0], lines[0]
+    assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("max_rows: lots\n", "pipeline parameter max_rows: 'lots' is not an integer (declared NUMBER_INTEGER)"),
+    ("strategies: full\n", "pipeline parameter strategies: 'full' is not a list (declared LIST)"),
+    ("epochs: three\n", "pipeline parameter epochs: 'three' is not a number (declared NUMBER_DOUBLE)"),
+    ("preserve_source: 1\n", "pipeline parameter preserve_source: 1 is not true or false (declared BOOLEAN)"),
+    ("max_length: true\n", "pipeline parameter max_length: True is not an integer"),
+    ("base_model: 12\n", "pipeline parameter base_model: 12 is not a string (declared STRING)"),
+    ("no_such_parameter: 1\n", "unknown pipeline parameter(s) no_such_parameter"),
+])
+def test_pipeline_parameters_of_the_wrong_type(tmp_path: Path, content: str, message: str) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text(content)
+    _refused(["pipeline", "run", "--local", "--params", str(params), "--work-dir", str(tmp_path / "work")],
+             tmp_path, message)
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("127.0.0.1:notaport", "triton_url: '127.0.0.1:notaport' has no valid port; expected an integer in 1-65535"),
+    ("http://127.0.0.1:99999", "has no valid port"),
+    ("http://127.0.0.1:0", "triton_url: port 0 in 'http://127.0.0.1:0' is outside 1-65535"),
+    ("ftp://127.0.0.1:8000", "is not an http(s)://host:port URL"),
+])
+def test_deploy_with_a_bad_triton_url(tmp_path: Path, url: str, message: str) -> None:
+    onnx = tmp_path / "onnx"
+    onnx.mkdir()
+    _refused(["deploy", "--onnx", str(onnx), "--name", "sentiment", "--repository", str(tmp_path / "repo"),
+              "--triton-url", url], tmp_path, message)
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--port", "70000"), ("--grpc-port", "-1"), ("--metrics-port", "65536")])
+def test_serve_refuses_ports_outside_the_tcp_range(tmp_path: Path, flag: str, value: str) -> None:
+    repository = tmp_path / "repository"
+    repository.mkdir()
+    field = {"--port": "http_port", "--grpc-port": "grpc_port", "--metrics-port": "metrics_port"}[flag]
+    _refused(["serve", "--repository", str(repository), flag, value], tmp_path,
+             f"{field}: {value} is not a TCP port; expected 1-65535")
