@@ -13,7 +13,8 @@ from typing import Any
 
 
 @contextlib.contextmanager
-def atomic_output_dir(out: str | os.PathLike[str], *, overwrite: bool = True) -> Iterator[Path]:
+def atomic_output_dir(out: str | os.PathLike[str], *, overwrite: bool = True,
+                      owned_files: tuple[str, ...] = ()) -> Iterator[Path]:
     """Yield a temporary sibling directory that replaces ``out`` only when the block succeeds.
 
     On any exception the temporary directory is removed and ``out`` is left as it was (absent, or the
@@ -22,14 +23,20 @@ def atomic_output_dir(out: str | os.PathLike[str], *, overwrite: bool = True) ->
     Args:
         out: Final directory path.
         overwrite: Replace an existing ``out``; when False an existing ``out`` raises ``FileExistsError``.
+        owned_files: Files a previous output of the same step always holds. When given, an existing non-empty
+            ``out`` holding none of them is someone else's directory and is never replaced.
 
     Yields:
         The temporary directory to write into.
+
+    Raises:
+        ConfigError: ``out`` holds files this step did not write (``owned_files`` given).
 
     """
     final = Path(out).absolute()
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final}: output directory exists")
+    check_replaceable(final, owned_files)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     # mkdtemp creates 0700; artifacts are read by other users and pods, so use the umask-default mode.
@@ -40,6 +47,26 @@ def atomic_output_dir(out: str | os.PathLike[str], *, overwrite: bool = True) ->
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     replace_dir(tmp, final)
+
+
+def check_replaceable(out: str | os.PathLike[str], owned_files: tuple[str, ...]) -> None:
+    """Refuse to replace ``out`` when it is a non-empty directory holding none of ``owned_files``.
+
+    A step replaces its previous output on a re-run; a directory without any file that output always has
+    is someone else's (the user's own files), and replacing it would delete them without a word.
+
+    Raises:
+        ConfigError: Names the directory and some of the files in it.
+    """
+    final = Path(out)
+    if not owned_files or not final.is_dir() or any((final / name).exists() for name in owned_files):
+        return
+    foreign = sorted(p.name for p in final.iterdir())
+    if foreign:
+        from transferkit.errors import ConfigError
+
+        raise ConfigError(f"out: {final} already holds files this command did not write ({', '.join(foreign[:3])}"
+                          f"{', ...' if len(foreign) > 3 else ''}); choose an empty or new directory")
 
 
 def _umask() -> int:

@@ -62,3 +62,26 @@ def test_serve_refuses_ports_outside_the_tcp_range(tmp_path: Path, flag: str, va
     field = {"--port": "http_port", "--grpc-port": "grpc_port", "--metrics-port": "metrics_port"}[flag]
     _refused(["serve", "--repository", str(repository), flag, value], tmp_path,
              f"{field}: {value} is not a TCP port; expected 1-65535")
+
+
+def test_data_prepare_never_replaces_a_directory_of_the_users_own_files(tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("not a transferkit output")
+    _refused(["data", "prepare", "--dataset", "builtin:movie-sentiment", "--max-rows", "200", "--out", str(out)],
+             tmp_path, f"out: {out} already holds files this command did not write (notes.txt)")
+    assert (out / "notes.txt").read_text() == "not a transferkit output"
+    (out / "notes.txt").unlink()  # empty: fine; a previous output: replaced on a re-run
+    for rows in ("200", "300"):
+        result = runner.invoke(app, ["data", "prepare", "--dataset", "builtin:movie-sentiment", "--max-rows", rows,
+                                     "--out", str(out)])
+        assert result.exit_code == 0, result.output
+    assert (out / "schema.json").is_file()
+
+
+def test_export_never_replaces_a_directory_of_the_users_own_files(tmp_path: Path) -> None:
+    out = tmp_path / "onnx"
+    out.mkdir()
+    (out / "model.onnx").write_bytes(b"someone else's graph")
+    _refused(["export", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--out", str(out)],
+             tmp_path, f"out: {out} already holds files this command did not write (model.onnx)")

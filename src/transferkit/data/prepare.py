@@ -32,9 +32,12 @@ from transferkit.data.validate import (
     sorted_label_names,
 )
 from transferkit.errors import ConfigError, DataError
-from transferkit.io import atomic_output_dir, write_json
+from transferkit.io import atomic_output_dir, check_replaceable, write_json
 
 logger = logging.getLogger(__name__)
+
+# A previous data-prep output always holds these: --out is replaced only when it does (or is empty).
+OWNED_FILES = ("schema.json", "stats.json")
 
 SUPPORTED_TASKS = ("text-classification", "image-classification")
 PLANNED_TASKS: tuple[str, ...] = ()
@@ -199,6 +202,7 @@ def _check_out(out: Path, files: list[SourceFile]) -> None:
         if path == final or final in path.parents:
             raise ConfigError(f"out: {out} contains the input {file.display}; replacing it would delete the "
                               "input, choose another output directory")
+    check_replaceable(out, OWNED_FILES)
 
 
 def read_rows(files: list[SourceFile], needed: dict[str, str], dataset: str
@@ -336,7 +340,7 @@ def write_prepared(config: DataPrepConfig, tables: dict[str, pa.Table], names: l
 
     """
     try:
-        with atomic_output_dir(config.out) as tmp:
+        with atomic_output_dir(config.out, owned_files=OWNED_FILES) as tmp:
             for split in SPLITS:
                 pq.write_table(tables[split], tmp / f"{split}.parquet")
             write_json(tmp / "labels.json", names)

@@ -41,7 +41,7 @@ from transferkit.export.quantize import quantize_onnx
 from transferkit.export.runtime import measure_speed, ort_session, select_providers
 from transferkit.export.tasks import ImageTask, TextTask, load_task
 from transferkit.hardware import CpuInfo, detect_cpu
-from transferkit.io import atomic_output_dir, write_json
+from transferkit.io import atomic_output_dir, check_replaceable, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +122,7 @@ def export_model(config: ExportConfig) -> ExportResult:
 
     """
     started = time.perf_counter()
+    check_replaceable(config.out_dir, (IO_SPEC_FILE,))
     dataset = load_prepared(config.data_dir)
     plan = variant_plan(dataset.task, config.target, config.gpu_prefer)
     _check_data(dataset, plan)
@@ -132,7 +133,7 @@ def export_model(config: ExportConfig) -> ExportResult:
         task = load_task(config, dataset)
         logger.info("Exporting %s (%s) for target %s with %d threads on %s (int8: %s); int8 recipe %s",
                     task.model_path, task.describe(), config.target, threads, cpu.model, cpu.int8_isa, recipe.name)
-        with atomic_output_dir(config.out_dir) as tmp:
+        with atomic_output_dir(config.out_dir, owned_files=(IO_SPEC_FILE,)) as tmp:
             result = _export_into(tmp, config, task, plan, threads, started, cpu, recipe)
     return result
 

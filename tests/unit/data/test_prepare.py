@@ -186,6 +186,7 @@ def test_overwrites_previous_output_atomically(movies: pa.Table, tmp_path: Path)
     data = _movie_csv(movies, tmp_path / "m.csv", rows=300)
     out = tmp_path / "out"
     out.mkdir()
+    (out / "schema.json").write_text("{}")  # a previous output of data prep (other folders are refused)
     (out / "stale.txt").write_text("old run")
     prepare_dataset(DataPrepConfig(dataset=str(data), out=out))
     assert not (out / "stale.txt").exists()
