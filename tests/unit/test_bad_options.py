@@ -85,3 +85,21 @@ def test_export_never_replaces_a_directory_of_the_users_own_files(tmp_path: Path
     (out / "model.onnx").write_bytes(b"someone else's graph")
     _refused(["export", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--out", str(out)],
              tmp_path, f"out: {out} already holds files this command did not write (model.onnx)")
+
+
+def test_unclosed_quote_fails_cleanly_every_time(tmp_path: Path) -> None:
+    """A parse error mid-file used to abort the interpreter at exit (exit 134) in some runs: a CSV reader thread."""
+    import subprocess
+    import sys
+
+    rows = ["text,label", *(f"good movie number {i},1" for i in range(3000)), '"unclosed quote here,0',
+            *(f"after {i},0" for i in range(3000))]
+    data = tmp_path / "unclosed.csv"
+    data.write_text("\n".join(rows) + "\n")
+    code = ("import sys; from transferkit.cli.main import app; sys.argv = ['transferkit', 'data', 'prepare', "
+            f"'--dataset', {str(data)!r}, '--out', {str(tmp_path / 'out')!r}]; app()")
+    for _ in range(6):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 2, done.stderr[-500:]
+        assert "row 3001: expected 2 fields, found 1" in done.stderr and "terminate called" not in done.stderr
+    assert not (tmp_path / "out").exists()
