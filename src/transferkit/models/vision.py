@@ -36,6 +36,7 @@ from transferkit.data.transforms import PREPROCESSOR_FILE, ImagePreprocessConfig
 from transferkit.errors import ConfigError, ModelError
 from transferkit.io import atomic_output_dir, read_json, write_json
 from transferkit.models.catalog import ResolvedModel, resolve_model
+from transferkit.models.loading import reinit_head
 
 logger = logging.getLogger(__name__)
 
@@ -198,12 +199,6 @@ def _load_lite_saved(resolved: ResolvedModel) -> EfficientNetLiteForImageClassif
     return model
 
 
-def _head_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    prefix = getattr(model, "base_model_prefix", "")
-    return [(name, module) for name, module in model.named_modules()
-            if name and not name.startswith(prefix) and isinstance(module, nn.Linear)]
-
-
 def _load_transformers(resolved: ResolvedModel, labels: list[str] | None, *, allow_pickle: bool,
                        trust_remote_code: bool) -> nn.Module:
     from transformers import AutoModelForImageClassification
@@ -223,12 +218,7 @@ def _load_transformers(resolved: ResolvedModel, labels: list[str] | None, *, all
         raise ModelError(f"{resolved.path}: cannot load an image classifier ({_short(exc)})") from exc
     if labels is not None and current is not None and current != labels and len(current) == len(labels):
         # Same size, other classes: from_pretrained kept the old head's weights; start the head afresh.
-        std = float(getattr(model.config, "initializer_range", 0.02))
-        for name, linear in _head_modules(model):
-            logger.info("Re-initialising head layer %s for the new labels", name)
-            nn.init.normal_(linear.weight, std=std)
-            if linear.bias is not None:
-                nn.init.zeros_(linear.bias)
+        reinit_head(model)
     return model
 
 
