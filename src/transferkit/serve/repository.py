@@ -41,6 +41,7 @@ from google.protobuf import text_format
 from transferkit.errors import ConfigError, ExportError, ServingError
 from transferkit.export.io_spec import IOSpec, TensorSpec
 from transferkit.io import atomic_output_dir
+from transferkit.tasks import find_task
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,6 @@ LABELS_FILE = "labels.txt"
 TEXT_INPUT = "text"
 TEXT_PAIR_INPUT = "text_pair"
 IMAGE_INPUT = "image"
-IMAGE_TASK = "image-classification"
 PREPROCESSOR_FILE = "preprocessor.json"
 PROBABILITIES_OUTPUT = "probabilities"
 LABEL_OUTPUT = "label"
@@ -244,7 +244,7 @@ def _image_preprocessing(directory: Path, spec: IOSpec) -> dict[str, Any] | None
     """
     where = directory / "io_spec.json"
     declared = spec.preprocessing if spec.preprocessing.get("kind") == "image" else None
-    if declared is None and spec.task != IMAGE_TASK:
+    if declared is None and getattr(find_task(spec.task), "preprocessing_kind", None) != "image":
         return None
     source = f"{where}: preprocessing"
     if declared is None:

@@ -25,10 +25,10 @@ from typing import Any
 from transferkit.data.prepared import PreparedDataset
 from transferkit.data.transforms import AugmentConfig, ImageAugmenter, ImagePreprocessConfig, ImagePreprocessor
 from transferkit.errors import ConfigError, ModelError, PreparedDataError
+from transferkit.tasks.image_classification import IMAGE_CLASSIFICATION
 
 logger = logging.getLogger(__name__)
 
-IMAGE_TASK = "image-classification"
 IMAGE_AUGMENTATIONS = ("none", "image", "image_no_flip")
 TEXT_ONLY_OPTIONS = {"max_length": None, "pooling": "auto", "label_descriptions": None}
 MIN_IMAGE_SIZE = 16
@@ -350,7 +350,7 @@ def image_task_for(config: Any, resolved: Any) -> ImageTask:
 
     for name, default in TEXT_ONLY_OPTIONS.items():
         if getattr(config, name) != default:
-            raise ConfigError(f"{name}: applies to text models only; the data is for {IMAGE_TASK}")
+            raise ConfigError(f"{name}: applies to text models only; the data is for {IMAGE_CLASSIFICATION}")
     if config.augment not in IMAGE_AUGMENTATIONS:
         raise ConfigError(f"augment: {config.augment!r} is a text augmentation; for images use one of "
                           f"{', '.join(IMAGE_AUGMENTATIONS)}")

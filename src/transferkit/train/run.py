@@ -22,6 +22,7 @@ from transferkit.data.prepared import load_prepared
 from transferkit.errors import ConfigError, ModelError, PreparedDataError, TrainingError
 from transferkit.io import atomic_output_dir, write_json
 from transferkit.models.catalog import CatalogEntry, ResolvedModel, resolve_model
+from transferkit.tasks.image_classification import IMAGE_CLASSIFICATION
 from transferkit.train.checkpoints import TENSORBOARD_DIR
 from transferkit.train.config import (
     DEFAULT_FEATURE_EXTRACTION_HEAD_LR,
@@ -271,7 +272,7 @@ def run_training(config: TrainConfig) -> TrainResult:
     if resolved.entry is not None and resolved.entry.task != dataset.task:
         raise ModelError(f"model {config.model!r} is for {resolved.entry.task}; the data in {dataset.path} is for "
                          f"{dataset.task}")
-    if dataset.is_image:
+    if dataset.task == IMAGE_CLASSIFICATION:
         return _run_image(config, dataset, resolved, labels, started)
     if config.augment in ("image", "image_no_flip") or config.image_size is not None:
         raise ConfigError(f"{'augment' if config.image_size is None else 'image_size'}: applies to image data; "
