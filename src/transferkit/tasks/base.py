@@ -75,6 +75,20 @@ class Task(ABC):
     def summary_rows(self, result: Any, config: Any) -> list[tuple[str, str]]:
         """Task-specific rows of the ``transferkit data prepare`` summary table."""
 
+    # ------------------------------------------------------------------------------------- training
+
+    @abstractmethod
+    def training(self, config: Any, dataset: Any, resolved: Any) -> Any:
+        """Check the training options for this task, read the splits and return the task's training side.
+
+        The side implements :class:`transferkit.train.side.TrainingSide`; the training recipe
+        (:mod:`transferkit.train.run`) drives it.
+
+        Raises:
+            ConfigError: An option that does not apply to this task.
+            PreparedDataError: A split with bad rows.
+        """
+
     # ------------------------------------------------------------------------------------- evaluation
 
     @abstractmethod

@@ -70,6 +70,12 @@ class ImageClassification(Task):
                 ("height min / p50 / max (px)", f"{height['min']:g} / {height['p50']:g} / {height['max']:g}"),
                 ("modes", ", ".join(f"{mode} ({count})" for mode, count in result.modes.items()))]
 
+    def training(self, config: Any, dataset: Any, resolved: Any) -> Any:
+        """The image side of the training recipe (preprocessing, augmentation, stage freezing, feature cache)."""
+        from transferkit.train.image_task import image_side_for
+
+        return image_side_for(config, dataset, resolved)
+
     def evaluation_inputs(self, dataset: Any, split: str, cfg: Any) -> Any:
         """Encoded images of the split; predictions by the image classifier."""
         from transferkit.evaluate.inputs import ImageInputs

@@ -52,6 +52,12 @@ class TextClassification(Task):
                  f"{tokens['p50']:g} / {tokens['p95']:g} / {tokens['p99']:g} / {tokens['max']:g}"),
                 (f"truncated at max_length={config.max_length}", f"{result.truncation_rate * 100:.2f}%")]
 
+    def training(self, config: Any, dataset: Any, resolved: Any) -> Any:
+        """The text side of the training recipe (tokenizer, sequence classifier, pooling, zero-shot)."""
+        from transferkit.train.text_side import text_side_for
+
+        return text_side_for(config, dataset, resolved)
+
     def evaluation_inputs(self, dataset: Any, split: str, cfg: Any) -> Any:
         """Texts (and pairs) of the split; predictions by the classifier or zero-shot for a baseline."""
         from transferkit.evaluate.inputs import TextInputs
