@@ -28,6 +28,8 @@ class Task(ABC):
         classifier_noun: How the export step names a model of this task (``a text classifier``).
         wrong_model_hint: What to use instead when a model of another task meets this task's data (or None).
         preprocessing_kind: ``kind`` of the ``io_spec.json`` preprocessing of its exports (``tokenizer``).
+        forgetting_mitigation: Whether ``--preserve-source`` applies (pipelines drop it for other tasks).
+        model_framework: ``framework`` recorded in the model artifact's metadata (``transformers``).
         export_variants: Graph variants the export step builds per target, in build order.
         export_cpu_preference: The variant recommended on ``cpu`` when it passes the accuracy gate.
         export_assets: Serving files an export writes beside ``labels.json`` (``tokenizer/``).
@@ -41,6 +43,8 @@ class Task(ABC):
     classifier_noun: ClassVar[str]
     wrong_model_hint: ClassVar[str | None] = None
     preprocessing_kind: ClassVar[str]
+    forgetting_mitigation: ClassVar[bool] = False
+    model_framework: ClassVar[str]
     export_variants: ClassVar[dict[str, tuple[str, ...]]]
     export_cpu_preference: ClassVar[str]
     export_assets: ClassVar[tuple[str, ...]] = ()

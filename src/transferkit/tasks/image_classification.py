@@ -35,6 +35,8 @@ class ImageClassification(Task):
     # CNNs on cpu: static QDQ int8 is the int8 variant; dynamic int8 is built, gated and reported for comparison
     # but never recommended: it runs convolutions as ConvInteger, measured ~50x slower than fp32 and 19 points
     # less accurate on EfficientNet-Lite0 (digits, 32 px, 2 threads).
+    forgetting_mitigation: ClassVar[bool] = False
+    model_framework: ClassVar[str] = "pytorch"
     export_variants: ClassVar[dict[str, tuple[str, ...]]] = {"cpu": ("qdq", "int8"), "gpu": ("fp16", "qdq")}
     export_cpu_preference: ClassVar[str] = "qdq"
     export_assets: ClassVar[tuple[str, ...]] = ("preprocessor.json",)

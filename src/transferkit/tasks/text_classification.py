@@ -25,6 +25,8 @@ class TextClassification(Task):
     classifier_noun: ClassVar[str] = "a text classifier"
     preprocessing_kind: ClassVar[str] = "tokenizer"
     wrong_model_hint: ClassVar[str | None] = None
+    forgetting_mitigation: ClassVar[bool] = True
+    model_framework: ClassVar[str] = "transformers"
     export_variants: ClassVar[dict[str, tuple[str, ...]]] = {"cpu": ("int8",), "gpu": ("fp16", "qdq")}
     export_cpu_preference: ClassVar[str] = "int8"
     export_assets: ClassVar[tuple[str, ...]] = ("tokenizer/",)
