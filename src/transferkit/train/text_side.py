@@ -14,7 +14,7 @@ from typing import Any
 
 from transferkit.errors import ConfigError, ModelError, TrainingError
 from transferkit.io import write_json
-from transferkit.train.side import TrainingSide, compute_metrics, resolve_hyperparameters
+from transferkit.train.side import TrainingSide, resolve_hyperparameters
 
 logger = logging.getLogger(__name__)
 
@@ -229,33 +229,20 @@ class TextSide(TrainingSide):
         return None
 
     def validation_metrics(self, ctx: Any, model_dir: Path, model: Any = None) -> dict[str, float]:
-        """Metrics of the saved directory, exactly what later steps will load (``model`` is not used)."""
-        import torch
-        from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, EvalPrediction
+        """Metrics of the saved directory, exactly what later steps load, with the evaluate step's inference.
 
-        from transferkit.train.data import TokenizedDataset
+        ``model`` is not used: the directory is reloaded so that what is measured is what was written.
+        """
+        from transferkit.evaluate.inference import predict_proba
+        from transferkit.models.loading import load_sequence_classifier
+        from transferkit.train.side import interactive, probability_metrics
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        loaded = AutoModelForSequenceClassification.from_pretrained(model_dir).to(device)
-        loaded.eval()
-        batch_size = self.hp["eval_batch_size"]
-        ds = TokenizedDataset(self.validation_split, self.tokenizer, self.hp["max_length"])
-        collator = DataCollatorWithPadding(self.tokenizer)
-        order = sorted(range(len(ds)), key=lambda i: ds.lengths[i])
-        logits_parts, labels_parts, loss_sum = [], [], 0.0
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                batch = collator([ds[i] for i in order[start : start + batch_size]]).to(device)
-                labels = batch.pop("labels")
-                logits = loaded(**batch).logits.float()
-                loss_sum += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
-                logits_parts.append(logits.cpu())
-                labels_parts.append(labels.cpu())
-        all_logits = torch.cat(logits_parts).numpy()
-        all_labels = torch.cat(labels_parts).numpy()
-        metrics = compute_metrics(EvalPrediction(predictions=all_logits, label_ids=all_labels))
-        metrics["loss"] = loss_sum / max(len(all_labels), 1)
-        return metrics
+        loaded = load_sequence_classifier(model_dir).eval()
+        split = self.validation_split
+        probs = predict_proba(loaded, self.tokenizer, split.texts, split.text_pairs,
+                              batch_size=self.hp["eval_batch_size"], max_length=self.hp["max_length"],
+                              desc="validation", progress=interactive())
+        return probability_metrics(probs, split.labels)
 
     def save(self, directory: Path, model: Any, labels: list[str]) -> None:
         """Weights (safetensors), config with label maps, tokenizer and ``labels.json``."""
