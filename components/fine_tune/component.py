@@ -49,48 +49,25 @@ def fine_tune(
     Returns:
         The best validation metric and the strategy, for strategy selection and gating.
     """
-    import dataclasses
-    import hashlib
     import json
     import shutil
     from collections import namedtuple
     from pathlib import Path
 
-    from transferkit.train import TrainConfig, config_to_cli_args, run_training
-    from transferkit.train.distributed import launch_torchrun
+    from transferkit.train.step import fine_tune_step
 
-    is_image = json.loads((Path(dataset.path) / "schema.json").read_text(encoding="utf-8")).get(
-        "task") == "image-classification"
-    config = TrainConfig(
-        data_dir=Path(dataset.path), model=base_model, strategy=strategy, out_dir=Path(model.path),
-        epochs=epochs or None, max_steps=max_steps or None, learning_rate=learning_rate or None,
-        head_learning_rate=head_learning_rate or None, llrd=llrd, l2sp=l2sp, batch_size=batch_size or None,
-        max_length=max_length or None, image_size=image_size or None,
-        warmup_ratio=None if warmup_ratio < 0 else warmup_ratio,
-        weight_decay=None if weight_decay < 0 else weight_decay, scheduler=scheduler or None,
-        unfreeze_top_layers=unfreeze_top_layers, early_stopping_patience=early_stopping_patience,
-        augment=augment, class_weights=class_weights, preserve_source=preserve_source and not is_image,
-        min_retention=min_retention, seed=seed,
+    result = fine_tune_step(
+        dataset.path, model.path, checkpoint_root=checkpoint_root, nproc_per_node=nproc_per_node,
+        base_model=base_model, strategy=strategy, epochs=epochs, max_steps=max_steps, learning_rate=learning_rate,
+        head_learning_rate=head_learning_rate, llrd=llrd, l2sp=l2sp, batch_size=batch_size, max_length=max_length,
+        image_size=image_size, warmup_ratio=warmup_ratio, weight_decay=weight_decay, scheduler=scheduler,
+        unfreeze_top_layers=unfreeze_top_layers, early_stopping_patience=early_stopping_patience, augment=augment,
+        class_weights=class_weights, preserve_source=preserve_source, min_retention=min_retention, seed=seed,
     )
-    if checkpoint_root:
-        # A retry of this task has the same inputs and output path, hence the same digest: it resumes.
-        digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
-        config = dataclasses.replace(config, checkpoint_dir=Path(checkpoint_root) / digest[:16])
-    if nproc_per_node > 1:
-        launch_torchrun(config_to_cli_args(config), nproc_per_node)
-    else:
-        run_training(config)
-    out = Path(model.path)
-    summary = json.loads((out / "training_summary.json").read_text(encoding="utf-8"))
-    best = summary["best"]["value"]
-    for name, value in summary["validation"].items():
-        if isinstance(value, int | float):
-            metrics.log_metric(f"validation_{name}", float(value))
-    metrics.log_metric("wall_time_s", float(summary["wall_time_s"]))
-    metrics.log_metric("trainable_params", float(summary["parameters"]["trainable"]))
-    shutil.copyfile(out / summary["artifacts"]["report_html"], report.path)
+    for name, value in result.metrics.items():
+        metrics.log_metric(name, value)
+    shutil.copyfile(result.report_html, report.path)
     Path(metrics.path).write_text(json.dumps(metrics.metadata, indent=2), encoding="utf-8")
-    framework = "pytorch" if is_image else "transformers"
-    model.metadata.update({"strategy": strategy, "base_model": base_model, "framework": framework})
+    model.metadata.update(result.metadata)
     outputs = namedtuple("FineTuneOutputs", ["validation_metric", "strategy"])
-    return outputs(float(best if best is not None else 0.0), strategy)
+    return outputs(result.validation_metric, strategy)

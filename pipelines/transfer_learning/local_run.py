@@ -201,7 +201,9 @@ def run_local(
             )
         if any(name.startswith("deploy-triton") for name in timer.tasks):
             result.endpoint = f"{server.http_url}/v2/models/{result.model_name}/infer"
-            if arguments.get("task") == "image-classification":
+            from transferkit.tasks import DEFAULT_TASK, get_task
+
+            if get_task(arguments.get("task") or DEFAULT_TASK).modality == "image":
                 image, expected, path = sample_image(result.outputs, work_dir)
                 result.sample = sample_inference(server.http_url, result.model_name, image=image)
                 result.sample.update(expected=expected, image=str(path))

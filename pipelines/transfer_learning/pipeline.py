@@ -19,6 +19,7 @@ from components.run_summary.component import run_summary
 from components.select_strategy.component import select_strategy
 from pipelines.transfer_learning.apply_placement import apply_placement
 from transferkit.placement import PlacementConfig
+from transferkit.tasks import DEFAULT_TASK
 
 PIPELINE_NAME = "transferkit-transfer-learning"
 
@@ -34,7 +35,7 @@ def build_pipeline(placement: PlacementConfig | None = None):
     def transfer_learning(
         dataset_uri: str = "builtin:movie-sentiment",
         base_model: str = "minilm-l6",
-        task: str = "text-classification",
+        task: str = DEFAULT_TASK,
         text_column: str = "text",
         label_column: str = "label",
         group_column: str = "",

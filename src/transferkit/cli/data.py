@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from transferkit.cli._common import console, handle_errors
+from transferkit.tasks import DEFAULT_TASK, task_names
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -25,9 +26,7 @@ def prepare(
         "s3://bucket/key or builtin:NAME."
     ),
     out: Path = typer.Option(..., "--out", help="Output directory (replaced atomically)."),
-    task: str = typer.Option(
-        "text-classification", "--task", help="text-classification or image-classification."
-    ),
+    task: str = typer.Option(DEFAULT_TASK, "--task", help=f"One of {', '.join(task_names())}."),
     text_column: str = typer.Option("text", "--text-column", help="Column holding the text."),
     text_pair_column: str | None = typer.Option(None, "--text-pair-column", help="Optional second text column."),
     label_column: str = typer.Option("label", "--label-column", help="Column with class names or integer ids."),
@@ -52,6 +51,7 @@ def prepare(
     from rich.table import Table
 
     from transferkit.data.prepare import DataPrepConfig, prepare_dataset
+    from transferkit.tasks import get_task
 
     config = DataPrepConfig(
         dataset=dataset, out=out, task=task, text_column=text_column, text_pair_column=text_pair_column,
@@ -72,16 +72,8 @@ def prepare(
     shown = ", ".join(result.labels[:10]) + (" ..." if result.num_labels > 10 else "")
     table.add_row("labels", f"{result.num_labels}: {shown}")
     table.add_row("duplicates removed (leakage)", str(result.duplicates_removed))
-    if result.task == "image-classification":
-        width, height = result.image_size["width"], result.image_size["height"]
-        table.add_row("width min / p50 / max (px)", f"{width['min']:g} / {width['p50']:g} / {width['max']:g}")
-        table.add_row("height min / p50 / max (px)", f"{height['min']:g} / {height['p50']:g} / {height['max']:g}")
-        table.add_row("modes", ", ".join(f"{mode} ({count})" for mode, count in result.modes.items()))
-    else:
-        tokens = result.token_length
-        table.add_row("tokens p50 / p95 / p99 / max", f"{tokens['p50']:g} / {tokens['p95']:g} / "
-                                                      f"{tokens['p99']:g} / {tokens['max']:g}")
-        table.add_row(f"truncated at max_length={max_length}", f"{result.truncation_rate * 100:.2f}%")
+    for item, value in get_task(result.task).summary_rows(result, config):
+        table.add_row(item, value)
     table.add_row("output", str(result.out_dir))
     table.add_row("report", str(result.report_html))
     console.print(table)

@@ -47,6 +47,7 @@ def export(
 ) -> None:
     """Export a text or image classifier to ONNX (parity-gated), quantize it (accuracy-gated); write io_spec.json."""
     from transferkit.export import ExportConfig, export_model
+    from transferkit.tasks import get_task
 
     config = ExportConfig(
         model_dir=Path(model), data_dir=data, out_dir=out, target=target, opset=opset, atol=atol,
@@ -66,7 +67,7 @@ def export(
         f"parity max |diff| {result.parity_max_abs_diff:.2g}, accuracy gate "
         f"{'passed' if result.passed else 'fell back'}"
     )
-    unit = "img" if result.task == "image-classification" else "seq"
+    unit = get_task(result.task).item_unit
     for name, v in result.variants.items():
         accuracy = "n/a" if v.accuracy is None else f"{v.accuracy:.2%}"
         speed = "" if v.throughput_seq_per_s is None else f", {v.throughput_seq_per_s:.1f} {unit}/s"

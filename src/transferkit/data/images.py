@@ -158,7 +158,7 @@ def read_item(item: ImageItem) -> bytes:
 # Class folders
 
 
-def is_image_folder(root: Path) -> bool:
+def looks_like_image_folder(root: Path) -> bool:
     """Whether a directory is a class-folder image dataset (it holds images and no table files)."""
     has_images = False
     for path in root.rglob("*"):
@@ -296,7 +296,7 @@ def _builtin_files(uri: str) -> list[SourceFile]:
     from transferkit.data.builtin import builtin_path, get_builtin
 
     dataset = get_builtin(uri)
-    if dataset.kind != "image-classification":
+    if dataset.kind != "images":
         raise DataError(f"{uri}: a text dataset ({dataset.description}); expected an image dataset such as "
                         "builtin:digits for task image-classification")
     return [SourceFile(builtin_path(uri), uri, "parquet")]
@@ -333,7 +333,7 @@ def open_image_source(uri: str, image_column: str, label_column: str) -> Iterato
         with tempfile.TemporaryDirectory(prefix="transferkit-s3-") as tmp:
             root = Path(tmp)
             download_s3(uri, root, accept=_image_or_table)
-            if is_image_folder(root):
+            if looks_like_image_folder(root):
                 yield folder_items(root, display)
                 return
             tables = [SourceFile(p, f"{display}/{p.relative_to(root).as_posix()}", detect_format(p))
@@ -348,7 +348,7 @@ def open_image_source(uri: str, image_column: str, label_column: str) -> Iterato
     if "://" not in uri or uri.startswith("file://"):
         if not local.exists():
             raise DatasetNotFoundError(f"{uri}: file or directory not found")
-        if local.is_dir() and is_image_folder(local):
+        if local.is_dir() and looks_like_image_folder(local):
             yield folder_items(local, uri)
             return
     with open_source(uri) as files:

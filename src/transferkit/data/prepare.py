@@ -3,8 +3,9 @@
 ``prepare_dataset(DataPrepConfig(...))`` writes the prepared-dataset contract of
 :mod:`transferkit.data.prepared` plus ``report.md``/``report.html``. Sources are streamed in Arrow
 batches restricted to the needed columns; rows are never materialised as Python objects except the
-bounded sample used for token statistics. Image classification is prepared by
-:mod:`transferkit.data.image_prep` with the same configuration, result and split code.
+bounded sample used for token statistics. The configured task (:mod:`transferkit.tasks`) runs its own data
+prep with the same configuration, result and writer: text classification is :func:`prepare_texts` here, image
+classification :mod:`transferkit.data.image_prep`.
 """
 
 from __future__ import annotations
@@ -33,15 +34,12 @@ from transferkit.data.validate import (
 )
 from transferkit.errors import ConfigError, DataError
 from transferkit.io import atomic_output_dir, check_replaceable, write_json
+from transferkit.tasks import DEFAULT_TASK, find_task, get_task, task_names
 
 logger = logging.getLogger(__name__)
 
 # A previous data-prep output always holds these: --out is replaced only when it does (or is empty).
 OWNED_FILES = ("schema.json", "stats.json")
-
-SUPPORTED_TASKS = ("text-classification", "image-classification")
-PLANNED_TASKS: tuple[str, ...] = ()
-TEXT_ONLY_FIELDS = ("text_pair_column", "group_column", "split_column")
 
 
 @dataclass
@@ -52,7 +50,8 @@ class DataPrepConfig:
         dataset: ``/path/file.csv``, a directory of files of one format, ``s3://bucket/key`` (or a
             ``prefix/``), or ``builtin:NAME``.
         out: Output directory (replaced atomically).
-        task: ``text-classification`` or ``image-classification``.
+        task: A registered task (:func:`transferkit.tasks.task_names`): ``text-classification`` or
+            ``image-classification``.
         text_column: Column with the text (text only; ignored for images).
         text_pair_column: Optional second text (sentence-pair classification).
         label_column: Column with class names or integer class ids (image tables too; image folders take
@@ -76,7 +75,7 @@ class DataPrepConfig:
 
     dataset: str
     out: str | Path
-    task: str = "text-classification"
+    task: str = DEFAULT_TASK
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
@@ -101,18 +100,14 @@ class DataPrepConfig:
         if not str(self.out).strip():
             raise ConfigError("out: expected an output directory, got an empty string")
         self.out = Path(self.out)
-        if self.task in PLANNED_TASKS:
-            raise ConfigError(f"task: {self.task!r} is not supported yet; supported: {', '.join(SUPPORTED_TASKS)}")
-        if self.task not in SUPPORTED_TASKS:
-            raise ConfigError(f"task: unknown task {self.task!r}; supported: {', '.join(SUPPORTED_TASKS)}")
+        task = find_task(self.task)
+        if task is None:
+            raise ConfigError(f"task: unknown task {self.task!r}; supported: {', '.join(task_names())}")
         # KFP passes unset optional string parameters as "": treat them as absent.
         for name in ("text_pair_column", "group_column", "split_column"):
             value = getattr(self, name)
             setattr(self, name, (value.strip() or None) if isinstance(value, str) else value)
-        if self.task == "image-classification":
-            for name in TEXT_ONLY_FIELDS:
-                if getattr(self, name):
-                    raise ConfigError(f"{name}: not supported for task image-classification; expected none")
+        task.check_prep_config(self)
         if not isinstance(self.min_image_size, int) or self.min_image_size < 1:
             raise ConfigError(f"min_image_size: expected a positive number of pixels, got {self.min_image_size!r}")
         for name in ("text_column", "label_column", "image_column"):
@@ -153,12 +148,8 @@ class DataPrepConfig:
             raise ConfigError(f"token_sample_size: expected a positive integer, got {self.token_sample_size!r}")
 
     def columns(self) -> dict[str, str]:
-        """Role -> source column, for the roles in use (``image`` and ``label`` for images)."""
-        if self.task == "image-classification":
-            return {"image": self.image_column, "label": self.label_column}
-        roles = {"text": self.text_column, "text_pair": self.text_pair_column, "label": self.label_column,
-                 "group": self.group_column, "split": self.split_column}
-        return {role: column for role, column in roles.items() if column}
+        """Role -> source column, for the roles the task reads (``image`` and ``label`` for images)."""
+        return get_task(self.task).prep_columns(self)
 
 
 @dataclass
@@ -181,7 +172,7 @@ class DataPrepResult:
     truncation_rate: float = 0.0  # text only
     warnings: list[str] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
-    task: str = "text-classification"
+    task: str = DEFAULT_TASK
     image_size: dict[str, dict[str, float]] = field(default_factory=dict)  # images only: width/height summaries
     modes: dict[str, int] = field(default_factory=dict)  # images only: images per stored mode
 
@@ -255,7 +246,7 @@ def _split_tables(table: pa.Table, ids: np.ndarray, names: list[str], indices: d
 
 
 def prepare_dataset(config: DataPrepConfig) -> DataPrepResult:
-    """Validate, split and profile a dataset; write the prepared directory atomically.
+    """Validate, split and profile a dataset for the configured task; write the prepared directory atomically.
 
     Args:
         config: The step configuration.
@@ -274,12 +265,13 @@ def prepare_dataset(config: DataPrepConfig) -> DataPrepResult:
     ``DataError`` naming the file or row (see :func:`transferkit.data.image_prep.prepare_images`).
 
     """
+    return get_task(config.task).prepare(config)
+
+
+def prepare_texts(config: DataPrepConfig) -> DataPrepResult:
+    """Text classification's data prep (see :func:`prepare_dataset`)."""
     from transferkit.models.catalog import resolve_model
 
-    if config.task == "image-classification":
-        from transferkit.data.image_prep import prepare_images
-
-        return prepare_images(config)
     started = time.perf_counter()
     needed = config.columns()
     model = resolve_model(config.model)  # fail before reading gigabytes when the model name is wrong

@@ -21,14 +21,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from transferkit.errors import PreparedDataError
+from transferkit.tasks import DEFAULT_TASK, get_task
 
 SPLITS = ("train", "validation", "test")
 FORMAT_VERSION = 1
 REQUIRED_FILES = (*(f"{s}.parquet" for s in SPLITS), "labels.json", "schema.json")
-REQUIRED_COLUMNS = {
-    "text-classification": ("text", "label"),
-    "image-classification": ("image", "label", "width", "height", "mode"),
-}
 
 
 @dataclass
@@ -42,13 +39,8 @@ class PreparedDataset:
 
     @property
     def task(self) -> str:
-        """The task the data was prepared for (``text-classification``, ``image-classification``)."""
-        return str(self.schema.get("task", "text-classification"))
-
-    @property
-    def is_image(self) -> bool:
-        """Whether examples are images (``image`` column of PNG bytes)."""
-        return self.task == "image-classification"
+        """Name of the task the data was prepared for (``schema.json``; see :func:`transferkit.tasks.get_task`)."""
+        return str(self.schema.get("task", DEFAULT_TASK))
 
     @property
     def has_text_pair(self) -> bool:
@@ -127,12 +119,10 @@ def load_prepared(path: str | Path) -> PreparedDataset:
     if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels):
         raise PreparedDataError(f"{root / 'labels.json'}: expected a JSON list of at least 2 label names")
     dataset = PreparedDataset(root, labels, schema)
-    if dataset.task not in REQUIRED_COLUMNS:
-        raise PreparedDataError(f"{root / 'schema.json'}: unknown task {dataset.task!r}; expected one of "
-                                f"{', '.join(REQUIRED_COLUMNS)}")
+    task = get_task(dataset)
     for split in SPLITS:
         columns = dataset.table(split).column_names
-        for column in REQUIRED_COLUMNS[dataset.task]:
+        for column in task.required_columns:
             if column not in columns:
                 raise PreparedDataError(f"{root / (split + '.parquet')}: missing column {column!r}")
     return dataset

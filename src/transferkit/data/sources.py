@@ -121,7 +121,7 @@ def _builtin_files(uri: str) -> list[SourceFile]:
     from transferkit.data.builtin import builtin_path, get_builtin
 
     dataset = get_builtin(uri)
-    if dataset.kind == "image-classification":
+    if dataset.kind == "images":
         raise DataError(f"{uri}: an image dataset ({dataset.description}); expected task image-classification "
                         "(--task image-classification)")
     if dataset.kind != "classification":

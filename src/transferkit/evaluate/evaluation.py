@@ -1,9 +1,8 @@
 """The evaluate step: metrics of a fine-tuned classifier on the test split, with slices, baseline and report.
 
-Text classifiers (prepared ``text-classification`` data) and image classifiers (prepared
-``image-classification`` data, models from :mod:`transferkit.models.vision`) go through the same metrics,
-gate, ``metrics.json``, ``predictions.parquet`` and report; only prediction differs, and the image report
-adds a contact sheet of the most confident mistakes.
+Every task goes through the same metrics, gate, ``metrics.json``, ``predictions.parquet`` and report; the
+dataset's task (:mod:`transferkit.tasks`) supplies the rows and the prediction
+(:mod:`transferkit.evaluate.inputs`), e.g. the image report's contact sheet of the most confident mistakes.
 """
 
 from __future__ import annotations
@@ -304,66 +303,25 @@ def _predict_with(
 
 
 def model_modality(ref: str | Path) -> str | None:
-    """``image`` or ``text`` for a catalog name or model directory; None when nothing is there to tell.
+    """``image`` or ``text`` for a catalog name or model directory; None when nothing is there to tell."""
+    from transferkit.tasks import model_task
 
-    A directory counts as an image model when :func:`transferkit.models.vision.is_image_model_dir` says so
-    and as a text model when it has any other ``config.json``.
-    """
-    from transferkit.models.catalog import CATALOG
-
-    text = str(ref)
-    path = Path(text).expanduser()
-    if text in CATALOG and not path.exists():
-        return "image" if CATALOG[text].task == "image-classification" else "text"
-    if not (path / "config.json").is_file():
-        return None
-    from transferkit.models.vision import is_image_model_dir
-
-    return "image" if is_image_model_dir(path) else "text"
+    task = model_task(ref)
+    return None if task is None else task.modality
 
 
-def _check_modality(model_ref: str | Path, dataset: Any, data_dir: Path, role: str = "model") -> None:
-    """Raise a one-line error when a model and a prepared dataset are of different modalities."""
-    modality = model_modality(model_ref)
-    if modality is None:
+def _check_task(model_ref: str | Path, dataset: Any, data_dir: Path, role: str = "model") -> None:
+    """Raise a one-line error when a model and a prepared dataset belong to different tasks."""
+    from transferkit.tasks import get_task, model_task
+
+    model_t = model_task(model_ref)
+    if model_t is None:
         return  # missing or odd model reference: resolving it gives the precise error
-    if modality == "image" and not dataset.is_image:
-        raise EvaluationError(
-            f"{data_dir / 'schema.json'}: task {dataset.task!r}, but the {role} {model_ref} is an image "
-            "classifier; evaluate it on data prepared with --task image-classification"
-        )
-    if modality == "text" and dataset.is_image:
-        raise EvaluationError(
-            f"{data_dir / 'schema.json'}: task {dataset.task!r}, but the {role} {model_ref} is a text model; "
-            "image data needs an image classifier (e.g. one fine-tuned from efficientnet-lite0)"
-        )
-
-
-def _predict_images(
-    ref: str | Path, images: list[bytes], data_labels: list[str], y_data: list[int], where: str,
-    cfg: EvaluateConfig, *, role: str = "model",
-) -> tuple[np.ndarray, np.ndarray, list[str], int]:
-    """Load an image classifier and its preprocessing; return (y_true, probs, model_labels, image_size)."""
-    from transferkit.evaluate.image_inference import predict_image_proba
-    from transferkit.models.catalog import resolve_model
-    from transferkit.models.vision import load_image_classifier, load_image_preprocessor
-
-    resolved = resolve_model(ref, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
-    if resolved.entry is not None or resolved.head_labels is None:
-        raise EvaluationError(
-            f"{role} {ref}: not an image classifier with its own label names (a catalog base model's head "
-            "predicts its pre-training classes, and zero-shot baselines exist only for text); pass a fine-tuned "
-            "image model directory"
-        )
-    labels = model_labels(resolved.path, resolved.config)
-    y_true = _align_labels(data_labels, y_data, labels, where, str(ref))
-    preprocessor = load_image_preprocessor(resolved)
-    model = load_image_classifier(resolved, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
-    if int(model.config.num_labels) != len(labels):
-        raise EvaluationError(f"{resolved.path}: head has {model.config.num_labels} outputs but {len(labels)} labels")
-    probs = predict_image_proba(model, preprocessor, images, batch_size=cfg.batch_size, where=where,
-                                desc=f"evaluate {Path(str(ref)).name}", progress=cfg.progress)
-    return y_true, probs, labels, int(preprocessor.config.image_size)
+    data_t = get_task(dataset)
+    if model_t is not data_t:
+        hint = data_t.wrong_model_hint or f"evaluate it on data prepared with --task {model_t.name}"
+        raise EvaluationError(f"{data_dir / 'schema.json'}: task {dataset.task!r}, but the {role} {model_ref} is "
+                              f"{model_t.model_noun}; {hint}")
 
 
 def _gate(metric: str, value: float, threshold: float | None, where: str) -> tuple[bool, str]:
@@ -402,43 +360,20 @@ def evaluate_model(config: EvaluateConfig) -> EvaluateResult:
     from transferkit.data.prepared import load_prepared
     from transferkit.evaluate.report import write_evaluation_report
     from transferkit.io import atomic_output_dir, write_json
+    from transferkit.tasks import get_task
 
     cfg = config
     dataset = load_prepared(cfg.data_dir)
+    task = get_task(dataset)
     where = str(cfg.data_dir / f"{cfg.split}.parquet")
-    _check_modality(cfg.model_dir, dataset, cfg.data_dir)
+    _check_task(cfg.model_dir, dataset, cfg.data_dir)
     if cfg.baseline is not None:
-        _check_modality(cfg.baseline, dataset, cfg.data_dir, role="baseline")
-    y_data = dataset.label_ids(cfg.split)
+        _check_task(cfg.baseline, dataset, cfg.data_dir, role="baseline")
     groups = dataset.groups(cfg.split)
-    texts: list[str] = []
-    pairs: list[str] | None = None
-    images: list[bytes] = []
-    max_length: int | None = None
-    image_size: int | None = None
-    if dataset.is_image:
-        images = dataset.images(cfg.split)
-        if not images:
-            raise PreparedDataError(f"{where}: split is empty, nothing to evaluate")
-        if any(not isinstance(b, bytes) or not b for b in images):
-            row = next(i for i, b in enumerate(images) if not isinstance(b, bytes) or not b)
-            raise PreparedDataError(f"{where}: row {row}: image is not non-empty encoded bytes")
-        if cfg.max_length is not None:
-            logger.warning("max_length=%d is ignored for images (the model's preprocessor.json sets the input size)",
-                           cfg.max_length)
-        y_true, probs, labels, image_size = _predict_images(cfg.model_dir, images, dataset.labels, y_data, where, cfg)
-    else:
-        texts = dataset.texts(cfg.split)
-        if not texts:
-            raise PreparedDataError(f"{where}: split is empty, nothing to evaluate")
-        if any(not isinstance(t, str) for t in texts):
-            row = next(i for i, t in enumerate(texts) if not isinstance(t, str))
-            raise PreparedDataError(f"{where}: row {row}: text is not a string")
-        pairs = dataset.text_pairs(cfg.split)
-        y_true, probs, labels, _, max_length = _predict_with(
-            cfg.model_dir, texts, pairs, dataset.labels, y_data, where, cfg, require_head=True
-        )
-    n_examples = len(images) if dataset.is_image else len(texts)
+    rows = task.evaluation_inputs(dataset, cfg.split, cfg)
+    prediction = rows.predict(cfg.model_dir, cfg)
+    y_true, probs, labels = prediction.y_true, prediction.probs, prediction.labels
+    n_examples = rows.n_examples
     positive = 1
     computed = classification_metrics(y_true, probs, labels, n_bins=cfg.calibration_bins, positive_index=positive)
     if cfg.primary_metric not in computed.scalars:
@@ -455,19 +390,12 @@ def evaluate_model(config: EvaluateConfig) -> EvaluateResult:
     baseline_info = None
     baseline_metrics: ClassificationMetrics | None = None
     if cfg.baseline is not None:
-        if dataset.is_image:
-            b_true, b_probs, b_labels, _ = _predict_images(cfg.baseline, images, dataset.labels, y_data, where, cfg,
-                                                           role="baseline")
-            b_mode = "classifier"
-        else:
-            b_true, b_probs, b_labels, b_mode, _ = _predict_with(
-                cfg.baseline, texts, pairs, dataset.labels, y_data, where, cfg, require_head=False
-            )
-        baseline_metrics = classification_metrics(b_true, b_probs, b_labels, n_bins=cfg.calibration_bins)
+        base = rows.predict(cfg.baseline, cfg, role="baseline")
+        baseline_metrics = classification_metrics(base.y_true, base.probs, base.labels, n_bins=cfg.calibration_bins)
         deltas = {
             k: computed.scalars[k] - v for k, v in baseline_metrics.scalars.items() if k in computed.scalars
         }
-        baseline_info = {"model": cfg.baseline, "mode": b_mode, "scalars": baseline_metrics.scalars,
+        baseline_info = {"model": cfg.baseline, "mode": base.mode, "scalars": baseline_metrics.scalars,
                          "deltas": deltas}
 
     primary = float(computed.scalars[cfg.primary_metric])
@@ -478,11 +406,10 @@ def evaluate_model(config: EvaluateConfig) -> EvaluateResult:
     for i in mistakes_idx[: cfg.top_mistakes]:
         mistake: dict[str, Any] = {"row": i, "true": labels[y_true[i]], "predicted": labels[y_pred[i]],
                                    "confidence": float(confidence[i])}
-        if not dataset.is_image:
-            mistake.update(text=texts[i], text_pair=pairs[i] if pairs else None)
+        mistake.update(rows.mistake_fields(i))
         mistakes.append(mistake)
-    modality = "image" if dataset.is_image else "text"
-    inputs = {"image_size": image_size} if dataset.is_image else {"max_length": max_length}
+    modality = task.modality
+    inputs = prediction.inputs
     payload: dict[str, Any] = {
         **computed.scalars,
         "primary": primary,
@@ -509,19 +436,11 @@ def evaluate_model(config: EvaluateConfig) -> EvaluateResult:
     logger.info("%s on %s (%d examples): accuracy %.4f, macro F1 %.4f", cfg.model_dir, where, n_examples,
                 computed.scalars["accuracy"], computed.scalars["macro_f1"])
 
-    thumbnails = None
-    if dataset.is_image:
-        from transferkit.evaluate.image_inference import thumbnail
-
-        thumbnails = [thumbnail(images[m["row"]]) for m in mistakes]
+    thumbnails = rows.thumbnails(mistakes)
     with atomic_output_dir(cfg.out_dir) as tmp:
         write_json(tmp / "metrics.json", payload)
-        first = (
-            {"row": pa.array(np.arange(n_examples), pa.int64())} if dataset.is_image
-            else {"text": pa.array(texts, pa.string())}
-        )
         table = {
-            **first,
+            **rows.row_columns(),
             "label": pa.array([labels[i] for i in y_true], pa.string()),
             "predicted": pa.array([labels[i] for i in y_pred], pa.string()),
             "confidence": pa.array(confidence, pa.float64()),
@@ -530,7 +449,8 @@ def evaluate_model(config: EvaluateConfig) -> EvaluateResult:
             table["group"] = pa.array([None if g is None else str(g) for g in groups], pa.string())
         pq.write_table(pa.table(table), tmp / "predictions.parquet")
         write_evaluation_report(tmp, cfg, computed, slices, baseline_metrics, baseline_info, mistakes,
-                                n_examples=n_examples, max_length=max_length, image_size=image_size,
+                                n_examples=n_examples, max_length=inputs.get("max_length"),
+                                image_size=inputs.get("image_size"),
                                 thumbnails=thumbnails)
     out = cfg.out_dir
     return EvaluateResult(

@@ -202,7 +202,7 @@ def load_source(reference: str | Path) -> SourceSet:
         if dataset.kind == "classification":
             return SourceSet(ref, "labelled", table.column("text").to_pylist(),
                              labels=[str(v) for v in table.column("label").to_pylist()])
-        if dataset.kind == "image-classification":
+        if dataset.kind == "images":
             return images_from_rows(ref, table.column("image").to_pylist(),
                                     [str(v) for v in table.column("label").to_pylist()])
         raise DataError(f"{ref}: built-in of kind {dataset.kind!r} cannot be a source set")
@@ -217,9 +217,9 @@ def load_source(reference: str | Path) -> SourceSet:
             bad = next(i for i in ids if i < 0 or i >= len(names))
             raise SchemaError(f"{path / 'test.parquet'}: label id {bad} is outside labels.json "
                               f"(0..{len(names) - 1})")
-        if prepared.is_image:
-            return images_from_rows(str(path), prepared.images("test"), [names[i] for i in ids])
-        return SourceSet(str(path), "labelled", prepared.texts("test"), labels=[names[i] for i in ids])
+        from transferkit.tasks import get_task
+
+        return get_task(prepared).source_set(str(path), prepared, [names[i] for i in ids])
     if not path.is_file():
         raise DatasetNotFoundError(f"{path}: source set not found (expected builtin:NAME, a prepared dataset "
                                    "directory or a .csv/.tsv/.parquet/.jsonl file)")

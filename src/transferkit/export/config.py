@@ -9,6 +9,7 @@ from typing import Any
 
 from transferkit.errors import ConfigError
 from transferkit.export.int8 import CPU_ISAS
+from transferkit.tasks import DEFAULT_TASK, get_task
 
 TARGETS = ("cpu", "gpu")
 ON_DROP = ("fallback", "fail")
@@ -18,14 +19,6 @@ GPU_PREFERENCES = ("fp16", "qdq")
 # 20 is the newest opset it supports.
 MIN_OPSET, MAX_OPSET = 14, 20
 DEFAULT_OPSET = 17
-# Variants each target produces for text models, in the order they are preferred when they pass the accuracy gate.
-TARGET_VARIANTS = {"cpu": ("int8",), "gpu": ("fp16", "qdq")}
-TEXT_TASK = "text-classification"
-IMAGE_TASK = "image-classification"
-# Image models (CNNs) on CPU: static QDQ int8 is the int8 variant; dynamic int8 is built, gated and reported for
-# comparison but never recommended: it runs convolutions as ConvInteger, measured ~50x slower than fp32 and 19
-# points less accurate on EfficientNet-Lite0 (digits, 32 px, 2 threads).
-IMAGE_TARGET_VARIANTS = {"cpu": ("qdq", "int8"), "gpu": ("fp16", "qdq")}
 
 
 @dataclass(frozen=True)
@@ -52,7 +45,7 @@ def variant_plan(task: str, target: str, gpu_prefer: str = "fp16") -> VariantPla
     """The variants built for ``task`` on ``target`` and their recommendation order.
 
     Args:
-        task: ``text-classification`` or ``image-classification``.
+        task: A registered task name (its ``export_variants`` and ``export_cpu_preference``).
         target: ``cpu`` or ``gpu``.
         gpu_prefer: First choice on gpu (``fp16`` or ``qdq``).
 
@@ -61,12 +54,11 @@ def variant_plan(task: str, target: str, gpu_prefer: str = "fp16") -> VariantPla
         measured for comparison), every task on gpu fp16 and QDQ int8.
 
     """
+    spec = get_task(task)
     if target == "gpu":
-        build = IMAGE_TARGET_VARIANTS["gpu"] if task == IMAGE_TASK else TARGET_VARIANTS["gpu"]
-        return VariantPlan(build, (gpu_prefer, *(v for v in ("fp16", "qdq") if v != gpu_prefer), "fp32"))
-    if task == IMAGE_TASK:
-        return VariantPlan(IMAGE_TARGET_VARIANTS["cpu"], ("qdq", "fp32"))
-    return VariantPlan(TARGET_VARIANTS["cpu"], ("int8", "fp32"))
+        return VariantPlan(spec.export_variants["gpu"],
+                           (gpu_prefer, *(v for v in ("fp16", "qdq") if v != gpu_prefer), "fp32"))
+    return VariantPlan(spec.export_variants["cpu"], (spec.export_cpu_preference, "fp32"))
 
 
 @dataclass
@@ -268,7 +260,7 @@ class ExportResult:
     report_html: Path
     graph_rewrites: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
-    task: str = TEXT_TASK
+    task: str = DEFAULT_TASK
     input_shape: list[int] = field(default_factory=list)
     cpu: dict[str, Any] = field(default_factory=dict)
     int8_recipe: dict[str, Any] = field(default_factory=dict)

@@ -16,9 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from transferkit.export.config import IMAGE_TASK
 from transferkit.export.onnx_export import export_graph, reconcile_labels
-from transferkit.models.catalog import CATALOG, ResolvedModel, resolve_model
+from transferkit.models.catalog import ResolvedModel, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -55,16 +54,6 @@ class ExportableImageModel:
         if self.resolved.entry is not None and self.resolved.entry.packaged_weights is not None:
             return self.resolved.entry.architecture
         return self.resolved.model_type
-
-
-def is_image_model(reference: str | Path) -> bool:
-    """Whether ``reference`` (a model directory or a catalog name) is an image classifier."""
-    from transferkit.models.vision import is_image_model_dir
-
-    entry = CATALOG.get(str(reference))
-    if entry is not None:
-        return entry.task == IMAGE_TASK
-    return is_image_model_dir(Path(reference).expanduser())
 
 
 def load_exportable_image(

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transferkit.export.config import IMAGE_TASK, ExportConfig, ExportResult, VariantPlan, variant_plan
+from transferkit.export.config import ExportConfig, ExportResult, VariantPlan, variant_plan
 from transferkit.reporting import Report
+from transferkit.tasks import get_task
 
 
 def _fmt(value: float | None, pattern: str) -> str:
@@ -50,38 +51,18 @@ def build_report(result: ExportResult, config: ExportConfig, model_path: Path, p
         item_unit: Unit of the throughput column (``seq`` or ``img``).
 
     """
-    image = result.task == IMAGE_TASK
+    task = get_task(result.task)
     plan = plan or variant_plan(result.task, result.target, config.gpu_prefer)
     speed_note = speed_note or f"inputs padded to {result.max_length} tokens"
     report = Report("ONNX export and quantization")
     verdict = "passed" if result.passed else f"a variant was dropped; fell back to {result.recommended_variant}"
     report.paragraph(
-        f"{'Image' if image else 'Text'} model {model_path} exported for target {result.target}: recommended "
+        f"{task.describe_model(model_path)} exported for target {result.target}: recommended "
         f"variant {result.recommended_variant} ({result.recommended_file}). Accuracy gate: {verdict}.",
         css_class="pass" if result.passed else "fail",
     )
     report.heading("Parity gate (PyTorch fp32 vs ONNX Runtime)")
-    if image:
-        report.paragraph(
-            f"All batch sizes within atol {config.atol:g} with identical predicted labels; largest difference "
-            f"{result.parity_max_abs_diff:.3g}. Opset {result.opset}, input pixel_values {result.input_shape} "
-            "(float32, dynamic batch)."
-        )
-        report.table(
-            ["batch", "pixel_values shape", "max abs logit diff", "labels agree"],
-            [[c.batch_size, "x".join(str(d) for d in c.input_shape), f"{c.max_abs_diff:.3g}", c.labels_agree]
-             for c in result.parity_cases],
-        )
-    else:
-        report.paragraph(
-            f"All shapes within atol {config.atol:g} with identical predicted labels; largest difference "
-            f"{result.parity_max_abs_diff:.3g}. Opset {result.opset}, max_length {result.max_length}."
-        )
-        report.table(
-            ["batch", "seq len", "padding", "max abs logit diff", "labels agree"],
-            [[c.batch_size, c.seq_len, c.padding, f"{c.max_abs_diff:.3g}", c.labels_agree]
-             for c in result.parity_cases],
-        )
+    task.report_parity(report, result, config)
     report.heading("Accuracy gate and speed per variant")
     comparison = [name for name in plan.build if name not in plan.candidates]
     extra = (f" Measured for comparison only, never recommended for this task and target: {', '.join(comparison)}."
@@ -118,7 +99,7 @@ def build_report(result: ExportResult, config: ExportConfig, model_path: Path, p
             f"Add + LayerNormalization (measured). Rewritten nodes: {result.graph_rewrites}."
         )
     report.heading("Outputs")
-    assets = "labels.json, preprocessor.json" if image else "labels.json, tokenizer/"
+    assets = ", ".join(("labels.json", *task.export_assets))
     report.paragraph(
         f"{result.out_dir}: {', '.join(v.file for v in result.variants.values() if v.kept)}, io_spec.json, "
         f"{assets}, metrics.json, report.md, report.html."

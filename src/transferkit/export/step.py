@@ -20,7 +20,6 @@ import numpy as np
 from transferkit.data.prepared import PreparedDataset, load_prepared
 from transferkit.errors import PreparedDataError, QuantizationGateError
 from transferkit.export.config import (
-    TEXT_TASK,
     ExportConfig,
     ExportResult,
     VariantPlan,
@@ -42,6 +41,7 @@ from transferkit.export.runtime import measure_speed, ort_session, select_provid
 from transferkit.export.tasks import ImageTask, TextTask, load_task
 from transferkit.hardware import CpuInfo, detect_cpu
 from transferkit.io import atomic_output_dir, check_replaceable, write_json
+from transferkit.tasks import DEFAULT_TASK
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def _check_data(dataset: PreparedDataset, plan: VariantPlan) -> None:
             raise PreparedDataError(f"{dataset.path / (split + '.parquet')}: no rows; {purpose} needs examples")
 
 
-def _preferences(config: ExportConfig, task: str = TEXT_TASK) -> list[str]:
+def _preferences(config: ExportConfig, task: str = DEFAULT_TASK) -> list[str]:
     """Recommendation order of the variants for ``task`` on the configured target (fp32 last)."""
     return list(variant_plan(task, config.target, config.gpu_prefer).preferences)
 
@@ -101,8 +101,8 @@ def _accuracy(labels: np.ndarray, logits: np.ndarray, num_labels: int) -> tuple[
 def export_model(config: ExportConfig) -> ExportResult:
     """Export a fine-tuned text or image classifier to ONNX, gate parity, quantize for the target, gate accuracy.
 
-    Image models (a directory for which :func:`~transferkit.models.vision.is_image_model_dir` holds, with a
-    prepared image dataset) get a ``pixel_values`` float32 ``[-1, 3, S, S]`` input; on cpu their int8 variant
+    The dataset's task (:mod:`transferkit.tasks`) supplies the graph inputs, parity and accuracy rows and the
+    variants: image models get a ``pixel_values`` float32 ``[-1, 3, S, S]`` input; on cpu their int8 variant
     is static QDQ calibrated on training images, and dynamic int8 is built and measured for comparison.
 
     Args:

@@ -1,9 +1,10 @@
-"""What the export step does differently for text and image models, behind one interface.
+"""The export sides of the built-in tasks, behind one interface.
 
-:func:`load_task` returns a :class:`TextTask` (tokenizer inputs, ``max_length``, padding trim, ``tokenizer/``)
-or an :class:`ImageTask` (``pixel_values``, preprocessing from ``preprocessor.json``); the step
+:func:`load_task` asks the dataset's task (:meth:`transferkit.tasks.base.Task.export_side`) for its export
+side: a :class:`TextTask` (tokenizer inputs, ``max_length``, padding trim, ``tokenizer/``) or an
+:class:`ImageTask` (``pixel_values``, preprocessing from ``preprocessor.json``); the step
 (:mod:`transferkit.export.step`) runs the same export, parity gate, quantization, accuracy gate, speed
-measurement and ``io_spec.json`` for both.
+measurement and ``io_spec.json`` for every task.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ import numpy as np
 
 from transferkit.data.prepared import PreparedDataset
 from transferkit.errors import ExportError, ModelError
-from transferkit.export.config import IMAGE_TASK, TEXT_TASK, ExportConfig, ParityCase
+from transferkit.export.config import ExportConfig, ParityCase
 from transferkit.export.io_spec import TensorSpec
 from transferkit.io import write_json
+from transferkit.tasks import get_task, model_task
+from transferkit.tasks.image_classification import IMAGE_CLASSIFICATION
+from transferkit.tasks.text_classification import TEXT_CLASSIFICATION
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +63,7 @@ class _ExportTask:
 class TextTask(_ExportTask):
     """A sequence classifier: token-id inputs, ``max_length``, padding trim, tokenizer files for serving."""
 
-    task = TEXT_TASK
+    task = TEXT_CLASSIFICATION
     item_unit = "seq"  # unit of the throughput measurement
 
     def __init__(self, exportable: Any, dataset: PreparedDataset, config: ExportConfig, max_length: int) -> None:
@@ -232,7 +236,7 @@ class ImageTask(_ExportTask):
     calibration, test images (up to ``max_eval_samples``) for the accuracy gate.
     """
 
-    task = IMAGE_TASK
+    task = IMAGE_CLASSIFICATION
     item_unit = "img"
     max_length = None
 
@@ -350,36 +354,20 @@ class ImageTask(_ExportTask):
         return {"tokenizer_dir": None, "tokenizer_files": [], "max_length": None, "preprocessing": preprocessing}
 
 
-def load_task(config: ExportConfig, dataset: PreparedDataset) -> TextTask | ImageTask:
-    """Load the model for export and wrap it with the task it serves; check that model and data agree.
+def load_task(config: ExportConfig, dataset: PreparedDataset) -> Any:
+    """Load the model for export and wrap it with the export side of the dataset's task.
 
     Raises:
-        ModelError: An image model with text data or the reverse, or a model that does not load.
+        ModelError: A model of another task than the dataset's, or a model that does not load.
         ExportError: Unsupported architecture or labels that differ from the dataset's.
         ConfigError: An image model without usable preprocessing settings.
 
     """
-    from transferkit.export.image import is_image_model
-
-    image_model = is_image_model(config.model_dir)
-    if image_model != dataset.is_image:
-        kind = "an image classifier" if image_model else "a text classifier"
+    task = get_task(dataset)
+    owner = model_task(config.model_dir)
+    if owner is not None and owner is not task:
         raise ModelError(
-            f"{config.model_dir}: {kind}, but {dataset.path / 'schema.json'} is for {dataset.task}; export with "
-            "the prepared dataset the model was trained on"
+            f"{config.model_dir}: {owner.classifier_noun}, but {dataset.path / 'schema.json'} is for "
+            f"{dataset.task}; export with the prepared dataset the model was trained on"
         )
-    if image_model:
-        from transferkit.export.image import load_exportable_image
-
-        if config.max_length is not None:
-            logger.warning("max_length=%d applies to text models; ignored for image model %s", config.max_length,
-                           config.model_dir)
-        exportable = load_exportable_image(config.model_dir, dataset.labels, config.data_dir,
-                                           allow_pickle=config.allow_pickle,
-                                           trust_remote_code=config.trust_remote_code)
-        return ImageTask(exportable, dataset, config)
-    from transferkit.export.onnx_export import load_exportable, resolve_max_length
-
-    exportable = load_exportable(config.model_dir, dataset.labels, config.data_dir,
-                                 allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
-    return TextTask(exportable, dataset, config, resolve_max_length(config.max_length, exportable))
+    return task.export_side(config, dataset)

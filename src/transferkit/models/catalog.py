@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from transferkit.errors import ModelError, UnsafeModelError
+from transferkit.tasks.image_classification import IMAGE_CLASSIFICATION
+from transferkit.tasks.text_classification import TEXT_CLASSIFICATION
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +101,7 @@ CATALOG: dict[str, CatalogEntry] = {
     for entry in (
         CatalogEntry(
             name="minilm-l6",
-            task="text-classification",
+            task=TEXT_CLASSIFICATION,
             architecture="BertModel (6 layers, hidden 384, 12 heads)",
             kind="embedding",
             parameters=22_713_216,
@@ -119,7 +121,7 @@ CATALOG: dict[str, CatalogEntry] = {
         ),
         CatalogEntry(
             name="efficientnet-lite0",
-            task="image-classification",
+            task=IMAGE_CLASSIFICATION,
             architecture="EfficientNet-Lite0 (ImageNet-1k)",
             kind="classifier",
             parameters=4_652_008,

@@ -81,6 +81,32 @@ def load_sequence_classifier(
         )
     except Exception as exc:
         raise ModelError(f"{resolved.path}: cannot load classifier ({type(exc).__name__}: {exc})") from exc
+    current = resolved.head_labels
+    if labels is not None and current is not None and current != list(labels) and len(current) == len(labels):
+        # ignore_mismatched_sizes re-initialises only on a size change: a same-size head for other
+        # classes would keep the old classes' weights.
+        reinit_head(classifier)
     if getattr(classifier.config, "pad_token_id", None) is None and classifier.config.eos_token_id is not None:
         classifier.config.pad_token_id = classifier.config.eos_token_id
     return classifier
+
+
+def head_modules(model: Any) -> list[tuple[str, Any]]:
+    """The linear layers of a transformers model's task head (every ``Linear`` outside the base model)."""
+    from torch import nn
+
+    prefix = getattr(model, "base_model_prefix", "")
+    return [(name, module) for name, module in model.named_modules()
+            if name and not name.startswith(prefix) and isinstance(module, nn.Linear)]
+
+
+def reinit_head(model: Any) -> None:
+    """Start the task head afresh: normal weights (``initializer_range``) and zero biases."""
+    from torch import nn
+
+    std = float(getattr(model.config, "initializer_range", 0.02))
+    for name, linear in head_modules(model):
+        logger.info("Re-initialising head layer %s for the new labels", name)
+        nn.init.normal_(linear.weight, std=std)
+        if linear.bias is not None:
+            nn.init.zeros_(linear.bias)

@@ -36,6 +36,8 @@ from transferkit.data.transforms import PREPROCESSOR_FILE, ImagePreprocessConfig
 from transferkit.errors import ConfigError, ModelError
 from transferkit.io import atomic_output_dir, read_json, write_json
 from transferkit.models.catalog import ResolvedModel, resolve_model
+from transferkit.models.loading import reinit_head
+from transferkit.tasks.image_classification import IMAGE_CLASSIFICATION
 
 logger = logging.getLogger(__name__)
 
@@ -198,12 +200,6 @@ def _load_lite_saved(resolved: ResolvedModel) -> EfficientNetLiteForImageClassif
     return model
 
 
-def _head_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    prefix = getattr(model, "base_model_prefix", "")
-    return [(name, module) for name, module in model.named_modules()
-            if name and not name.startswith(prefix) and isinstance(module, nn.Linear)]
-
-
 def _load_transformers(resolved: ResolvedModel, labels: list[str] | None, *, allow_pickle: bool,
                        trust_remote_code: bool) -> nn.Module:
     from transformers import AutoModelForImageClassification
@@ -223,12 +219,7 @@ def _load_transformers(resolved: ResolvedModel, labels: list[str] | None, *, all
         raise ModelError(f"{resolved.path}: cannot load an image classifier ({_short(exc)})") from exc
     if labels is not None and current is not None and current != labels and len(current) == len(labels):
         # Same size, other classes: from_pretrained kept the old head's weights; start the head afresh.
-        std = float(getattr(model.config, "initializer_range", 0.02))
-        for name, linear in _head_modules(model):
-            logger.info("Re-initialising head layer %s for the new labels", name)
-            nn.init.normal_(linear.weight, std=std)
-            if linear.bias is not None:
-                nn.init.zeros_(linear.bias)
+        reinit_head(model)
     return model
 
 
@@ -259,7 +250,7 @@ def load_image_classifier(
     resolved = name_or_dir if isinstance(name_or_dir, ResolvedModel) else resolve_model(
         name_or_dir, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
     )
-    if resolved.entry is not None and resolved.entry.task != "image-classification":
+    if resolved.entry is not None and resolved.entry.task != IMAGE_CLASSIFICATION:
         raise ModelError(f"{resolved.reference}: a {resolved.entry.task} model; expected an image model "
                          "(efficientnet-lite0 or a directory of a transformers image classifier)")
     names = _check_labels(labels, str(resolved.reference)) if labels is not None else None
@@ -280,27 +271,6 @@ def load_image_classifier(
     logger.info("Loaded image classifier %s (%s, %d labels, %d parameters)", resolved.reference,
                 type(model).__name__, _num_labels(model), sum(p.numel() for p in model.parameters()))
     return model
-
-
-def is_image_model_dir(path: str | Path) -> bool:
-    """Whether ``path`` is a model directory of an image classifier (transferkit-saved or transformers).
-
-    True for directories written by :func:`save_image_classifier` and for transformers directories whose
-    ``config.json`` names an ``*ForImageClassification`` architecture; False for text models and for
-    anything that is not a model directory.
-    """
-    config_path = Path(path) / "config.json"
-    if not config_path.is_file():
-        return False
-    try:
-        config = read_json(config_path)
-    except (OSError, ValueError):
-        return False
-    if not isinstance(config, dict):
-        return False
-    if config.get(ARCHITECTURE_KEY) in (*LITE_ARCHITECTURES, TRANSFORMERS):
-        return True
-    return any(str(name).endswith("ForImageClassification") for name in config.get("architectures") or [])
 
 
 def _num_labels(model: nn.Module) -> int:

@@ -152,11 +152,12 @@ def smoke_images_from_data(data_dir: str | Path, count: int = 4) -> tuple[list[b
         ConfigError: ``data_dir`` is not a prepared image dataset (the message names the field and path).
     """
     from transferkit.data.prepared import load_prepared
+    from transferkit.tasks import get_task
 
     try:
         dataset = load_prepared(data_dir)
-        if not dataset.is_image:
-            raise ConfigError(f"{data_dir}: a {dataset.task} dataset, not image-classification")
+        if "image" not in get_task(dataset).required_columns:
+            raise ConfigError(f"{data_dir}: a {dataset.task} dataset, not an image dataset")
         images, names = dataset.images("test"), dataset.label_names("test")
     except TransferkitError as exc:
         raise ConfigError(f"smoke_data: {exc}") from exc

@@ -24,7 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from transferkit.errors import CheckpointError
+from transferkit.errors import CheckpointError, TrainingError
 from transferkit.io import read_json, write_json
 
 logger = logging.getLogger(__name__)
@@ -160,3 +160,39 @@ def manifest_summary(checkpoint: Path) -> dict[str, Any]:
     """Step and file list of a sealed checkpoint (for logs and the training summary)."""
     manifest = json.loads((checkpoint / MANIFEST).read_text(encoding="utf-8"))
     return {"path": str(checkpoint), "files": sorted(manifest["files"])}
+
+
+def prepare_checkpoint_dir(
+    checkpoint_dir: Path, identity: dict[str, Any], *, resume: bool, rank: int, world_size: int
+) -> Path | None:
+    """On rank 0: check the run identity, pick the checkpoint to resume from (or clear); share with all ranks."""
+    import torch.distributed as dist
+
+    decision: dict[str, Any] = {"path": None, "error": None}
+    if rank == 0:
+        try:
+            if resume:
+                check_run_identity(checkpoint_dir, identity)
+                found = latest_complete_checkpoint(checkpoint_dir)
+                decision["path"] = str(found) if found else None
+                if found is None:
+                    clear_logs(checkpoint_dir)
+            else:
+                removed = clear_checkpoints(checkpoint_dir)
+                if removed:
+                    logger.warning("--no-resume: removed %d old checkpoint(s) from %s", removed, checkpoint_dir)
+            write_run_identity(checkpoint_dir, identity)
+        except Exception as exc:
+            decision["error"] = str(exc)
+            if world_size <= 1:
+                raise
+            holder = [decision]
+            dist.broadcast_object_list(holder, src=0)
+            raise
+    if world_size > 1 and dist.is_available() and dist.is_initialized():
+        holder = [decision]
+        dist.broadcast_object_list(holder, src=0)
+        decision = holder[0]
+        if decision["error"]:
+            raise TrainingError(f"rank 0 could not prepare the checkpoint directory: {decision['error']}")
+    return Path(decision["path"]) if decision["path"] else None

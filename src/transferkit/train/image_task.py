@@ -25,10 +25,11 @@ from typing import Any
 from transferkit.data.prepared import PreparedDataset
 from transferkit.data.transforms import AugmentConfig, ImageAugmenter, ImagePreprocessConfig, ImagePreprocessor
 from transferkit.errors import ConfigError, ModelError, PreparedDataError
+from transferkit.tasks.image_classification import IMAGE_CLASSIFICATION
+from transferkit.train.side import TrainingSide
 
 logger = logging.getLogger(__name__)
 
-IMAGE_TASK = "image-classification"
 IMAGE_AUGMENTATIONS = ("none", "image", "image_no_flip")
 TEXT_ONLY_OPTIONS = {"max_length": None, "pooling": "auto", "label_descriptions": None}
 MIN_IMAGE_SIZE = 16
@@ -283,46 +284,120 @@ def image_cache_key(model_path: Path, model: Any, digests: dict[str, str], prepr
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-@dataclass
-class ImageTask:
-    """Image-specific parts of a fine-tune run (see the module docstring)."""
+class ImageSide(TrainingSide):
+    """The image-classification side of a fine-tune run (see the module docstring)."""
 
-    preprocessor: ImagePreprocessor
-    augmenter: ImageAugmenter
+    def __init__(self, config: Any, resolved: Any, preprocessor: ImagePreprocessor, augmenter: ImageAugmenter,
+                 hp: dict[str, Any], train_split: ImageSplit, validation_split: ImageSplit) -> None:
+        self.config = config
+        self.resolved = resolved
+        self.preprocessor = preprocessor
+        self.augmenter = augmenter
+        self.hp = hp
+        self.train_split = train_split
+        self.validation_split = validation_split
 
     @property
-    def preprocessing(self) -> dict[str, Any]:
+    def preprocessing(self) -> dict[str, Any]:  # type: ignore[override]
         """The preprocessing written to ``preprocessor.json``."""
         return self.preprocessor.config.to_dict()
 
-    def build_model(self, resolved: Any, labels: list[str], strategy: str, *, allow_pickle: bool,
-                    trust_remote_code: bool) -> Any:
+    def identity(self) -> dict[str, Any]:
+        """Preprocessing and augmentation: a change refuses the old checkpoints."""
+        return {"preprocessing": self.preprocessing, "augment_config": self.augmenter.config.to_dict()}
+
+    def build_model(self, ctx: Any) -> Any:
         """Load the pre-trained classifier with a new head, or build the architecture randomly for scratch."""
+        import torch
+        from transformers import set_seed
+
         from transferkit.models.vision import load_image_classifier
 
-        model = load_image_classifier(resolved, labels, allow_pickle=allow_pickle,
-                                      trust_remote_code=trust_remote_code)
-        if strategy == "scratch":
+        config = self.config
+        set_seed(config.seed)
+        model = load_image_classifier(self.resolved, ctx.labels, allow_pickle=config.allow_pickle,
+                                      trust_remote_code=config.trust_remote_code)
+        if config.strategy == "scratch":
             # Same architecture, default initialisation of every layer (convolutions, norms, linears).
             for module in model.modules():
                 if module is not model and hasattr(module, "reset_parameters"):
                     module.reset_parameters()
         model.train()
+        torch.manual_seed(config.seed)
         return model
 
-    def datasets(self, train: ImageSplit, validation: ImageSplit) -> tuple[ImageDataset, ImageDataset]:
-        """Training (augmented if enabled) and validation datasets."""
-        return (ImageDataset(train, self.preprocessor, self.augmenter),
-                ImageDataset(validation, self.preprocessor))
+    def freeze(self, model: Any, strategy: str, unfreeze_top_layers: int) -> dict[str, Any]:
+        """Freeze by network stage (see :func:`freeze_image_model`)."""
+        return freeze_image_model(model, strategy, unfreeze_top_layers)
 
-    def cached_features(self, model: Any, model_path: Path, datasets: dict[str, ImageDataset],
-                        digests: dict[str, str], batch_size: int) -> tuple[dict[str, Any], str, bool]:
+    def datasets(self, ctx: Any) -> tuple[ImageDataset, ImageDataset]:
+        """Training (augmented if enabled) and validation datasets."""
+        return (ImageDataset(self.train_split, self.preprocessor, self.augmenter),
+                ImageDataset(self.validation_split, self.preprocessor))
+
+    def supports_feature_cache(self, model: Any) -> bool:
+        """Whether the model's classification head can be found."""
+        return supports_image_feature_cache(model)
+
+    def cached_features(self, model: Any, ctx: Any, datasets: dict[str, Any]) -> tuple[dict[str, Any], str, bool]:
         """Head inputs of every split, from the cache or computed once."""
         from transferkit.train.features import load_or_compute_features
 
-        key = image_cache_key(model_path, model, digests, self.preprocessing)
+        batch_size = self.hp["eval_batch_size"]
+        key = image_cache_key(Path(self.resolved.path), model, ctx.digests, self.preprocessing)
         return load_or_compute_features(key, {name: len(ds) for name, ds in datasets.items()},
                                         lambda name: compute_head_inputs(model, datasets[name], batch_size))
+
+    def head_model(self, model: Any) -> Any:
+        """The classification head alone."""
+        return build_image_head_model(model)
+
+    def collator(self, device: str) -> Any:
+        """Fixed-size pixel tensors stack as they are."""
+        from transformers import default_data_collator
+
+        return default_data_collator
+
+    def off_the_shelf(self, ctx: Any) -> tuple[Any, dict[str, Any]]:
+        """Package a classifier whose head already knows the dataset's labels (rows reordered to match).
+
+        Raises:
+            ModelError: The head's labels do not match (images have no zero-shot path).
+
+        """
+        from transferkit.evaluate.inference import select_device
+        from transferkit.models.vision import load_image_classifier
+        from transferkit.train.zeroshot import head_permutation, reorder_head
+
+        config = self.config
+        model = load_image_classifier(self.resolved, allow_pickle=config.allow_pickle,
+                                      trust_remote_code=config.trust_remote_code)
+        id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
+        head = [id2label.get(i, str(i)) for i in range(int(model.config.num_labels))]
+        permutation = head_permutation(head, ctx.labels)
+        if permutation is None:
+            shown = head if len(head) <= 10 else [*head[:10], "..."]
+            raise ModelError(f"{self.resolved.reference}: off_the_shelf needs a head whose labels match labels.json "
+                             f"{ctx.labels} (model head: {shown}); images have no zero-shot path: use "
+                             "feature_extraction (seconds on cached features) or full")
+        reorder_head(model, permutation, ctx.labels)
+        model.eval()
+        return model, {"device": select_device().type, "zero_shot": None,
+                       "resolved": {"mode": "existing_head", "image_size": self.hp["image_size"]}}
+
+    def validation_metrics(self, ctx: Any, model_dir: Path, model: Any = None) -> dict[str, float]:
+        """Metrics of ``model`` (or the classifier saved in ``model_dir``) on the validation images."""
+        from transferkit.evaluate.image_inference import predict_image_proba
+        from transferkit.evaluate.inference import select_device
+        from transferkit.models.vision import load_image_classifier
+        from transferkit.train.side import interactive, probability_metrics
+
+        if model is None:
+            model = load_image_classifier(model_dir).eval()
+        probs = predict_image_proba(model, self.preprocessor, self.validation_split.images,
+                                    batch_size=self.hp["eval_batch_size"], device=select_device(),
+                                    desc="validation", where="validation.parquet", progress=interactive())
+        return probability_metrics(probs, self.validation_split.labels)
 
     def save(self, directory: Path, model: Any, labels: list[str]) -> None:
         """Write weights, config, ``preprocessor.json`` and ``labels.json`` into ``directory``."""
@@ -339,18 +414,20 @@ def _augment_config(kind: str, seed: int) -> AugmentConfig:
     return AugmentConfig()
 
 
-def image_task_for(config: Any, resolved: Any) -> ImageTask:
-    """Check the options that apply to images and build the :class:`ImageTask` of a run.
+def image_side_for(config: Any, dataset: PreparedDataset, resolved: Any) -> ImageSide:
+    """Check the options that apply to images, read the splits and build the :class:`ImageSide` of a run.
 
     Raises:
         ConfigError: A text-only option, an unknown image augmentation, or an invalid image size.
+        PreparedDataError: A split with bad rows.
 
     """
     from transferkit.models.vision import load_image_preprocessor
+    from transferkit.train.side import resolve_hyperparameters
 
     for name, default in TEXT_ONLY_OPTIONS.items():
         if getattr(config, name) != default:
-            raise ConfigError(f"{name}: applies to text models only; the data is for {IMAGE_TASK}")
+            raise ConfigError(f"{name}: applies to text models only; the data is for {IMAGE_CLASSIFICATION}")
     if config.augment not in IMAGE_AUGMENTATIONS:
         raise ConfigError(f"augment: {config.augment!r} is a text augmentation; for images use one of "
                           f"{', '.join(IMAGE_AUGMENTATIONS)}")
@@ -370,4 +447,11 @@ def image_task_for(config: Any, resolved: Any) -> ImageTask:
         data = base.to_dict()
         data.update(image_size=int(config.image_size), resize_size=resize)
         preprocessor = ImagePreprocessor(ImagePreprocessConfig.from_dict(data))
-    return ImageTask(preprocessor, ImageAugmenter(_augment_config(config.augment, config.seed)))
+    augmenter = ImageAugmenter(_augment_config(config.augment, config.seed))
+    train_split = read_image_split(dataset, "train")
+    validation_split = read_image_split(dataset, "validation")
+    hp = resolve_hyperparameters(config, resolved.entry, model_limit=1 << 30)
+    for key in ("max_length", "model_max_length"):
+        hp.pop(key)
+    hp["image_size"] = preprocessor.config.image_size
+    return ImageSide(config, resolved, preprocessor, augmenter, hp, train_split, validation_split)

@@ -51,9 +51,17 @@ def curves_figure(curves: Curves) -> Any:
 
 
 def write_training_report(
-    directory: Path, ctx: Any, core: dict[str, Any], curves: Curves, *, stem: str, curves_name: str
+    directory: Path, ctx: Any, outcome: Any, curves: Curves, *, stem: str, curves_name: str
 ) -> tuple[Path, Path, Path | None]:
     """Write ``<stem>.html``/``.md`` and the curves PNG into ``directory``.
+
+    Args:
+        directory: Where to write.
+        ctx: The run context (config, resolved model, labels, splits, pooling).
+        outcome: The run's :class:`~transferkit.train.outputs.RunOutcome`.
+        curves: Loss/metric/gradient-norm curves from the log history.
+        stem: File name stem of the report.
+        curves_name: File name of the curves PNG.
 
     Returns:
         (markdown path, html path, curves PNG path or None when nothing was trained).
@@ -62,26 +70,26 @@ def write_training_report(
     config = ctx.config
     report = Report(f"Fine-tune: {config.model} -> {config.strategy}")
     report.heading("Run")
-    validation = core.get("validation", {})
+    validation = outcome.validation
     rows = [
         ["strategy", config.strategy],
         ["base model", f"{config.model} ({ctx.resolved.model_type}, pooling {ctx.pooling})"],
         ["labels", ", ".join(ctx.labels)],
         ["train / validation examples", f"{len(ctx.train_split.labels)} / {len(ctx.validation_split.labels)}"],
-        ["trainable / total parameters", f"{core['trainable']:,} / {core['total']:,}"],
-        ["device / precision / processes", f"{core['device']} / {core['precision']} / {core.get('world_size', 1)}"],
-        ["stop reason", core["stop_reason"]],
-        ["optimizer steps / epochs", f"{core.get('global_step', 0)} / {core.get('epochs', 0.0):.2f}"],
-        ["best step", core.get("best_step")],
-        ["train samples/s", core.get("train_metrics", {}).get("train_samples_per_second", "n/a")],
-        ["resumed from", core.get("resumed_from") or "-"],
+        ["trainable / total parameters", f"{outcome.trainable:,} / {outcome.total:,}"],
+        ["device / precision / processes", f"{outcome.device} / {outcome.precision} / {outcome.world_size}"],
+        ["stop reason", outcome.stop_reason],
+        ["optimizer steps / epochs", f"{outcome.global_step} / {outcome.epochs:.2f}"],
+        ["best step", outcome.best_step],
+        ["train samples/s", outcome.train_metrics.get("train_samples_per_second", "n/a")],
+        ["resumed from", outcome.resumed_from or "-"],
     ]
     report.table(["field", "value"], rows)
     report.heading("Validation metrics (selected model)")
     report.table(["metric", "value"], [[k, v] for k, v in sorted(validation.items())])
-    if core.get("validation_before_preserve"):
+    if outcome.validation_before_preserve:
         report.paragraph("Before the forgetting mitigation (--preserve-source):")
-        report.table(["metric", "value"], sorted(core["validation_before_preserve"].items()))
+        report.table(["metric", "value"], sorted(outcome.validation_before_preserve.items()))
     png_path = None
     if curves.train_steps or curves.eval_steps:
         report.heading("Curves")
@@ -89,7 +97,7 @@ def write_training_report(
         report.image(curves_name, png, "training and validation curves")
         png_path = directory / curves_name
     report.heading("Diagnostics")
-    episodes = core.get("overfitting", [])
+    episodes = outcome.overfitting
     if episodes:
         for episode in episodes:
             report.paragraph(overfitting_message(episode), css_class="fail")
@@ -99,15 +107,15 @@ def write_training_report(
     if curves.grad_norm:
         report.paragraph(f"Gradient norm: max {max(curves.grad_norm):.4g}, last {curves.grad_norm[-1]:.4g} "
                          f"over {len(curves.grad_norm)} logged steps.")
-    if core.get("feature_cache"):
-        report.paragraph(f"Feature cache: {core['feature_cache']}")
-    if core.get("zero_shot"):
+    if outcome.feature_cache:
+        report.paragraph(f"Feature cache: {outcome.feature_cache}")
+    if outcome.zero_shot:
         report.heading("Zero-shot package")
-        report.table(["field", "value"], [[k, str(v)] for k, v in core["zero_shot"].items()])
-    if core.get("preserve_source"):
+        report.table(["field", "value"], [[k, str(v)] for k, v in outcome.zero_shot.items()])
+    if outcome.preserve_source:
         report.heading("Forgetting mitigation")
-        report.table(["field", "value"], [[k, str(v)] for k, v in core["preserve_source"].items()])
-    resolved = core.get("resolved", {})
+        report.table(["field", "value"], [[k, str(v)] for k, v in outcome.preserve_source.items()])
+    resolved = outcome.resolved
     if resolved:
         report.heading("Resolved settings")
         report.table(["setting", "value"], [[k, str(v)] for k, v in resolved.items() if k != "param_groups"])

@@ -122,3 +122,29 @@ class TransferTrainer(Trainer):
         if self._last_penalty is not None and "loss" in logs:
             logs["l2sp_penalty"] = self._last_penalty
         super().log(logs, start_time)
+
+
+class Reordered:
+    """A view of a dataset in another order (evaluation sorted by length)."""
+
+    def __init__(self, dataset: Any, order: list[int]) -> None:
+        self.dataset = dataset
+        self.order = order
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[self.order[index]]
+
+
+def describe_groups(optimizer: Any) -> list[dict[str, Any]]:
+    """LR, depth, weight decay and tensor count of each optimizer parameter group (for the summary)."""
+    if optimizer is None:
+        return []
+    groups = getattr(optimizer, "param_groups", [])
+    return [
+        {"group": g.get("group"), "depth": g.get("depth"), "lr": g.get("initial_lr", g.get("lr")),
+         "weight_decay": g.get("weight_decay"), "tensors": len(g["params"])}
+        for g in groups
+    ]

@@ -20,6 +20,7 @@ from transferkit.data.builtin import load_builtin
 from transferkit.data.prepare import DataPrepConfig, DataPrepResult, prepare_dataset
 from transferkit.data.prepared import SPLITS, load_prepared
 from transferkit.errors import AssetError, ConfigError, DataError, PreparedDataError, SchemaError
+from transferkit.tasks import get_task
 
 runner = CliRunner()
 IMAGE = "image-classification"
@@ -71,7 +72,7 @@ def test_builtin_digits_end_to_end(prepared_digits: tuple[DataPrepResult, Path])
     schema = json.loads((out / "schema.json").read_text())
     assert schema["task"] == IMAGE and schema["image_format"] == "PNG"
     prepared = load_prepared(out)
-    assert prepared.task == IMAGE and prepared.is_image
+    assert prepared.task == IMAGE and get_task(prepared).modality == "image"
     train = prepared.table("train")
     assert set(train.column_names) == {"image", "label", "label_name", "width", "height", "mode"}
     assert train.schema.field("image").type == pa.binary() and train.schema.field("label").type == pa.int64()

@@ -1,0 +1,127 @@
+"""The interface every task implements: what the steps ask a task instead of branching on it.
+
+A task owns everything that differs between kinds of problem: the prepared-data contract and how data prep
+builds it, the model recognised as its own, the training side (model building, freezing layout, datasets,
+collator, feature cache, saving), the evaluation inputs and predictions, and the export side (graph inputs,
+parity, calibration, accuracy gate, serving assets and the variants built per target). The steps (data prep,
+fine-tune, evaluate, export, deploy) look a task up once with :func:`transferkit.tasks.get_task` and call it.
+
+Heavy imports (torch, transformers, onnx) happen inside the methods, so looking a task up stays cheap.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+
+class Task(ABC):
+    """One kind of problem transferkit can fine-tune, evaluate, export and serve.
+
+    Class attributes:
+        name: The identifier written to ``schema.json`` and passed as ``--task`` (``text-classification``).
+        modality: The input kind named in reports and messages (``text``, ``image``).
+        item_unit: Unit of throughput figures (``seq``, ``img``).
+        required_columns: Columns every split of a prepared dataset of this task must have.
+        model_noun: How a model of this task is named when it meets another task's data (``a text model``).
+        classifier_noun: How the export step names a model of this task (``a text classifier``).
+        wrong_model_hint: What to use instead when a model of another task meets this task's data (or None).
+        preprocessing_kind: ``kind`` of the ``io_spec.json`` preprocessing of its exports (``tokenizer``).
+        forgetting_mitigation: Whether ``--preserve-source`` applies (pipelines drop it for other tasks).
+        model_framework: ``framework`` recorded in the model artifact's metadata (``transformers``).
+        export_variants: Graph variants the export step builds per target, in build order.
+        export_cpu_preference: The variant recommended on ``cpu`` when it passes the accuracy gate.
+        export_assets: Serving files an export writes beside ``labels.json`` (``tokenizer/``).
+    """
+
+    name: ClassVar[str]
+    modality: ClassVar[str]
+    item_unit: ClassVar[str]
+    required_columns: ClassVar[tuple[str, ...]]
+    model_noun: ClassVar[str]
+    classifier_noun: ClassVar[str]
+    wrong_model_hint: ClassVar[str | None] = None
+    preprocessing_kind: ClassVar[str]
+    forgetting_mitigation: ClassVar[bool] = False
+    model_framework: ClassVar[str]
+    export_variants: ClassVar[dict[str, tuple[str, ...]]]
+    export_cpu_preference: ClassVar[str]
+    export_assets: ClassVar[tuple[str, ...]] = ()
+
+    def __repr__(self) -> str:
+        return f"<task {self.name}>"
+
+    # ------------------------------------------------------------------------------------- identity
+
+    @abstractmethod
+    def owns_model_config(self, config: dict[str, Any]) -> bool:
+        """Whether a model directory's ``config.json`` (already parsed) is a model of this task."""
+
+    # ------------------------------------------------------------------------------------- data prep
+
+    def check_prep_config(self, config: Any) -> None:  # noqa: B027 - optional hook
+        """Reject data-prep options that do not apply to this task.
+
+        Raises:
+            ConfigError: Naming the option.
+        """
+
+    @abstractmethod
+    def prep_columns(self, config: Any) -> dict[str, str]:
+        """Role -> source column for the roles this task reads (``DataPrepConfig.columns``)."""
+
+    @abstractmethod
+    def prepare(self, config: Any) -> Any:
+        """Run data prep for this task; return a :class:`~transferkit.data.prepare.DataPrepResult`."""
+
+    @abstractmethod
+    def summary_rows(self, result: Any, config: Any) -> list[tuple[str, str]]:
+        """Task-specific rows of the ``transferkit data prepare`` summary table."""
+
+    # ------------------------------------------------------------------------------------- training
+
+    @abstractmethod
+    def training(self, config: Any, dataset: Any, resolved: Any) -> Any:
+        """Check the training options for this task, read the splits and return the task's training side.
+
+        The side implements :class:`transferkit.train.side.TrainingSide`; the training recipe
+        (:mod:`transferkit.train.run`) drives it.
+
+        Raises:
+            ConfigError: An option that does not apply to this task.
+            PreparedDataError: A split with bad rows.
+        """
+
+    # ------------------------------------------------------------------------------------- evaluation
+
+    @abstractmethod
+    def evaluation_inputs(self, dataset: Any, split: str, cfg: Any) -> Any:
+        """The rows of ``split`` the evaluate step predicts on (:class:`transferkit.evaluate.inputs.EvalInputs`).
+
+        Raises:
+            PreparedDataError: An empty split or a malformed row.
+        """
+
+    @abstractmethod
+    def source_set(self, reference: str, dataset: Any, labels: list[str]) -> Any:
+        """The test split of a prepared dataset as a forgetting-check source set."""
+
+    # ------------------------------------------------------------------------------------- export
+
+    @abstractmethod
+    def export_side(self, config: Any, dataset: Any) -> Any:
+        """Load the model for export and wrap it with what the export step needs from this task.
+
+        Raises:
+            ModelError: The model does not load.
+            ExportError: Unsupported architecture or labels that differ from the dataset's.
+        """
+
+    @abstractmethod
+    def report_parity(self, report: Any, result: Any, config: Any) -> None:
+        """Add the parity-gate paragraph and table of an :class:`~transferkit.export.config.ExportResult`."""
+
+    def describe_model(self, path: Path | str) -> str:
+        """``Text model PATH``, ``Image model PATH``: how reports introduce a model of this task."""
+        return f"{self.modality.capitalize()} model {path}"

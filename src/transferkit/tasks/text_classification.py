@@ -1,0 +1,97 @@
+"""Text classification: one label per text (or text pair), a sequence classifier on token ids.
+
+Data: ``text`` (and optional ``text_pair``, ``group``) with an integer ``label`` into ``labels.json``. Models:
+``AutoModelForSequenceClassification`` (any transformers directory that no other task claims). Export:
+int64 token-id inputs and a ``tokenizer/`` for serving; dynamic int8 on cpu.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from transferkit.tasks.base import Task
+
+TEXT_CLASSIFICATION = "text-classification"
+
+
+class TextClassification(Task):
+    """Sequence classification of texts and text pairs."""
+
+    name: ClassVar[str] = TEXT_CLASSIFICATION
+    modality: ClassVar[str] = "text"
+    item_unit: ClassVar[str] = "seq"
+    required_columns: ClassVar[tuple[str, ...]] = ("text", "label")
+    model_noun: ClassVar[str] = "a text model"
+    classifier_noun: ClassVar[str] = "a text classifier"
+    preprocessing_kind: ClassVar[str] = "tokenizer"
+    wrong_model_hint: ClassVar[str | None] = None
+    forgetting_mitigation: ClassVar[bool] = True
+    model_framework: ClassVar[str] = "transformers"
+    export_variants: ClassVar[dict[str, tuple[str, ...]]] = {"cpu": ("int8",), "gpu": ("fp16", "qdq")}
+    export_cpu_preference: ClassVar[str] = "int8"
+    export_assets: ClassVar[tuple[str, ...]] = ("tokenizer/",)
+
+    def owns_model_config(self, config: dict[str, Any]) -> bool:
+        """Any transformers config: text classification is the fallback for models no other task claims."""
+        return True
+
+    def prep_columns(self, config: Any) -> dict[str, str]:
+        """``text``, ``label`` and whichever of ``text_pair``, ``group`` and ``split`` are configured."""
+        roles = {"text": config.text_column, "text_pair": config.text_pair_column, "label": config.label_column,
+                 "group": config.group_column, "split": config.split_column}
+        return {role: column for role, column in roles.items() if column}
+
+    def prepare(self, config: Any) -> Any:
+        """Stream, validate, split and profile (token statistics with the configured model's tokenizer)."""
+        from transferkit.data.prepare import prepare_texts
+
+        return prepare_texts(config)
+
+    def summary_rows(self, result: Any, config: Any) -> list[tuple[str, str]]:
+        """Token-length percentiles and the truncation rate."""
+        tokens = result.token_length
+        return [("tokens p50 / p95 / p99 / max",
+                 f"{tokens['p50']:g} / {tokens['p95']:g} / {tokens['p99']:g} / {tokens['max']:g}"),
+                (f"truncated at max_length={config.max_length}", f"{result.truncation_rate * 100:.2f}%")]
+
+    def training(self, config: Any, dataset: Any, resolved: Any) -> Any:
+        """The text side of the training recipe (tokenizer, sequence classifier, pooling, zero-shot)."""
+        from transferkit.train.text_side import text_side_for
+
+        return text_side_for(config, dataset, resolved)
+
+    def evaluation_inputs(self, dataset: Any, split: str, cfg: Any) -> Any:
+        """Texts (and pairs) of the split; predictions by the classifier or zero-shot for a baseline."""
+        from transferkit.evaluate.inputs import TextInputs
+
+        return TextInputs.read(dataset, split, cfg)
+
+    def source_set(self, reference: str, dataset: Any, labels: list[str]) -> Any:
+        """Labelled test texts."""
+        from transferkit.evaluate.sources import SourceSet
+
+        return SourceSet(reference, "labelled", dataset.texts("test"), labels=labels)
+
+    def export_side(self, config: Any, dataset: Any) -> Any:
+        """Load the classifier and tokenizer; resolve ``max_length``."""
+        from transferkit.export.onnx_export import load_exportable, resolve_max_length
+        from transferkit.export.tasks import TextTask
+
+        exportable = load_exportable(config.model_dir, dataset.labels, config.data_dir,
+                                     allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
+        return TextTask(exportable, dataset, config, resolve_max_length(config.max_length, exportable))
+
+    def report_parity(self, report: Any, result: Any, config: Any) -> None:
+        """Parity over batch sizes, sequence lengths and padding."""
+        report.paragraph(
+            f"All shapes within atol {config.atol:g} with identical predicted labels; largest difference "
+            f"{result.parity_max_abs_diff:.3g}. Opset {result.opset}, max_length {result.max_length}."
+        )
+        report.table(
+            ["batch", "seq len", "padding", "max abs logit diff", "labels agree"],
+            [[c.batch_size, c.seq_len, c.padding, f"{c.max_abs_diff:.3g}", c.labels_agree]
+             for c in result.parity_cases],
+        )
+
+
+TASK = TextClassification()

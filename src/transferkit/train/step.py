@@ -1,0 +1,129 @@
+"""The fine-tune step as a pipeline component runs it: parameters in, one call, metrics and outputs back.
+
+``components/fine_tune`` passes its typed parameters to :func:`fine_tune_step` and only translates the result
+into KFP outputs. KFP parameters cannot be None, so a zero or negative number and an empty string mean "the
+catalog default" here (:func:`config_from_parameters`); the retry digest, the torchrun launch and the
+reading of ``training_summary.json`` live here too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transferkit.errors import TrainingError
+from transferkit.tasks import get_task
+from transferkit.train.config import TrainConfig, config_to_cli_args
+from transferkit.train.outputs import SUMMARY_FILE
+
+# Component parameters whose unset value is 0 (or 0.0): None in TrainConfig.
+ZERO_MEANS_DEFAULT = ("epochs", "max_steps", "learning_rate", "head_learning_rate", "batch_size", "max_length",
+                      "image_size")
+# Component parameters whose unset value is negative.
+NEGATIVE_MEANS_DEFAULT = ("warmup_ratio", "weight_decay")
+# Component parameters whose unset value is "".
+EMPTY_MEANS_DEFAULT = ("scheduler",)
+
+
+@dataclass
+class FineTuneStepResult:
+    """What the component reports.
+
+    Attributes:
+        validation_metric: Best validation value of the selection metric (0.0 when undefined).
+        metrics: Scalar KFP metrics (``validation_*``, ``wall_time_s``, ``trainable_params``).
+        report_html: The training report in the model directory.
+        metadata: Model artifact metadata (``strategy``, ``base_model``, ``framework``).
+    """
+
+    validation_metric: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    report_html: Path | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def config_from_parameters(data_dir: str | Path, out_dir: str | Path, parameters: dict[str, Any]) -> TrainConfig:
+    """Build the :class:`TrainConfig` of component parameters (sentinels mean "the catalog default").
+
+    ``preserve_source`` is dropped for tasks without a forgetting mitigation (image data), so one pipeline
+    definition serves every task.
+
+    Raises:
+        ConfigError: An invalid option (from :class:`TrainConfig`).
+        PreparedDataError: ``data_dir`` names an unknown task.
+
+    """
+    values = dict(parameters)
+    for name in ZERO_MEANS_DEFAULT:
+        if name in values:
+            values[name] = values[name] or None
+    for name in NEGATIVE_MEANS_DEFAULT:
+        if name in values:
+            values[name] = None if values[name] < 0 else values[name]
+    for name in EMPTY_MEANS_DEFAULT:
+        if name in values:
+            values[name] = values[name] or None
+    task = get_task(Path(data_dir))
+    values["preserve_source"] = bool(values.get("preserve_source")) and task.forgetting_mitigation
+    model = values.pop("base_model")
+    return TrainConfig(data_dir=Path(data_dir), model=model, out_dir=Path(out_dir), **values)
+
+
+def fine_tune_step(data_dir: str | Path, out_dir: str | Path, *, checkpoint_root: str = "", nproc_per_node: int = 1,
+                   **parameters: Any) -> FineTuneStepResult:
+    """Train as the pipeline does: resume a retried task from its checkpoint, launch torchrun if asked.
+
+    Args:
+        data_dir: The prepared dataset.
+        out_dir: The model directory to write.
+        checkpoint_root: Directory on a PVC for checkpoints; a retried task resumes from
+            ``<checkpoint_root>/<digest of its configuration>``. "" keeps checkpoints next to the output.
+        nproc_per_node: Training processes on this node, launched with torchrun when above 1.
+        **parameters: The component's training parameters (``base_model``, ``strategy``, ``epochs``...).
+
+    Raises:
+        TrainingError: Training failed or wrote no ``training_summary.json``.
+
+    """
+    from transferkit.train.distributed import launch_torchrun
+    from transferkit.train.run import run_training
+
+    config = config_from_parameters(data_dir, out_dir, parameters)
+    if checkpoint_root:
+        # A retry of this task has the same inputs and output path, hence the same digest: it resumes.
+        digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
+        config = dataclasses.replace(config, checkpoint_dir=Path(checkpoint_root) / digest[:16])
+    if nproc_per_node > 1:
+        launch_torchrun(config_to_cli_args(config), nproc_per_node)
+    else:
+        run_training(config)
+    return read_step_result(config)
+
+
+def read_step_result(config: TrainConfig) -> FineTuneStepResult:
+    """The component's outputs from the written ``training_summary.json``.
+
+    Raises:
+        TrainingError: The summary is missing or unreadable.
+
+    """
+    out = Path(config.out_dir)
+    try:
+        summary = json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TrainingError(f"{out / SUMMARY_FILE}: no readable training summary ({exc})") from exc
+    metrics = {f"validation_{name}": float(value) for name, value in summary["validation"].items()
+               if isinstance(value, int | float)}
+    metrics["wall_time_s"] = float(summary["wall_time_s"])
+    metrics["trainable_params"] = float(summary["parameters"]["trainable"])
+    best = summary["best"]["value"]
+    task = get_task(config.data_dir)
+    return FineTuneStepResult(
+        validation_metric=float(best if best is not None else 0.0), metrics=metrics,
+        report_html=out / summary["artifacts"]["report_html"],
+        metadata={"strategy": config.strategy, "base_model": config.model, "framework": task.model_framework},
+    )

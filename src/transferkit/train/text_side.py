@@ -1,0 +1,257 @@
+"""The text-classification side of a fine-tune run (see :mod:`transferkit.train.side`).
+
+A tokenizer and ``AutoModelForSequenceClassification``: a new head (or random initialisation for
+``scratch``), optional mean pooling, freezing by transformer layer, tokenized datasets padded per batch,
+the cached-feature path for a frozen encoder, and for ``off_the_shelf`` either a head whose labels already
+fit or zero-shot classification by label embeddings.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from transferkit.errors import ConfigError, ModelError, TrainingError
+from transferkit.io import write_json
+from transferkit.train.side import TrainingSide, resolve_hyperparameters
+
+logger = logging.getLogger(__name__)
+
+IMAGE_ONLY_AUGMENTATIONS = ("image", "image_no_flip")
+
+
+def text_side_for(config: Any, dataset: Any, resolved: Any) -> TextSide:
+    """Check the options that apply to text, read the splits, load the tokenizer and resolve hyperparameters.
+
+    Raises:
+        ConfigError: An image-only option, or ``max_length`` beyond the model's limit.
+        PreparedDataError: A split with bad rows.
+        ModelError: The tokenizer does not load.
+
+    """
+    from transferkit.models.loading import load_tokenizer
+    from transferkit.train.data import read_split
+
+    if config.augment in IMAGE_ONLY_AUGMENTATIONS or config.image_size is not None:
+        raise ConfigError(f"{'augment' if config.image_size is None else 'image_size'}: applies to image data; "
+                          f"the data in {dataset.path} is for {dataset.task}")
+    train_split = read_split(dataset, "train")
+    validation_split = read_split(dataset, "validation")
+    tokenizer = load_tokenizer(resolved, trust_remote_code=config.trust_remote_code)
+    hp = resolve_hyperparameters(config, resolved.entry, _model_limit(resolved, tokenizer))
+    return TextSide(config, resolved, tokenizer, hp, train_split, validation_split)
+
+
+def _model_limit(resolved: Any, tokenizer: Any) -> int:
+    from transformers import AutoConfig
+
+    from transferkit.train.modeling import model_max_length
+
+    return model_max_length(AutoConfig.from_pretrained(resolved.path), tokenizer)
+
+
+class TextSide(TrainingSide):
+    """Sequence classification of texts (and text pairs)."""
+
+    def __init__(self, config: Any, resolved: Any, tokenizer: Any, hp: dict[str, Any], train_split: Any,
+                 validation_split: Any) -> None:
+        self.config = config
+        self.resolved = resolved
+        self.tokenizer = tokenizer
+        self.processing_class = tokenizer
+        self.hp = hp
+        self.train_split = train_split
+        self.validation_split = validation_split
+        self.pooling = "cls"
+
+    def start_training(self, ctx: Any) -> None:
+        """Resolve the pooling (``auto``: mean for sentence embedders, else the model's own)."""
+        from transferkit.train.modeling import resolve_pooling
+
+        self.pooling = resolve_pooling(self.config.pooling, self.resolved)
+
+    def identity(self) -> dict[str, Any]:
+        """Text adds nothing beyond the shared options and hyperparameters."""
+        return {}
+
+    def build_model(self, ctx: Any) -> Any:
+        """Load (or randomly initialise, for scratch) the classifier and install mean pooling if chosen."""
+        import torch
+        from transformers import AutoConfig, AutoModelForSequenceClassification, set_seed
+
+        from transferkit.models.loading import load_sequence_classifier
+        from transferkit.train.modeling import MEAN_POOLING_MARKER, add_mean_pooling_layer, reinit_pooler
+
+        config, labels = self.config, ctx.labels
+        set_seed(config.seed)
+        had_pooling_layer = self.resolved.config.get(MEAN_POOLING_MARKER) is not None
+        if config.strategy == "scratch":
+            model_config = AutoConfig.from_pretrained(
+                self.resolved.path, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                label2id={n: i for i, n in enumerate(labels)}, trust_remote_code=config.trust_remote_code,
+            )
+            if had_pooling_layer:
+                # Rebuild the fixed pooling layer rather than randomising it with the trainable layers.
+                model_config.num_hidden_layers -= 1
+                delattr(model_config, MEAN_POOLING_MARKER)
+                had_pooling_layer = False
+            try:
+                model = AutoModelForSequenceClassification.from_config(
+                    model_config, trust_remote_code=config.trust_remote_code
+                )
+            except Exception as exc:
+                raise ModelError(
+                    f"{self.resolved.path}: cannot build the architecture ({type(exc).__name__}: {exc})"
+                ) from exc
+        else:
+            model = load_sequence_classifier(self.resolved, labels, allow_pickle=config.allow_pickle,
+                                             trust_remote_code=config.trust_remote_code)
+        if self.pooling == "mean" and not had_pooling_layer:
+            add_mean_pooling_layer(model)
+            reinit_pooler(model, config.seed)
+        if getattr(model.config, "pad_token_id", None) is None and self.tokenizer.pad_token_id is not None:
+            model.config.pad_token_id = self.tokenizer.pad_token_id
+        torch.manual_seed(config.seed)
+        return model
+
+    def freeze(self, model: Any, strategy: str, unfreeze_top_layers: int) -> dict[str, Any]:
+        """Freeze by transformer layer (embeddings, layers, pooler, head)."""
+        from transferkit.train.modeling import freeze_for_strategy
+
+        return freeze_for_strategy(model, strategy, unfreeze_top_layers)
+
+    def datasets(self, ctx: Any) -> tuple[Any, Any]:
+        """Tokenized training (with text augmentation if chosen) and validation datasets."""
+        from transferkit.train.data import TokenizedDataset
+
+        config, max_length = self.config, self.hp["max_length"]
+        return (TokenizedDataset(self.train_split, self.tokenizer, max_length, augment=config.augment,
+                                 augment_prob=config.augment_prob, seed=config.seed),
+                TokenizedDataset(self.validation_split, self.tokenizer, max_length))
+
+    def supports_feature_cache(self, model: Any) -> bool:
+        """Whether the fast path knows where this model's head starts."""
+        from transferkit.train.features import supports_feature_cache
+
+        return supports_feature_cache(model)
+
+    def cached_features(self, model: Any, ctx: Any, datasets: dict[str, Any]) -> tuple[dict[str, Any], str, bool]:
+        """Encoder outputs of every split, from the cache or computed once."""
+        from transferkit.train.features import cached_features
+
+        return cached_features(model, Path(self.resolved.path), datasets, self.tokenizer, ctx.digests,
+                               self.hp["eval_batch_size"])
+
+    def head_model(self, model: Any) -> Any:
+        """The pooler and classifier on cached encoder outputs."""
+        from transferkit.train.features import build_head_model
+
+        return build_head_model(model)
+
+    def collator(self, device: str) -> Any:
+        """Dynamic padding (to multiples of 8 on CUDA, for tensor cores)."""
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=8 if device == "cuda" else None)
+
+    def eval_order(self, eval_ds: Any) -> list[int]:
+        """Validation rows by length: less padding, same metrics."""
+        return sorted(range(len(eval_ds)), key=lambda i: eval_ds.lengths[i])
+
+    def train_lengths(self, train_ds: Any) -> list[int] | None:
+        """Token lengths of the training rows."""
+        return train_ds.lengths
+
+    def static_graph(self, resolved: Any, use_cache: bool) -> bool:
+        """BERT and cached-feature heads use every trainable parameter in each forward."""
+        return resolved.model_type == "bert" or use_cache
+
+    def off_the_shelf(self, ctx: Any) -> tuple[Any, dict[str, Any]]:
+        """Reuse a head whose labels match (rows reordered), or zero-shot by label embeddings.
+
+        Raises:
+            ModelError: A head that does not match on a model that is not an embedding model.
+
+        """
+        import random
+
+        from transferkit.models.loading import load_sequence_classifier
+        from transferkit.train.side import resolve_precision
+        from transferkit.train.zeroshot import build_zero_shot_classifier, load_label_descriptions, reorder_head
+
+        config, labels = self.config, ctx.labels
+        device, _ = resolve_precision("fp32" if config.precision == "auto" else config.precision)
+        permutation = self._head_permutation(labels)
+        zero_shot: dict[str, Any] | None = None
+        if permutation is not None:
+            model = load_sequence_classifier(self.resolved, allow_pickle=config.allow_pickle,
+                                             trust_remote_code=config.trust_remote_code)
+            reorder_head(model, permutation, labels)
+            self.pooling = "model"
+            mode = "existing_head"
+        else:
+            descriptions = load_label_descriptions(config.label_descriptions, labels)
+            sample = list(self.train_split.texts)
+            random.Random(config.seed).shuffle(sample)
+            model, zero_shot = build_zero_shot_classifier(
+                self.resolved, self.tokenizer, labels, descriptions=descriptions,
+                temperature=config.zero_shot_temperature, sample_texts=sample[:1024],
+                check_texts=list(self.validation_split.texts)[:512], max_length=self.hp["max_length"],
+            )
+            self.pooling = "mean"
+            mode = "zero_shot"
+        model.eval()
+        return model, {"device": device, "zero_shot": zero_shot,
+                       "resolved": {"mode": mode, "max_length": self.hp["max_length"],
+                                    "model_max_length": self.hp["model_max_length"]}}
+
+    def _head_permutation(self, labels: list[str]) -> list[int] | None:
+        """Permutation for a classifier whose head fits the labels; None for an embedding model.
+
+        Raises:
+            ModelError: The model has a head that does not match and is not an embedding model.
+
+        """
+        from transferkit.train.zeroshot import head_permutation
+
+        head = self.resolved.head_labels
+        if head is not None:
+            permutation = head_permutation(head, labels)
+            if permutation is not None:
+                return permutation
+        if not self.resolved.is_embedding_model:
+            raise ModelError(
+                f"{self.resolved.reference}: off_the_shelf needs a head whose labels match labels.json {labels} "
+                f"(model head: {head}) or an embedding model for zero-shot; use strategy full or "
+                "feature_extraction"
+            )
+        return None
+
+    def validation_metrics(self, ctx: Any, model_dir: Path, model: Any = None) -> dict[str, float]:
+        """Metrics of the saved directory, exactly what later steps load, with the evaluate step's inference.
+
+        ``model`` is not used: the directory is reloaded so that what is measured is what was written.
+        """
+        from transferkit.evaluate.inference import predict_proba
+        from transferkit.models.loading import load_sequence_classifier
+        from transferkit.train.side import interactive, probability_metrics
+
+        loaded = load_sequence_classifier(model_dir).eval()
+        split = self.validation_split
+        probs = predict_proba(loaded, self.tokenizer, split.texts, split.text_pairs,
+                              batch_size=self.hp["eval_batch_size"], max_length=self.hp["max_length"],
+                              desc="validation", progress=interactive())
+        return probability_metrics(probs, split.labels)
+
+    def save(self, directory: Path, model: Any, labels: list[str]) -> None:
+        """Weights (safetensors), config with label maps, tokenizer and ``labels.json``."""
+        model.config.id2label = dict(enumerate(labels))
+        model.config.label2id = {name: i for i, name in enumerate(labels)}
+        model.config.num_labels = len(labels)
+        model.save_pretrained(directory, safe_serialization=True)
+        self.tokenizer.save_pretrained(directory)
+        write_json(directory / "labels.json", list(labels))
+        if not (directory / "model.safetensors").is_file() and \
+                not (directory / "model.safetensors.index.json").is_file():
+            raise TrainingError(f"{directory}: save_pretrained wrote no safetensors weights")
