@@ -185,6 +185,9 @@ def test_load_generator_sweep_reports_batching(first_deploy, server):
         assert level.server_avg_batch_size is not None and level.server_avg_batch_size >= 1.0
     assert result.level("http", 1).server_avg_batch_size == pytest.approx(1.0)
     assert max(lv.server_avg_batch_size for lv in result.levels if lv.concurrency == 8) > 1.0
+    for level in result.levels:  # Triton's own statistics of the level: the fast path is one model
+        assert set(level.server_ms) == {NAME}
+        assert 0 < level.server_ms[NAME]["requests"] <= 48 and level.server_ms[NAME]["compute_infer_ms"] > 0
 
 
 def _model_config(server, model):

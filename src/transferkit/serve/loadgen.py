@@ -135,7 +135,11 @@ def _is_loopback(host: str) -> bool:
 
 @dataclass
 class LevelResult:
-    """Measurements of one (protocol, concurrency) level."""
+    """Measurements of one (protocol, concurrency) level.
+
+    Latencies are the client's; ``server_avg_batch_size`` comes from the Prometheus counters of the batched
+    model and ``server_ms`` from Triton's statistics (per model, see :func:`stats_breakdown`).
+    """
 
     protocol: str
     concurrency: int
@@ -149,6 +153,7 @@ class LevelResult:
     mean_ms: float
     server_avg_batch_size: float | None = None
     server_executions: int | None = None
+    server_ms: dict[str, dict[str, float]] | None = None
     versions_seen: dict[str, int] = field(default_factory=dict)
     first_error: str | None = None
 
@@ -208,6 +213,59 @@ def counter_delta(before: BatchCounters, after: BatchCounters) -> tuple[float, f
     inferences = sum(values[0] - before.get(version, (0.0, 0.0))[0] for version, values in after.items())
     executions = sum(values[1] - before.get(version, (0.0, 0.0))[1] for version, values in after.items())
     return inferences, executions
+
+
+_STAT_PHASES = ("success", "queue", "compute_input", "compute_infer", "compute_output")
+StatsSnapshot = dict[tuple[str, str], dict[str, tuple[int, int]]]
+
+
+def read_inference_stats(http_url: str) -> StatsSnapshot | None:
+    """Cumulative ``(count, ns)`` of each phase per ``(model, version)``, from Triton's statistics extension.
+
+    Returns None when the server cannot be asked.
+    """
+    import tritonclient.http as http
+
+    netloc = urlparse(http_url if "://" in http_url else f"http://{http_url}").netloc
+    try:
+        client = http.InferenceServerClient(netloc, connection_timeout=5, network_timeout=5)
+        try:
+            data = client.get_inference_statistics()
+        finally:
+            client.close()
+    except Exception as exc:  # tritonclient raises its own and socket errors
+        logger.debug("statistics unavailable: %s", exc)
+        return None
+    snapshot: StatsSnapshot = {}
+    for entry in data.get("model_stats", []):
+        stats = entry.get("inference_stats", {})
+        snapshot[(entry["name"], str(entry.get("version", "")))] = {
+            phase: (int(stats.get(phase, {}).get("count", 0)), int(stats.get(phase, {}).get("ns", 0)))
+            for phase in _STAT_PHASES}
+    return snapshot
+
+
+def stats_breakdown(before: StatsSnapshot, after: StatsSnapshot) -> dict[str, dict[str, float]]:
+    """Per model with traffic between two reads: requests and mean milliseconds per request of each phase.
+
+    ``success_ms`` is a request's whole time in the model; ``queue_ms`` its wait for an instance (or for
+    the dynamic batcher); ``compute_*_ms`` the backend's input copy, execution and output copy. For an
+    ensemble, the composing models' entries show where its time went.
+    """
+    totals: dict[str, dict[str, list[int]]] = {}
+    for key, now in after.items():
+        then = before.get(key, {})
+        slot = totals.setdefault(key[0], {phase: [0, 0] for phase in _STAT_PHASES})
+        for phase, (count, ns) in now.items():
+            slot[phase][0] += count - then.get(phase, (0, 0))[0]
+            slot[phase][1] += ns - then.get(phase, (0, 0))[1]
+    breakdown = {}
+    for name, slot in sorted(totals.items()):
+        requests = slot["success"][0]
+        if requests > 0:
+            breakdown[name] = {"requests": requests,
+                               **{f"{phase}_ms": round(slot[phase][1] / requests / 1e6, 3) for phase in _STAT_PHASES}}
+    return breakdown
 
 
 def _settled_counters(metrics_url: str, model: str, before: BatchCounters | None, answered: int,
@@ -420,6 +478,7 @@ def _run_level(config: LoadConfig, protocol: str, concurrency: int) -> LevelResu
         tally.setup_errors.append("workers did not get ready in time")
     before = (_settled_counters(config.metrics_url, batch_model, None, 0)
               if config.metrics_url and not tally.setup_errors else None)
+    stats_before = read_inference_stats(config.http_url) if not tally.setup_errors else None
     tally.deadline = time.monotonic() + config.duration_s
     started = time.perf_counter()
     go.set()
@@ -432,6 +491,7 @@ def _run_level(config: LoadConfig, protocol: str, concurrency: int) -> LevelResu
     latencies, errors = tally.latencies, tally.errors
     after = (_settled_counters(config.metrics_url, batch_model, before, len(latencies))
              if config.metrics_url and before else None)
+    stats_after = read_inference_stats(config.http_url) if stats_before is not None else None
     avg_batch = executions = None
     if before and after:
         booked_inferences, booked_executions = counter_delta(before, after)
@@ -444,7 +504,9 @@ def _run_level(config: LoadConfig, protocol: str, concurrency: int) -> LevelResu
         duration_s=round(duration, 3), throughput_rps=round(len(latencies) / duration, 2) if duration else 0.0,
         p50_ms=round(float(np.percentile(values, 50)), 2), p95_ms=round(float(np.percentile(values, 95)), 2),
         p99_ms=round(float(np.percentile(values, 99)), 2), mean_ms=round(float(np.mean(values)), 2),
-        server_avg_batch_size=avg_batch, server_executions=executions, versions_seen=dict(tally.versions),
+        server_avg_batch_size=avg_batch, server_executions=executions,
+        server_ms=stats_breakdown(stats_before, stats_after) if stats_before and stats_after else None,
+        versions_seen=dict(tally.versions),
         first_error=errors[0] if errors else None,
     )
     logger.info("%s c=%d: %.1f req/s, p50 %.1f ms, p99 %.1f ms, errors %d, server batch %s", protocol, concurrency,
