@@ -222,6 +222,28 @@ def test_local_fast_path_answers_like_the_production_ensemble(first_deploy, serv
             shutil.rmtree(server.repository / model, ignore_errors=True)
 
 
+def test_fast_path_without_the_graph_on_disk_calls_the_graph_model(export_dir, tmp_path):
+    # Triton downloads a cloud repository model by model, so the fast path cannot read its sibling's graph
+    # there and runs it in NAME_onnx through BLS instead. Two repository folders reproduce that layout.
+    built = tmp_path / "built"
+    bundle = build_model_repository(export_dir, "split", built, options=RepositoryOptions(instance_kind="cpu"))
+    entry, steps = tmp_path / "entry", tmp_path / "steps"
+    for folder in (entry, steps):
+        folder.mkdir()
+    for model in bundle.models:
+        (built / model).rename((entry if model == "split" else steps) / model)
+    texts = ["An absolute triumph of a film.", "Boring.", "not bad"]
+    with LocalTriton(entry, models=bundle.models, exit_timeout=2, extra_args=[f"--model-repository={steps}"]) as triton:
+        with TritonControl(triton.http_url) as control:
+            served = control.infer_texts("split", texts)
+        with urllib.request.urlopen(f"{triton.http_url}/v2/models/split_onnx/stats", timeout=30) as response:
+            graph_stats = json.loads(response.read())["model_stats"][0]["inference_stats"]
+    assert graph_stats["success"]["count"] >= 1  # the graph ran in the graph model
+    from transferkit.serve.repository import load_export
+
+    np.testing.assert_allclose(served["logits"], reference_logits(load_export(export_dir), texts), atol=1e-3)
+
+
 def test_server_leaves_no_stub_or_shm_behind(export_dir, tmp_path):
     repo = tmp_path / "repo"
     build_model_repository(export_dir, "m", repo, options=RepositoryOptions(instance_kind="cpu"))

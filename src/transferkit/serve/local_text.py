@@ -5,9 +5,11 @@ The entry model ``NAME`` of a text deployment is an ensemble (tokenizer -> graph
 crosses three stub processes; measured with Triton's own statistics (``benchmarks/serving.py``), the
 tokenizer and postprocess hops cost ~2 ms per request of which ~0.3 ms is their actual work. This module
 writes ``NAME/configs/local.pbtxt``: a python-backend model with the ensemble's inputs and outputs that
-tokenizes, runs the graph and classifies in one stub (``triton_models/text_model.py``), reading the
-tokenizer and graph files of its sibling models of the same version. Production is unchanged; the
-composing models stay loaded locally too (callers may use ``NAME_onnx`` directly).
+tokenizes, runs the graph and classifies in one stub (``triton_models/text_model.py``): with the graph
+file of its sibling ``NAME_onnx`` of the same version when the repository is on local disk, else through
+a BLS call to ``NAME_onnx``. The tokenizer files (~1 MB) are copied beside it. Production is unchanged;
+the composing models stay loaded locally too (they back the BLS mode, and callers may use ``NAME_onnx``
+directly).
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ def text_entry_local_config(name: str, exported: repo.ExportedModel, options: re
     repo._add_tensor(config.output, logits.name, logits.dtype, dims, label_filename=repo.LABELS_FILE)
     repo._add_tensor(config.output, repo.PROBABILITIES_OUTPUT, "float32", dims)
     repo._add_tensor(config.output, repo.LABEL_OUTPUT, "string", [1])
-    repo._param(config, "tokenizer_model", f"{name}_tokenizer")
     repo._param(config, "graph_model", f"{name}_onnx")
     repo._param(config, "model_file", "model.onnx")
     repo._param(config, "graph_inputs", json.dumps([[t.name, repo._DTYPES[t.dtype]] for t in exported.spec.inputs]))
@@ -55,5 +56,7 @@ def write_text_entry_local(exported: repo.ExportedModel, name: str, root: Path, 
     folder = entry / str(version)
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy2(repo._MODELS_PKG / "text_model.py", folder / "model.py")
+    assert exported.tokenizer_dir is not None
+    shutil.copytree(exported.tokenizer_dir, folder / "tokenizer", dirs_exist_ok=True)
     for module in STEP_MODULES:
         shutil.copy2(repo._MODELS_PKG / module, folder / module)

@@ -7,7 +7,7 @@ For a model published as ``NAME`` the repository holds one ensemble and its comp
       configs/local.pbtxt      text models, local: the same interface in one python model (local_text.py)
       labels.txt               classification extension (``label_filename``)
       <v>/ENSEMBLE.txt         placeholder: object stores have no empty folders
-      <v>/model.py ...         text models: code of the local fast path (the ensemble ignores it)
+      <v>/model.py ...         text models: code and tokenizer of the local fast path (the ensemble ignores them)
     NAME_tokenizer/            python backend, ``tokenizers`` library (text models only)
       config.pbtxt
       <v>/model.py  <v>/tokenizer/tokenizer.json ...

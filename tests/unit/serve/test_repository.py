@@ -183,9 +183,10 @@ def test_local_entry_is_one_python_model_with_the_ensembles_interface(repo):
     assert local.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     assert local.instance_group[0].count == RepositoryOptions().local_instance_count
     params = {k: v.string_value for k, v in local.parameters.items()}
-    # The model reads its siblings of the same version: they must exist under these names.
-    assert (repo / params["tokenizer_model"] / "3/tokenizer/tokenizer.json").is_file()
+    # The model reads its sibling graph model of the same version (or calls it): it must exist by that name.
     assert (repo / params["graph_model"] / "3" / params["model_file"]).is_file()
+    assert (repo / "sentiment/3/tokenizer/tokenizer.json").read_bytes() == \
+        (repo / "sentiment_tokenizer/3/tokenizer/tokenizer.json").read_bytes()
     assert json.loads(params["graph_inputs"]) == [
         ["input_ids", "TYPE_INT64"], ["attention_mask", "TYPE_INT64"], ["token_type_ids", "TYPE_INT64"]]
     tokenizer = _parse(repo / "sentiment_tokenizer/config.pbtxt")

@@ -20,21 +20,25 @@ import triton_python_backend_utils as pb_utils
 
 
 class GraphRunner:
-    """ONNX Runtime session over a graph file, fed with ragged per-request arrays.
+    """A graph fed with ragged per-request arrays: length groups, one padded call per group.
 
     Args:
-        path: The ``.onnx`` file.
+        path: The ``.onnx`` file to run with ONNX Runtime; None when ``execute`` runs the graph.
         params: Model parameters (``intra_op_threads``, ``pad_values``, ``length_group_ratio``).
         inputs: ``(name, numpy dtype)`` of the graph inputs to feed.
         outputs: ``(name, numpy dtype)`` of the graph outputs to return, in this order.
+        execute: ``execute(output_names, feed) -> arrays`` running the graph elsewhere (a BLS call).
     """
 
-    def __init__(self, path, params, inputs, outputs):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(params.get("intra_op_threads", "1"))
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self.session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+    def __init__(self, path, params, inputs, outputs, execute=None):
+        if execute is None:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = int(params.get("intra_op_threads", "1"))
+            options.inter_op_num_threads = 1
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+            execute = session.run
+        self.execute = execute
         self.inputs = list(inputs)
         self.outputs = list(outputs)
         self.pad_values = json.loads(params.get("pad_values", "{}"))
@@ -75,7 +79,7 @@ class GraphRunner:
                 pad = self.pad_values.get(name, 0)
                 parts = [np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=pad) for p in parts]
             feed[name] = np.ascontiguousarray(np.concatenate(parts, axis=0), dtype=dtype)
-        results = self.session.run([name for name, _ in self.outputs], feed)
+        results = self.execute([name for name, _ in self.outputs], feed)
         split, start = [], 0
         for size in sizes:
             split.append([np.ascontiguousarray(r[start : start + size], dtype=dtype)
