@@ -419,11 +419,11 @@ def _grpc_workers(config: LoadConfig, concurrency: int, tally: _Tally, ready: th
     import tritonclient.grpc.aio as grpc_aio
 
     async def main() -> None:
-        assert config.grpc_url is not None
-        client = grpc_aio.InferenceServerClient(config.grpc_url)
+        client = None
         requests = _Requests(config, grpc_aio)
 
         async def send(i: int) -> Any:
+            assert client is not None
             return await client.infer(config.model, requests.inputs(i), outputs=requests.outputs,
                                       client_timeout=config.timeout_s)
 
@@ -445,6 +445,7 @@ def _grpc_workers(config: LoadConfig, concurrency: int, tally: _Tally, ready: th
 
         try:
             try:
+                client = grpc_aio.InferenceServerClient(config.grpc_url)
                 await asyncio.gather(*(warm(k) for k in range(concurrency)))
             except Exception as exc:
                 tally.failed(exc, setup=True)
@@ -453,7 +454,8 @@ def _grpc_workers(config: LoadConfig, concurrency: int, tally: _Tally, ready: th
             await asyncio.to_thread(go.wait, config.timeout_s * 2)
             await asyncio.gather(*(loop(k) for k in range(concurrency)))
         finally:
-            await client.close()
+            if client is not None:
+                await client.close()
 
     asyncio.run(main())
 
