@@ -184,6 +184,64 @@ def test_load_generator_sweep_reports_batching(first_deploy, server):
         assert level.p50_ms <= level.p95_ms <= level.p99_ms
         assert level.server_avg_batch_size is not None and level.server_avg_batch_size >= 1.0
     assert result.level("http", 1).server_avg_batch_size == pytest.approx(1.0)
+    assert max(lv.server_avg_batch_size for lv in result.levels if lv.concurrency == 8) > 1.0
+    for level in result.levels:  # Triton's own statistics of the level: the fast path is one model
+        assert set(level.server_ms) == {NAME}
+        assert 0 < level.server_ms[NAME]["requests"] <= 48 and level.server_ms[NAME]["compute_infer_ms"] > 0
+
+
+def _model_config(server, model):
+    with urllib.request.urlopen(f"{server.http_url}/v2/models/{model}/config", timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_local_fast_path_answers_like_the_production_ensemble(first_deploy, server, export_dir, tmp_path):
+    # The deployed entry model is served locally by one python model (configs/local.pbtxt). The same tree
+    # without that file is served by the production ensemble config (over the local graph model), with
+    # the fast path's files lying in its version folder: both must give the same answers.
+    built = tmp_path / "repo"
+    bundle = build_model_repository(export_dir, "viaensemble", built, options=RepositoryOptions(instance_kind="cpu"))
+    shutil.rmtree(built / "viaensemble" / "configs")
+    try:
+        for model in bundle.models:
+            shutil.copytree(built / model, server.repository / model)
+            server.load(model)
+        assert _model_config(server, NAME)["backend"] == "python"
+        assert _model_config(server, "viaensemble")["platform"] == "ensemble"
+        texts = ["An absolute triumph of a film.", "Boring.", "not bad", "I walked out after twenty minutes of "
+                 "this noisy, joyless and endlessly repetitive mess, and I do not regret it."]
+        with TritonControl(server.http_url) as control:
+            fast, ensemble = control.infer_texts(NAME, texts), control.infer_texts("viaensemble", texts)
+        assert sorted(fast) == sorted(ensemble) == ["label", "logits", "probabilities"]
+        np.testing.assert_allclose(fast["logits"], ensemble["logits"], atol=1e-6)
+        np.testing.assert_allclose(fast["probabilities"], ensemble["probabilities"], atol=1e-6)
+        assert fast["label"].tolist() == ensemble["label"].tolist()
+    finally:
+        for model in reversed(bundle.models):
+            server.unload(model)
+            shutil.rmtree(server.repository / model, ignore_errors=True)
+
+
+def test_fast_path_without_the_graph_on_disk_calls_the_graph_model(export_dir, tmp_path):
+    # Triton downloads a cloud repository model by model, so the fast path cannot read its sibling's graph
+    # there and runs it in NAME_onnx through BLS instead. Two repository folders reproduce that layout.
+    built = tmp_path / "built"
+    bundle = build_model_repository(export_dir, "split", built, options=RepositoryOptions(instance_kind="cpu"))
+    entry, steps = tmp_path / "entry", tmp_path / "steps"
+    for folder in (entry, steps):
+        folder.mkdir()
+    for model in bundle.models:
+        (built / model).rename((entry if model == "split" else steps) / model)
+    texts = ["An absolute triumph of a film.", "Boring.", "not bad"]
+    with LocalTriton(entry, models=bundle.models, exit_timeout=2, extra_args=[f"--model-repository={steps}"]) as triton:
+        with TritonControl(triton.http_url) as control:
+            served = control.infer_texts("split", texts)
+        with urllib.request.urlopen(f"{triton.http_url}/v2/models/split_onnx/stats", timeout=30) as response:
+            graph_stats = json.loads(response.read())["model_stats"][0]["inference_stats"]
+    assert graph_stats["success"]["count"] >= 1  # the graph ran in the graph model
+    from transferkit.serve.repository import load_export
+
+    np.testing.assert_allclose(served["logits"], reference_logits(load_export(export_dir), texts), atol=1e-3)
 
 
 def test_server_leaves_no_stub_or_shm_behind(export_dir, tmp_path):

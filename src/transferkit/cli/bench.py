@@ -60,7 +60,8 @@ def serve(
     concurrency: str = typer.Option("1,4,16", help="Concurrency levels."),
     requests: int = typer.Option(200, help="Requests per level (bounded)."),
     duration: float = typer.Option(30.0, help="Seconds per level at most (bounded)."),
-    batch_model: str = typer.Option("", help="Model whose server-side batch size is reported (default MODEL_onnx)."),
+    batch_model: str = typer.Option("", help="Model whose server-side batch size is reported "
+                                    "(default: MODEL_onnx behind an ensemble, else MODEL)."),
     allow_remote: bool = typer.Option(False, help="Allow non-loopback targets."),
     output: Path = typer.Option(None, help="Write the JSON result here."),
 ) -> None:

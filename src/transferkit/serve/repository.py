@@ -4,8 +4,10 @@ For a model published as ``NAME`` the repository holds one ensemble and its comp
 
     NAME/                      ensemble: clients send raw strings (text) or encoded images (image models),
       config.pbtxt             get logits, probabilities, label
+      configs/local.pbtxt      text models, local: the same interface in one python model (local_text.py)
       labels.txt               classification extension (``label_filename``)
       <v>/ENSEMBLE.txt         placeholder: object stores have no empty folders
+      <v>/model.py ...         text models: code and tokenizer of the local fast path (the ensemble ignores them)
     NAME_tokenizer/            python backend, ``tokenizers`` library (text models only)
       config.pbtxt
       <v>/model.py  <v>/tokenizer/tokenizer.json ...
@@ -93,10 +95,11 @@ class RepositoryOptions:
     Attributes:
         max_batch_size: Largest batch Triton forms (``max_batch_size``).
         preferred_batch_sizes: Dynamic batcher's preferred sizes (each <= ``max_batch_size``).
-        max_queue_delay_us: How long the dynamic batcher waits to fill a batch. Every request pays up
-            to this delay at low load (the 20 ms often seen costs 20 ms). 0 still batches whatever queued
-            while the instances were busy, and measured best here (``benchmarks/serving.py``: 0 vs 1000
-            vs 4000 us); raise it on GPUs, where bigger batches are nearly free.
+        max_queue_delay_us: How long the dynamic batcher of the graph model waits to fill a batch. A
+            request alone pays all of it (the 20 ms often seen costs 20 ms at concurrency 1). 0 still
+            batches whatever queued while the instances were busy; raise it on GPUs, where bigger batches
+            are nearly free. The python helper steps (tokenizer, preprocess, postprocess) never wait:
+            their work is tiny and an ensemble would pay their delays in series.
         instance_kind: ``"gpu"`` (KIND_GPU, production default) or ``"cpu"`` (KIND_CPU clusters).
         instance_count: Model instances per device in production.
         tensorrt_fp16: Add the TensorRT execution accelerator with FP16 precision (GPU only).
@@ -109,6 +112,8 @@ class RepositoryOptions:
         versions_to_serve: Version policy: how many of the newest versions Triton keeps loaded.
         pad_to_multiple_of: Tokenizer pads each request to a multiple of this, so similar lengths
             share a shape and batch on backends without ragged batching.
+        local_fast_path: Text models: the local config of the entry model runs tokenizer, graph and
+            postprocess in one python model instead of the ensemble's three (see ``local_text.py``).
     """
 
     max_batch_size: int = 32
@@ -122,6 +127,7 @@ class RepositoryOptions:
     local_instance_count: int = 2
     versions_to_serve: int = 1
     pad_to_multiple_of: int = 8
+    local_fast_path: bool = True
 
     def __post_init__(self) -> None:
         self.preferred_batch_sizes = tuple(int(s) for s in self.preferred_batch_sizes)
@@ -378,11 +384,15 @@ def write_model_tree(exported: ExportedModel, name: str, root: Path, version: in
     if text:
         assert exported.tokenizer_dir is not None
         tok = root / f"{name}_tokenizer"
-        config = tokenizer_config(tok.name, exported, options, _pad_id(exported.tokenizer_dir))
-        _write(tok / "config.pbtxt", to_pbtxt(config))
+        pad_id = _pad_id(exported.tokenizer_dir)
+        _write(tok / "config.pbtxt", to_pbtxt(tokenizer_config(tok.name, exported, options, pad_id)))
         (tok / v).mkdir(parents=True, exist_ok=True)
         shutil.copy2(_MODELS_PKG / "tokenizer_model.py", tok / v / "model.py")
         shutil.copytree(exported.tokenizer_dir, tok / v / "tokenizer", dirs_exist_ok=True)
+        if options.local_fast_path:
+            from transferkit.serve.local_text import write_text_entry_local  # imports this module
+
+            write_text_entry_local(exported, name, root, version, options, pad_id)
 
     if exported.kind == "image":
         assert exported.image_preprocessing is not None

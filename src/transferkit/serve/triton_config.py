@@ -56,7 +56,7 @@ def _logit_dims(exported: ExportedModel) -> list[int]:
     return dims
 
 
-def _set_common(config: Any, options: RepositoryOptions, *, kind: str, count: int) -> None:
+def _set_common(config: Any, options: RepositoryOptions, *, kind: str, count: int, helper: bool = False) -> None:
     pb = _pb()
     config.max_batch_size = options.max_batch_size
     config.version_policy.latest.num_versions = options.versions_to_serve
@@ -65,7 +65,7 @@ def _set_common(config: Any, options: RepositoryOptions, *, kind: str, count: in
     group.count = count
     batching = config.dynamic_batching
     batching.preferred_batch_size.extend(options.preferred_batch_sizes)
-    batching.max_queue_delay_microseconds = options.max_queue_delay_us
+    batching.max_queue_delay_microseconds = 0 if helper else options.max_queue_delay_us
 
 
 def _param(config: Any, key: str, value: str) -> None:
@@ -123,7 +123,7 @@ def onnx_local_config(name: str, exported: ExportedModel, options: RepositoryOpt
 def tokenizer_config(name: str, exported: ExportedModel, options: RepositoryOptions, pad_id: int) -> Any:
     """``NAME_tokenizer/config.pbtxt`` (python backend; the same on every server)."""
     config = _pb().ModelConfig(name=name, backend="python")
-    _set_common(config, options, kind="cpu", count=1)
+    _set_common(config, options, kind="cpu", count=1, helper=True)
     for text_input in exported.text_inputs:
         _add_tensor(config.input, text_input, "string", [1])
     for tensor in exported.spec.inputs:
@@ -140,7 +140,7 @@ def image_preprocess_config(name: str, exported: ExportedModel, options: Reposit
     The same file serves production and local servers: the python backend runs on CPU everywhere.
     """
     config = _pb().ModelConfig(name=name, backend="python")
-    _set_common(config, options, kind="cpu", count=1)
+    _set_common(config, options, kind="cpu", count=1, helper=True)
     _add_tensor(config.input, IMAGE_INPUT, "string", [1])
     tensor = exported.spec.inputs[0]
     _add_tensor(config.output, tensor.name, tensor.dtype, _input_dims(exported, tensor))
@@ -151,7 +151,7 @@ def image_preprocess_config(name: str, exported: ExportedModel, options: Reposit
 def postprocess_config(name: str, exported: ExportedModel, options: RepositoryOptions) -> Any:
     """``NAME_postprocess/config.pbtxt``: softmax, label names, and the logits passed through."""
     config = _pb().ModelConfig(name=name, backend="python")
-    _set_common(config, options, kind="cpu", count=1)
+    _set_common(config, options, kind="cpu", count=1, helper=True)
     _add_tensor(config.input, exported.logits.name, exported.logits.dtype, _logit_dims(exported))
     _add_tensor(config.output, PROBABILITIES_OUTPUT, "float32", _logit_dims(exported))
     _add_tensor(config.output, LABEL_OUTPUT, "string", [1])

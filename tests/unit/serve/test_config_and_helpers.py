@@ -1,16 +1,18 @@
 """Fast checks of configs and helpers (no servers)."""
 
+import time
+
 import pytest
 import yaml
 
-from transferkit.errors import AuthError, ConfigError, ServingError
+from transferkit.errors import AuthError, ConfigError, ServerUnavailableError, ServingError
 from transferkit.serve.control import read_api_key, split_url
 from transferkit.serve.deploy import DeployConfig, DeployResult
 from transferkit.serve.gitops import update_values_file
 from transferkit.serve.install import TritonInstall, find_triton
 from transferkit.serve.kserve import _is_ready, check_dns_label
-from transferkit.serve.loadgen import LoadConfig, counter_delta, read_batch_counters
-from transferkit.serve.local import LocalTriton
+from transferkit.serve.loadgen import LoadConfig, counter_delta, read_batch_counters, run_load, stats_breakdown
+from transferkit.serve.local import LocalTriton, free_port
 
 
 def test_api_key_from_secret_file_wins_over_env(tmp_path, monkeypatch):
@@ -135,3 +137,28 @@ def test_counter_delta_ignores_a_version_unloaded_between_reads():
     before = {"1": (7.0, 6.0), "2": (2.0, 1.0)}
     after = {"2": (50.0, 49.0), "3": (4.0, 2.0)}
     assert counter_delta(before, after) == (52.0, 50.0)
+
+
+def test_stats_breakdown_is_per_request_and_per_model_over_versions():
+    def phases(count, ms):
+        return {p: (count, int(ms * count * 1e6)) for p in
+                ("success", "queue", "compute_input", "compute_infer", "compute_output")}
+
+    before = {("m", "1"): phases(10, 2.0), ("m_onnx", "1"): phases(10, 1.0), ("idle", "1"): phases(5, 1.0)}
+    after = {("m", "1"): phases(30, 2.0), ("m", "2"): phases(10, 8.0), ("m_onnx", "1"): phases(10, 1.0),
+             ("idle", "1"): phases(5, 1.0)}
+    # m: 20 more requests at 2 ms on version 1 and 10 new ones at 8 ms on version 2 -> 30 at 4 ms.
+    assert stats_breakdown(before, after) == {"m": {"requests": 30, "success_ms": 4.0, "queue_ms": 4.0,
+                                                    "compute_input_ms": 4.0, "compute_infer_ms": 4.0,
+                                                    "compute_output_ms": 4.0}}
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_load_against_a_closed_port_fails_at_warm_up(protocol):
+    port = free_port()
+    config = LoadConfig(http_url=f"http://127.0.0.1:{port}", grpc_url=f"127.0.0.1:{port}", model="m",
+                        protocols=(protocol,), concurrency=(4,), requests=8, duration_s=5, timeout_s=5)
+    started = time.monotonic()
+    with pytest.raises(ServerUnavailableError, match="warm-up failed"):
+        run_load(config)
+    assert time.monotonic() - started < 10  # the workers do not wait out the readiness barrier

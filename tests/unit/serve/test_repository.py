@@ -53,6 +53,8 @@ def test_layout_and_every_config_parses(repo):
     assert (repo / "sentiment_onnx/3/model.py").is_file()
     assert (repo / "sentiment_tokenizer/3/tokenizer/tokenizer.json").is_file()
     assert (repo / "sentiment/3/ENSEMBLE.txt").is_file()
+    assert sorted(p.name for p in (repo / "sentiment/3").glob("*.py")) == [
+        "model.py", "onnx_model.py", "postprocess_model.py", "tokenizer_model.py"]
     for model in ("sentiment", "sentiment_onnx", "sentiment_postprocess"):
         assert (repo / model / "labels.txt").read_text().splitlines() == LABELS
 
@@ -164,3 +166,48 @@ def test_sentence_pair_models_take_two_strings(tmp_path):
     assert [i.name for i in ensemble.input] == ["text", "text_pair"]
     assert dict(ensemble.ensemble_scheduling.step[0].input_map) == {"text": "text", "text_pair": "text_pair"}
     assert [i.name for i in _parse(out / "nli_tokenizer/config.pbtxt").input] == ["text", "text_pair"]
+    assert [i.name for i in _parse(out / "nli/configs/local.pbtxt").input] == ["text", "text_pair"]
+
+
+def _io(tensors):
+    return [(t.name, t.data_type, list(t.dims), getattr(t, "label_filename", None)) for t in tensors]
+
+
+def test_local_entry_is_one_python_model_with_the_ensembles_interface(repo):
+    ensemble = _parse(repo / "sentiment/config.pbtxt")
+    local = _parse(repo / "sentiment/configs/local.pbtxt")
+    assert local.backend == "python" and not local.platform and not local.HasField("ensemble_scheduling")
+    assert _io(local.input) == _io(ensemble.input)
+    assert _io(local.output) == _io(ensemble.output)
+    assert local.max_batch_size == ensemble.max_batch_size
+    assert local.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    assert local.instance_group[0].count == RepositoryOptions().local_instance_count
+    params = {k: v.string_value for k, v in local.parameters.items()}
+    # The model reads its sibling graph model of the same version (or calls it): it must exist by that name.
+    assert (repo / params["graph_model"] / "3" / params["model_file"]).is_file()
+    assert (repo / "sentiment/3/tokenizer/tokenizer.json").read_bytes() == \
+        (repo / "sentiment_tokenizer/3/tokenizer/tokenizer.json").read_bytes()
+    assert json.loads(params["graph_inputs"]) == [
+        ["input_ids", "TYPE_INT64"], ["attention_mask", "TYPE_INT64"], ["token_type_ids", "TYPE_INT64"]]
+    tokenizer = _parse(repo / "sentiment_tokenizer/config.pbtxt")
+    for key in ("max_length", "pad_to_multiple_of", "pad_id"):
+        assert params[key] == tokenizer.parameters[key].string_value
+    graph = _parse(repo / "sentiment_onnx/configs/local.pbtxt")
+    for key in ("intra_op_threads", "pad_values"):
+        assert params[key] == graph.parameters[key].string_value
+
+
+def test_only_the_graph_models_wait_for_a_batch(export_dir, tmp_path):
+    options = RepositoryOptions(max_queue_delay_us=700)
+    build_model_repository(export_dir, "m", tmp_path / "repo", options=options)
+    delays = {str(p.relative_to(tmp_path / "repo")): _parse(p).dynamic_batching.max_queue_delay_microseconds
+              for p in (tmp_path / "repo").rglob("*.pbtxt") if _parse(p).platform != "ensemble"}
+    assert delays == {"m_onnx/config.pbtxt": 700, "m_onnx/configs/local.pbtxt": 700, "m/configs/local.pbtxt": 700,
+                      "m_tokenizer/config.pbtxt": 0, "m_postprocess/config.pbtxt": 0}
+
+
+def test_local_fast_path_can_be_turned_off(export_dir, tmp_path):
+    out = tmp_path / "repo"
+    build_model_repository(export_dir, "m", out, options=RepositoryOptions(local_fast_path=False))
+    assert not (out / "m/configs").exists()
+    assert [p.name for p in (out / "m/1").iterdir()] == ["ENSEMBLE.txt"]

@@ -1,0 +1,77 @@
+"""Triton python-backend model: the whole text classifier in one process (the local fast path).
+
+Copied into ``<name>/<version>/model.py`` (the ensemble's folder) beside the tokenizer files and copies of
+``tokenizer_model.py``, ``onnx_model.py`` and ``postprocess_model.py``, whose code it runs in-process:
+raw strings in; logits, probabilities and label out, the ensemble's interface and numbers. Only the
+local config (``configs/local.pbtxt``) uses it; production Triton reads ``config.pbtxt``, the ensemble.
+
+Why: the local ensemble passes each request through three python-backend stubs (three shared-memory
+round trips plus the ensemble scheduler); this model passes once. The graph is read from the sibling
+graph model of the same version (``<graph_model>/<version>/<model_file>``) when the repository is a
+folder on local disk, so nothing large is stored twice. Where it is not (a cloud repository, which
+Triton downloads model by model), the graph runs in the graph model through a BLS call: one more hop,
+still one fewer than the ensemble.
+"""
+
+import json
+import os
+import sys
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    """Tokenize, run the graph (length-grouped batches) and classify, in one stub."""
+
+    def initialize(self, args):
+        """Load the tokenizer, the graph (in-process, or the graph model through BLS) and the labels."""
+        model_dir, version = args["model_repository"], args["model_version"]
+        sys.path.insert(0, os.path.join(model_dir, version))
+        from onnx_model import GraphRunner
+        from postprocess_model import classify, read_labels
+        from tokenizer_model import TextEncoder, model_params, read_texts
+
+        self.classify, self.read_texts = classify, read_texts
+        config = json.loads(args["model_config"])
+        params = model_params(config)
+        graph_inputs = [(name, pb_utils.triton_string_to_numpy(dtype))
+                        for name, dtype in json.loads(params["graph_inputs"])]
+        logits = config["output"][0]
+        self.logits = (logits["name"], pb_utils.triton_string_to_numpy(logits["data_type"]))
+        self.probabilities_name, self.label_name = config["output"][1]["name"], config["output"][2]["name"]
+        self.text_inputs = [i["name"] for i in config["input"]]
+        self.graph_model = params["graph_model"]
+        tokenizer_file = os.path.join(model_dir, version, "tokenizer", "tokenizer.json")
+        self.encoder = TextEncoder(tokenizer_file, params, graph_inputs)
+        graph_file = os.path.join(os.path.dirname(os.path.normpath(model_dir)), self.graph_model, version,
+                                  params.get("model_file", "model.onnx"))
+        self.in_process = os.path.isfile(graph_file)
+        self.runner = GraphRunner(graph_file if self.in_process else None, params, graph_inputs, [self.logits],
+                                  execute=None if self.in_process else self._bls)
+        self.labels = read_labels(os.path.join(model_dir, "labels.txt"))
+
+    def _bls(self, output_names, feed):
+        """Run one padded group in the graph model (``model_version`` -1 follows a hot swap like the ensemble)."""
+        request = pb_utils.InferenceRequest(model_name=self.graph_model, requested_output_names=output_names,
+                                            inputs=[pb_utils.Tensor(name, array) for name, array in feed.items()])
+        response = request.exec()
+        if response.has_error():
+            raise pb_utils.TritonModelException(f"{self.graph_model}: {response.error().message()}")
+        return [pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in output_names]
+
+    def execute(self, requests):
+        """One ``encode_batch`` over all requests, length-grouped graph runs, softmax and labels."""
+        try:
+            columns, sizes = self.read_texts(requests, self.text_inputs)
+            outputs = self.runner.run(self.encoder.encode(columns, sizes))
+        except Exception as exc:  # every request of the batch gets the error instead of a dead stub
+            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))) for _ in requests]
+        responses = []
+        for (logits,) in outputs:
+            probabilities, labels = self.classify(logits, self.labels)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor(self.logits[0], logits),
+                pb_utils.Tensor(self.probabilities_name, probabilities),
+                pb_utils.Tensor(self.label_name, labels),
+            ]))
+        return responses
