@@ -9,6 +9,7 @@ that the portable int8 recipe predicts the same on both kinds of CPU. Needs the 
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -39,8 +40,8 @@ np.save(out_path, np.concatenate(outputs, axis=0))
 
 
 def emulation_available() -> bool:
-    """True on x86-64 Linux with ``qemu-x86_64`` on PATH."""
-    return sys.platform == "linux" and shutil.which(QEMU) is not None
+    """True on x86-64 Linux with ``qemu-x86_64`` on PATH (it runs this interpreter's own x86-64 binary)."""
+    return sys.platform == "linux" and platform.machine() in ("x86_64", "AMD64") and shutil.which(QEMU) is not None
 
 
 def run_on_emulated_cpu(model: str | Path, batches: list[dict[str, np.ndarray]], *, cpu_model: str = AVX2_CPU_MODEL,
