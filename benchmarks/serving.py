@@ -12,8 +12,8 @@ Runtime gets 2 threads in total on both sides.
   over a few values (one deployment each, interleaved); a lone request pays all of it, so a longer
   delay is taken only for >= 10% more throughput at concurrency 16.
 - The same deployment with the fast path off (the production ensemble over the python-backend steps,
-  as served locally before) is measured at concurrency 1 beside it, and both latencies are broken
-  down per model with Triton's statistics (``/v2/models/stats``): where the milliseconds go.
+  as served locally before) is measured beside it at concurrency 1 (HTTP; both latencies broken down
+  per model with Triton's statistics, ``/v2/models/stats``: where the milliseconds go) and 16 (gRPC).
 - The sides are measured in interleaved rounds and medians are reported, because other processes on
   this shared machine come and go.
 
@@ -22,7 +22,7 @@ Concurrency 1, 4, 16. Until the export step is available, the graph is exported 
 only the ratios of this one run mean something. The LAST stdout line is one JSON object with
 ``triton_vs_inprocess_c1`` (in-process p50 / Triton p50 at concurrency 1), ``triton_vs_inprocess_c4`` and
 ``_c16`` (throughput ratios, best protocol), ``grpc_vs_http_c16`` (throughput), ``p50_ms_c1``,
-``breakdown_c1`` and ``failed_requests``.
+``fast_path_vs_ensemble_c16``, ``breakdown_c1`` and ``failed_requests``.
 """
 
 from __future__ import annotations
@@ -263,6 +263,7 @@ def main() -> int:
         #    processes on this shared machine hits all sides alike; medians over the rounds.
         rows: dict[tuple[str, int], list[dict]] = {}
         c1_levels: dict[str, list] = {"fast_path": [], "ensemble": []}
+        ensemble_c16: list[float] = []
         with TritonUnderTest(export_dir, {"minilm": (best, True), ENSEMBLE: (best, False)}) as triton:
             for round_index in range(ROUNDS):
                 for c in CONCURRENCY:
@@ -279,6 +280,10 @@ def main() -> int:
                         lv = triton.level(texts, "http", c, REQUESTS[c], model=ENSEMBLE)
                         failed += lv.errors
                         c1_levels["ensemble"].append(lv)
+                    if c == 16:
+                        lv = triton.level(texts, "grpc", c, REQUESTS[c], model=ENSEMBLE)
+                        failed += lv.errors
+                        ensemble_c16.append(lv.throughput_rps)
                 print(f"round {round_index + 1}/{ROUNDS} done", flush=True)
 
     print(f"\nqueue delay {best} us; Triton python backend ({INSTANCES} instances x {THREADS // INSTANCES} ORT "
@@ -329,6 +334,7 @@ def main() -> int:
         "p50_ms_c1": c1,
         "inprocess_p50_ms_c1": table[1]["inprocess_p50_ms"],
         "ensemble_p50_ms_c1": breakdown["ensemble"]["client_p50_ms"],
+        "fast_path_vs_ensemble_c16": round(table[16]["grpc_rps"] / float(np.median(ensemble_c16)), 3),
         "failed_requests": failed,
         "queue_delay_us": best,
         "tuning": {str(d): row for d, row in tuning.items()},
