@@ -10,6 +10,10 @@ compute the same labels on every CPU up to rounding.
 A variant the accuracy gate kept although it already disagreed with fp32 more often on the export node (a loose
 ``max_drop``, near-tie labels of a weak model) is held to what it did there instead: the served agreement may
 fall at most ``AGREEMENT_SLACK`` below the export-time agreement of the same graph (also in the sample).
+
+Only decisive inputs count: those whose fp32 top-two logit margin exceeds ``DECISIVE_MARGIN`` of the largest
+|logit| (at least 0.1). A near-tie may flip legitimately (dynamic int8 picks activation scales from the batch it
+sees, and the server batches differently), and says nothing about the kernels.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ logger = logging.getLogger(__name__)
 REQUEST_ROWS = 8
 # Served agreement may be this much below the same graph's agreement on the export node (batching/rounding).
 AGREEMENT_SLACK = 0.05
+DECISIVE_MARGIN = 0.1
 
 
 @dataclass
@@ -43,15 +48,27 @@ class AgreementSample:
     pairs: list[str] | None
     labels: list[str]
     variant_labels: dict[str, list[str]] = field(default_factory=dict)
+    logits: list[list[float]] = field(default_factory=list)
 
-    def export_agreement(self, variant: str) -> float | None:
-        """Fraction of the sample on which ``variant`` gave the fp32 label on the export node (None: unknown)."""
+    def decisive(self) -> list[int]:
+        """Indices of inputs whose fp32 label is not a near-tie (all of them when no logits are stored)."""
+        if len(self.logits) != len(self.labels) or not self.logits:
+            return list(range(len(self.labels)))
+        values = np.asarray(self.logits, dtype=np.float64)
+        if values.shape[1] < 2:
+            return list(range(len(self.labels)))
+        top = np.sort(values, axis=1)
+        threshold = max(0.1, DECISIVE_MARGIN * float(np.max(np.abs(values))))
+        return [int(i) for i in np.flatnonzero(top[:, -1] - top[:, -2] > threshold)]
+
+    def export_agreement(self, variant: str, rows: list[int]) -> float | None:
+        """Fraction of ``rows`` on which ``variant`` gave the fp32 label on the export node (None: unknown)."""
         labels = self.variant_labels.get(variant)
         if variant == "fp32":
             return 1.0
-        if not labels or len(labels) != len(self.labels):
+        if not labels or len(labels) != len(self.labels) or not rows:
             return None
-        return float(np.mean([a == b for a, b in zip(labels, self.labels, strict=True)]))
+        return float(np.mean([labels[i] == self.labels[i] for i in rows]))
 
     @classmethod
     def load(cls, exported: ExportedModel) -> AgreementSample | None:
@@ -66,7 +83,7 @@ class AgreementSample:
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
             sample = cls(inputs=list(raw["inputs"]), pairs=raw.get("pairs"), labels=list(raw["labels"]),
-                         variant_labels=dict(raw.get("variant_labels", {})))
+                         variant_labels=dict(raw.get("variant_labels", {})), logits=list(raw.get("logits", [])))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise ServingError(f"{path}: malformed agreement sample ({type(exc).__name__}: {exc})") from exc
         if len(sample.inputs) != len(sample.labels):
@@ -127,18 +144,21 @@ def check_agreement(control: TritonControl, exported: ExportedModel, model: str,
     if sample is None or not sample.inputs or exported.kind not in ("text", "image"):
         return None
     served = _served_labels(control, exported, model, version, sample)
-    disagreeing = [i for i, (got, want) in enumerate(zip(served, sample.labels, strict=True)) if got != want]
-    agreement = 1.0 - len(disagreeing) / len(sample.labels)
-    at_export = sample.export_agreement(exported.variant)
+    rows = sample.decisive()
+    disagreeing = [i for i in rows if served[i] != sample.labels[i]]
+    agreement = 1.0 - len(disagreeing) / len(rows) if rows else 1.0
+    at_export = sample.export_agreement(exported.variant, rows)
     required = min_agreement if at_export is None else min(min_agreement, at_export - AGREEMENT_SLACK)
-    result = AgreementResult(agreement + 1e-12 >= required, len(sample.labels), round(agreement, 6), min_agreement,
+    result = AgreementResult(agreement + 1e-12 >= required, len(rows), round(agreement, 6), min_agreement,
                              None if at_export is None else round(at_export, 6), round(required, 6), disagreeing)
+    if not rows:
+        result.reason = f"no decisive inputs among {len(sample.labels)}: every fp32 label is a near-tie"
     if not result.passed:
         measured = "" if at_export is None else f", {at_export:.1%} on the export node"
         result.reason = (f"{exported.variant} graph as served agrees with the fp32 graph on {agreement:.1%} of "
-                         f"{len(sample.labels)} validation inputs (required {required:.1%}: min_agreement "
+                         f"{len(rows)} decisive validation inputs (required {required:.1%}: min_agreement "
                          f"{min_agreement:.0%}{measured}); its int8 kernels on this node's CPU compute other numbers "
                          "than the export node's (re-export with cpu_isa=portable, or serve on VNNI nodes)")
-    logger.info("Agreement check of %s v%s: %.1f%% of %d inputs agree with fp32 (required %.1f%%) -> %s", model,
-                version, 100 * agreement, len(sample.labels), 100 * required, "passed" if result.passed else "FAILED")
+    logger.info("Agreement check of %s v%s: %.1f%% of %d decisive inputs agree with fp32 (required %.1f%%) -> %s",
+                model, version, 100 * agreement, len(rows), 100 * required, "passed" if result.passed else "FAILED")
     return result
