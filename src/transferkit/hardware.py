@@ -68,6 +68,9 @@ class CpuInfo:
 
 
 _RELEVANT_FLAGS = ("avx2", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp")
+# The best instruction set a flag proves, best first (the order of ``INT8_ISAS``).
+_ISA_BY_FLAG = (("amx_int8", "amx"), ("avx512_vnni", "avx512_vnni"), ("avx_vnni", "avx_vnni"), ("avx512bw", "avx512"),
+                ("avx2", "avx2"), ("asimddp", "arm_dotprod"), ("asimd", "arm_neon"))
 
 
 def parse_cpuinfo(text: str, arch: str) -> CpuInfo:
@@ -91,22 +94,7 @@ def parse_cpuinfo(text: str, arch: str) -> CpuInfo:
     if arch in ("aarch64", "arm64") and not model:
         model = "ARM CPU"
     found = tuple(f for f in _RELEVANT_FLAGS if f in flags)
-    if "amx_int8" in flags:
-        isa = "amx"
-    elif "avx512_vnni" in flags:
-        isa = "avx512_vnni"
-    elif "avx_vnni" in flags:
-        isa = "avx_vnni"
-    elif "avx512bw" in flags:
-        isa = "avx512"
-    elif "avx2" in flags:
-        isa = "avx2"
-    elif "asimddp" in flags:
-        isa = "arm_dotprod"
-    elif "asimd" in flags:
-        isa = "arm_neon"
-    else:
-        isa = "unknown"
+    isa = next((name for flag, name in _ISA_BY_FLAG if flag in flags), "unknown")
     return CpuInfo(model=model or platform.processor() or "unknown", arch=arch, int8_isa=isa, flags=found)
 
 

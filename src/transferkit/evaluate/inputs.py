@@ -8,6 +8,7 @@ A task's :meth:`~transferkit.tasks.base.Task.evaluation_inputs` returns one of t
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ class Prediction:
     inputs: dict[str, Any] = field(default_factory=dict)
 
 
-class EvalInputs:
+class EvalInputs(ABC):
     """Rows of one split of a prepared dataset and the task's way of predicting them."""
 
     def __init__(self, dataset: Any, split: str) -> None:
@@ -47,13 +48,13 @@ class EvalInputs:
         self.where = str(dataset.path / f"{split}.parquet")
 
     @property
+    @abstractmethod
     def n_examples(self) -> int:
         """Rows in the split."""
-        raise NotImplementedError
 
+    @abstractmethod
     def predict(self, ref: str | Path, cfg: Any, *, role: str = "model") -> Prediction:
         """Score the rows with the model (``role='model'``, needs its own head) or a baseline."""
-        raise NotImplementedError
 
     def mistake_fields(self, row: int) -> dict[str, Any]:
         """Extra fields shown for a mistaken row (its text); none by default."""
