@@ -235,7 +235,8 @@ def _write_variant(source: Path, out: Path, work: Path, mode: str, reader: Any, 
             # TensorRT consumes symmetric int8 scales (zero point 0) for activations and weights; ONNX Runtime's
             # CPU kernels are fastest with asymmetric uint8 activations and symmetric int8 weights.
             extra.update({"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True})
-            graph = onnx.load(str(prepared), load_external_data=False).graph
+            graph = (onnx.load(str(prepared), load_external_data=False).graph
+                     if keep_input_layers_float or reduce_range else None)
             excluded: list[str] = []
             if keep_input_layers_float:
                 inputs = {i.name for i in graph.input}
