@@ -43,11 +43,12 @@ def onnx_quantize(
     from pathlib import Path
 
     from transferkit.export import ExportConfig, export_model
+    from transferkit.options import from_kfp_parameters
 
-    options = {"opset": opset} if opset else {}
+    options = from_kfp_parameters(ExportConfig, {"target": target, "atol": atol, "max_drop": max_drop,
+                                                 "on_drop": on_drop, "opset": opset, "cpu_isa": cpu_isa})
     result = export_model(ExportConfig(
-        model_dir=Path(model.path), data_dir=Path(dataset.path), out_dir=Path(onnx_model.path), target=target,
-        atol=atol, max_drop=max_drop, on_drop=on_drop, cpu_isa=cpu_isa, **options,
+        model_dir=Path(model.path), data_dir=Path(dataset.path), out_dir=Path(onnx_model.path), **options,
     ))
     for name, value in result.scalar_metrics().items():
         metrics.log_metric(name, value)

@@ -9,6 +9,7 @@ from typing import Any
 
 from transferkit.errors import ConfigError
 from transferkit.export.int8 import CPU_ISAS
+from transferkit.options import option
 from transferkit.tasks import DEFAULT_TASK, get_task
 
 TARGETS = ("cpu", "gpu")
@@ -63,69 +64,55 @@ def variant_plan(task: str, target: str, gpu_prefer: str = "fp16") -> VariantPla
 
 @dataclass
 class ExportConfig:
-    """Options of the export step.
+    """Options of the export step, each declared once with its CLI flag and help (:mod:`transferkit.options`)."""
 
-    Attributes:
-        model_dir: Model directory from the fine-tune step (safetensors weights, config, tokenizer, labels.json)
-            or a catalog name whose checkpoint already has a classification head.
-        data_dir: Prepared dataset directory (see :mod:`transferkit.data.prepared`): validation rows feed the
-            parity gate, test rows the accuracy gate, training rows the static-quantization calibration.
-        out_dir: Export directory to write (replaced atomically; nothing is left behind on failure).
-        target: ``cpu`` (text: dynamic int8, per channel; images: static QDQ int8 with uint8 activations, plus
-            dynamic int8 measured for comparison) or ``gpu`` (static QDQ int8 + fp16).
-        opset: ONNX opset for ``torch.onnx.export``.
-        atol: Largest allowed logit difference between PyTorch and ONNX Runtime, multiplied by the largest
-            |logit| when that exceeds 1 (rounding differences grow with the logits' magnitude).
-        max_drop: Largest allowed accuracy drop of a quantized variant, in percentage points.
-        on_drop: ``fallback`` (drop the variant and recommend the next one, finally fp32) or ``fail``
-            (raise :class:`~transferkit.errors.QuantizationGateError`).
-        max_length: Token limit recorded in ``io_spec.json`` (text models; ignored with a warning for image
-            models); default: the fine-tune run's ``max_length`` (``training_summary.json``), else 128 capped by
-            the model's limit.
-        calibration_size: Training rows used to calibrate static QDQ quantization (target gpu; image models on
-            every target).
-        calibration_method: ``minmax``, ``percentile`` or ``entropy`` (onnxruntime calibrators).
-        threads: CPU threads for PyTorch and ONNX Runtime; default: the CPUs available to the process
-            (affinity mask and cgroup quota, so a pod with a CPU limit is not oversubscribed).
-        gpu_prefer: Which gpu variant to recommend when both pass: ``fp16`` (any CUDA runtime) or ``qdq``
-            (int8 with the TensorRT execution provider).
-        eval_batch_size: Batch size of the accuracy evaluation.
-        max_eval_samples: Cap on test rows for the accuracy gate (None: the whole split).
-        latency_runs: Timed batch-1 runs per variant (p50/p95 latency).
-        throughput_runs: Timed batch-``throughput_batch_size`` runs per variant.
-        throughput_batch_size: Batch size of the throughput measurement (sequences or images).
-        allow_pickle: Accept ``pytorch_model.bin`` weights.
-        trust_remote_code: Accept models that ship custom modelling code.
-        cpu_isa: CPU int8 recipe (:mod:`transferkit.export.int8`): ``portable`` (7-bit weights, the same accuracy
-            on every CPU), ``vnni`` (8-bit weights, serve only on VNNI/AMX nodes) or ``native`` (``vnni`` when
-            this machine has VNNI, else ``portable``). Applies to the cpu target's int8 graphs.
-        agreement_sample_size: Validation inputs stored in ``agreement_sample.json`` with the fp32 graph's labels;
-            the deploy step sends them through the served model and rolls back when too few agree (0: none).
-
-    """
-
-    model_dir: Path
-    data_dir: Path
-    out_dir: Path
-    target: str = "cpu"
-    opset: int = DEFAULT_OPSET
-    atol: float = 1e-4
-    max_drop: float = 0.5
-    on_drop: str = "fallback"
-    max_length: int | None = None
-    calibration_size: int = 128
-    calibration_method: str = "minmax"
-    threads: int | None = None
-    gpu_prefer: str = "fp16"
-    eval_batch_size: int = 64
-    max_eval_samples: int | None = None
-    latency_runs: int = 50
-    throughput_runs: int = 5
-    throughput_batch_size: int = 32
-    allow_pickle: bool = False
-    trust_remote_code: bool = False
-    cpu_isa: str = "portable"
-    agreement_sample_size: int = 64
+    model_dir: Path = field(metadata=option(
+        "--model", help="Model directory from `transferkit train` (or a catalog name whose checkpoint has a "
+        "classification head)."))
+    data_dir: Path = field(metadata=option(
+        "--data", help="Prepared dataset directory (validation: parity, test: accuracy, train: calibration)."))
+    out_dir: Path = field(metadata=option("--out", help="Export directory to write (replaced atomically on success)."))
+    target: str = field(default="cpu", metadata=option(
+        "--target", help="cpu (text: dynamic int8; images: static QDQ int8, dynamic int8 measured for "
+        "comparison) | gpu (static QDQ int8 + fp16)."))
+    opset: int = field(default=DEFAULT_OPSET, metadata=option(
+        "--opset", kfp_unset=0, help=f"ONNX opset ({MIN_OPSET}-{MAX_OPSET})."))
+    atol: float = field(default=1e-4, metadata=option(
+        "--atol", help="Parity gate: max |logit diff| PyTorch vs ONNX Runtime (scaled by the largest |logit| "
+        "above 1)."))
+    max_drop: float = field(default=0.5, metadata=option(
+        "--max-drop", help="Accuracy gate: max test-accuracy drop of a quantized variant, in points."))
+    on_drop: str = field(default="fallback", metadata=option(
+        "--on-drop", help="fallback (drop the variant, ship the next one, finally fp32) | fail."))
+    max_length: int | None = field(default=None, metadata=option(
+        "--max-length", help="Token limit of text models (default: the training run's, else 128)."))
+    calibration_size: int = field(default=128, metadata=option(
+        "--calibration-size", help="Training rows calibrating static QDQ (gpu; images also cpu)."))
+    calibration_method: str = field(default="minmax", metadata=option(
+        "--calibration-method", help=" | ".join(CALIBRATION_METHODS) + "."))
+    threads: int | None = field(default=None, metadata=option(
+        "--threads", help="CPU threads (default: the CPUs this process may use, cgroup quota included)."))
+    gpu_prefer: str = field(default="fp16", metadata=option(
+        "--gpu-prefer", help="gpu: recommend fp16 (any CUDA runtime) or qdq (int8 with TensorRT)."))
+    eval_batch_size: int = field(default=64, metadata=option(
+        "--eval-batch-size", help="Batch size of the accuracy evaluation."))
+    max_eval_samples: int | None = field(default=None, metadata=option(
+        "--max-eval-samples", help="Cap on test rows for the gate."))
+    latency_runs: int = field(default=50, metadata=option(
+        "--latency-runs", help="Timed batch-1 runs per variant (0: skip)."))
+    throughput_runs: int = field(default=5, metadata=option(
+        "--throughput-runs", help="Timed batch runs per variant (0: skip)."))
+    throughput_batch_size: int = field(default=32, metadata=option(
+        "--throughput-batch-size", help="Batch size of the throughput measurement."))
+    allow_pickle: bool = field(default=False, metadata=option("--allow-pickle", help="Accept pickle weights."))
+    trust_remote_code: bool = field(default=False, metadata=option(
+        "--trust-remote-code", help="Accept models with custom code."))
+    cpu_isa: str = field(default="portable", metadata=option(
+        "--cpu-isa", help="CPU int8 recipe: portable (7-bit weights, the same accuracy on every CPU) | vnni "
+        "(8-bit, serve on VNNI/AMX nodes only) | native (vnni if this CPU has VNNI, else portable)."))
+    agreement_sample_size: int = field(default=64, metadata=option(
+        "--agreement-sample-size", help="Validation inputs stored with fp32 labels for the deploy-time agreement "
+        "check (0: none)."))
 
     def __post_init__(self) -> None:
         self.model_dir = Path(self.model_dir) if not isinstance(self.model_dir, Path) else self.model_dir

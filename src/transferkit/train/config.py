@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from transferkit.errors import ConfigError
+from transferkit.options import option, to_cli_args
 
 STRATEGIES = ("full", "feature_extraction", "scratch", "off_the_shelf")
 SCHEDULERS = ("linear", "cosine", "constant")
@@ -81,105 +82,102 @@ def parse_class_weights(spec: str) -> str | list[float]:
 class TrainConfig:
     """Everything the fine-tune step needs; validated in ``__post_init__`` (``ConfigError`` names the field).
 
-    Attributes:
-        data_dir: Prepared dataset directory (see :mod:`transferkit.data.prepared`).
-        model: Catalog name (``minilm-l6``), local model directory or hub id.
-        strategy: ``full``, ``feature_extraction``, ``scratch`` or ``off_the_shelf``.
-        out_dir: Model directory to write (atomically: absent or complete).
-        learning_rate: Base learning rate of the pre-trained weights (None: catalog default or 5e-5).
-        head_learning_rate: Learning rate of the new head (None: catalog default; feature extraction 1e-3).
-        llrd: Layer-wise LR decay factor in (0, 1]; layer at depth d from the top gets ``lr * llrd**d``.
-        weight_decay: AdamW weight decay (None: catalog default or 0.01).
-        warmup_ratio: Fraction of optimizer steps with linear warmup, in [0, 1).
-        scheduler: ``linear``, ``cosine`` or ``constant`` (after warmup).
-        epochs: Number of epochs, ignored when ``max_steps`` is set (None: catalog default or 3; 10 for
-            feature extraction with a fully frozen base, whose epochs run on cached features).
-        max_steps: Number of optimizer steps; overrides ``epochs``.
-        batch_size: Per-device train batch size.
-        eval_batch_size: Per-device evaluation batch size (None: 2 x batch_size).
-        gradient_accumulation_steps: Micro-batches per optimizer step.
-        max_length: Truncation length in tokens (None: catalog default or 128); must not exceed the model limit.
-        image_size: Images only: input size in pixels, replacing the model's (smaller is faster on CPU; the
-            choice is saved in ``preprocessor.json`` so export and serving use the same size).
-        unfreeze_top_layers: With ``feature_extraction``, also train the top N encoder layers (for images: the
-            top N stages, the top convolution counting as one).
-        pooling: ``auto`` (mean for mean-pooling sentence-embedding models, else the model's own), ``cls``, ``mean``.
-        early_stopping_patience: Stop after N evaluations without improvement (0: off).
-        early_stopping_min_delta: Smallest change of the metric that counts as an improvement.
-        metric: Validation metric for best-checkpoint selection and early stopping.
-        eval_steps: Evaluate (and log validation curves) every N optimizer steps (None: once per epoch).
-        save_steps: Checkpoint every N optimizer steps (None: at every evaluation); a multiple of ``eval_steps``.
-        save_total_limit: Checkpoints kept besides the best one.
-        logging_steps: Log loss, learning rate and gradient norm every N steps.
-        seed: Seed for initialisation, data order, dropout and augmentation.
-        precision: ``auto`` (bf16, else fp16, on CUDA; fp32 on CPU), ``fp32``, ``fp16``, ``bf16``.
-        gradient_checkpointing: Recompute activations in the backward pass to save memory.
-        augment: Text: ``none``, ``word_dropout`` or ``token_mask``. Images: ``none``, ``image`` (random resized
-            crop, horizontal flip, colour jitter) or ``image_no_flip`` (milder, for digits and other images whose
-            meaning changes when mirrored). Training examples only.
-        augment_prob: Probability of dropping a word / masking a token.
-        class_weights: ``none``, ``balanced`` or comma-separated weights per label id.
-        l2sp: L2-SP strength alpha; adds ``alpha/2 * ||w - w_pretrained||^2`` over the shared weights.
-        group_by_length: Batch examples of similar length together (less padding, same epoch content).
-        checkpoint_dir: Where checkpoints go (None: ``<out_dir>.checkpoints`` next to the output).
-        resume: Resume from the latest complete checkpoint in ``checkpoint_dir`` when there is one.
-        keep_checkpoints: Keep checkpoints after success (None: keep only a user-given ``checkpoint_dir``).
-        label_descriptions: Off-the-shelf zero-shot: JSON file mapping label name to a description.
-        zero_shot_temperature: Off-the-shelf zero-shot: logits are ``cosine / temperature``.
-        feature_cache: When nothing in the base is trainable, compute its features once and train the head on them.
-        preserve_source: After training, run the forgetting mitigation in :mod:`transferkit.train.preserve`.
-        min_retention: Retention target passed to ``preserve_source``.
-        dataloader_workers: DataLoader worker processes.
-        allow_pickle: Accept pickle (``pytorch_model.bin``) weights.
-        trust_remote_code: Accept models that ship custom code.
-
+    Each option is declared once, here: its ``option(...)`` metadata holds the CLI flag and the help text
+    (the ``transferkit train`` options are derived from it, see :mod:`transferkit.options`) and the KFP
+    component value that means "not given". Options left as ``None`` are resolved later from the model's
+    catalog entry (``entry.hyperparameters``) or :data:`DEFAULT_HYPERPARAMETERS`.
     """
 
-    data_dir: Path
-    model: str
-    strategy: str
-    out_dir: Path
-    learning_rate: float | None = None
-    head_learning_rate: float | None = None
-    llrd: float = 1.0
-    weight_decay: float | None = None
-    warmup_ratio: float | None = None
-    scheduler: str | None = None
-    epochs: float | None = None
-    max_steps: int | None = None
-    batch_size: int | None = None
-    eval_batch_size: int | None = None
-    gradient_accumulation_steps: int = 1
-    max_length: int | None = None
-    image_size: int | None = None
-    unfreeze_top_layers: int = 0
-    pooling: str = "auto"
-    early_stopping_patience: int = 0
-    early_stopping_min_delta: float = 0.0
-    metric: str = "accuracy"
-    eval_steps: int | None = None
-    save_steps: int | None = None
-    save_total_limit: int = 2
-    logging_steps: int = 1
-    seed: int = 42
-    precision: str = "auto"
-    gradient_checkpointing: bool = False
-    augment: str = "none"
-    augment_prob: float = 0.1
-    class_weights: str = "none"
-    l2sp: float = 0.0
-    group_by_length: bool = True
-    checkpoint_dir: Path | None = None
-    resume: bool = True
-    keep_checkpoints: bool | None = None
-    label_descriptions: Path | None = None
-    zero_shot_temperature: float = 0.05
-    feature_cache: bool = True
-    preserve_source: bool = False
-    min_retention: float = 0.5
-    dataloader_workers: int = 0
-    allow_pickle: bool = False
-    trust_remote_code: bool = False
+    data_dir: Path = field(metadata=option("--data", help="Prepared dataset directory (transferkit data prepare)."))
+    model: str = field(metadata=option("--model", help="Catalog name (minilm-l6), model directory or hub id."))
+    strategy: str = field(metadata=option("--strategy", help=" | ".join(STRATEGIES) + "."))
+    out_dir: Path = field(metadata=option("--out", help="Model directory to write (replaced atomically on success)."))
+    learning_rate: float | None = field(default=None, metadata=option(
+        "--learning-rate", "--lr", kfp_unset=0, help="LR of the pre-trained weights (default: catalog or 5e-5)."))
+    head_learning_rate: float | None = field(default=None, metadata=option(
+        "--head-learning-rate", "--head-lr", kfp_unset=0,
+        help="LR of the new head (default: catalog; 1e-3 with a frozen base)."))
+    llrd: float = field(default=1.0, metadata=option(
+        "--llrd", help="Layer-wise LR decay factor in (0, 1]: the layer d below the top gets lr * llrd**d; 1 = off."))
+    weight_decay: float | None = field(default=None, metadata=option(
+        "--weight-decay", kfp_unset=-1.0, help="AdamW weight decay in [0, 1) (default: catalog or 0.01)."))
+    warmup_ratio: float | None = field(default=None, metadata=option(
+        "--warmup-ratio", kfp_unset=-1.0, help="Fraction of optimizer steps with linear LR warmup, in [0, 1)."))
+    scheduler: str | None = field(default=None, metadata=option(
+        "--scheduler", kfp_unset="", help=" | ".join(SCHEDULERS) + " (after warmup)."))
+    epochs: float | None = field(default=None, metadata=option(
+        "--epochs", kfp_unset=0, help="Training epochs (default: catalog or 3; 10 on cached features of a "
+        "frozen base). Ignored when --max-steps is set."))
+    max_steps: int | None = field(default=None, metadata=option(
+        "--max-steps", kfp_unset=0, help="Optimizer steps (overrides --epochs)."))
+    batch_size: int | None = field(default=None, metadata=option(
+        "--batch-size", kfp_unset=0, help="Per-device batch size."))
+    eval_batch_size: int | None = field(default=None, metadata=option(
+        "--eval-batch-size", help="Per-device evaluation batch size (default: 2 x batch size)."))
+    gradient_accumulation_steps: int = field(default=1, metadata=option(
+        "--gradient-accumulation-steps", "--grad-accum", help="Micro-batches per optimizer step."))
+    max_length: int | None = field(default=None, metadata=option(
+        "--max-length", kfp_unset=0, help="Truncation length in tokens (default: catalog or 128)."))
+    image_size: int | None = field(default=None, metadata=option(
+        "--image-size", kfp_unset=0, help="Images: input size in pixels (default: the model's); saved in "
+        "preprocessor.json so export and serving use it."))
+    unfreeze_top_layers: int = field(default=0, metadata=option(
+        "--unfreeze-top-layers", help="feature_extraction: also train the top N layers (images: stages)."))
+    pooling: str = field(default="auto", metadata=option(
+        "--pooling", help="auto (mean for sentence-embedding models, else the model's own) | cls | mean."))
+    early_stopping_patience: int = field(default=0, metadata=option(
+        "--early-stopping-patience", help="Stop after N evaluations without improvement (0 = off)."))
+    early_stopping_min_delta: float = field(default=0.0, metadata=option(
+        "--early-stopping-min-delta", help="Smallest improvement that counts."))
+    metric: str = field(default="accuracy", metadata=option(
+        "--metric", help="Validation metric for the best checkpoint and early stopping: " + " | ".join(METRICS) + "."))
+    eval_steps: int | None = field(default=None, metadata=option(
+        "--eval-steps", help="Evaluate every N steps (default: each epoch)."))
+    save_steps: int | None = field(default=None, metadata=option(
+        "--save-steps", help="Checkpoint every N steps, a multiple of --eval-steps (default: each evaluation)."))
+    save_total_limit: int = field(default=2, metadata=option(
+        "--save-total-limit", help="Checkpoints kept besides the best."))
+    logging_steps: int = field(default=1, metadata=option(
+        "--logging-steps", help="Log loss/LR/grad norm every N steps."))
+    seed: int = field(default=42, metadata=option(
+        "--seed", help="Seed of initialisation, data order, dropout and augmentation."))
+    precision: str = field(default="auto", metadata=option(
+        "--precision", help="auto (bf16, else fp16, on CUDA; fp32 on CPU) | fp32 | fp16 | bf16."))
+    gradient_checkpointing: bool = field(default=False, metadata=option(
+        "--gradient-checkpointing", help="Recompute activations in the backward pass to save memory."))
+    augment: str = field(default="none", metadata=option(
+        "--augment", help="Text: none | word_dropout | token_mask. Images: none | image (random resized crop, "
+        "flip, colour jitter) | image_no_flip. Training examples only."))
+    augment_prob: float = field(default=0.1, metadata=option(
+        "--augment-prob", help="Probability of dropping a word / masking a token."))
+    class_weights: str = field(default="none", metadata=option(
+        "--class-weights", help="none | balanced | w0,w1,... (one weight per label id)."))
+    l2sp: float = field(default=0.0, metadata=option(
+        "--l2sp", help="L2-SP alpha: adds alpha/2 * ||w - w_pretrained||^2 over the shared weights."))
+    group_by_length: bool = field(default=True, metadata=option(
+        "--group-by-length", help="Batch similar lengths together (less padding, same epoch content)."))
+    checkpoint_dir: Path | None = field(default=None, metadata=option(
+        "--checkpoint-dir", help="Checkpoint directory (default: <out>.checkpoints)."))
+    resume: bool = field(default=True, metadata=option(
+        "--resume", help="Resume from the latest complete checkpoint."))
+    keep_checkpoints: bool | None = field(default=None, metadata=option(
+        "--keep-checkpoints", help="Keep checkpoints after success (default: only a given --checkpoint-dir)."))
+    label_descriptions: Path | None = field(default=None, metadata=option(
+        "--label-descriptions", help="off_the_shelf: JSON {label: description}."))
+    zero_shot_temperature: float = field(default=0.05, metadata=option(
+        "--zero-shot-temperature", help="off_the_shelf: logits are cosine / temperature."))
+    feature_cache: bool = field(default=True, metadata=option(
+        "--feature-cache", help="When nothing in the base trains, compute its features once and train the head "
+        "on them."))
+    preserve_source: bool = field(default=False, metadata=option(
+        "--preserve-source", help="Apply the forgetting mitigation after training."))
+    min_retention: float = field(default=0.5, metadata=option(
+        "--min-retention", help="Retention target for --preserve-source."))
+    dataloader_workers: int = field(default=0, metadata=option(
+        "--dataloader-workers", help="DataLoader worker processes."))
+    allow_pickle: bool = field(default=False, metadata=option("--allow-pickle", help="Accept pickle weights."))
+    trust_remote_code: bool = field(default=False, metadata=option(
+        "--trust-remote-code", help="Accept models with custom code."))
     _parsed_class_weights: str | list[float] = field(default="none", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -270,53 +268,9 @@ class TrainConfig:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items()}
 
 
-# CLI flag for every TrainConfig field; used to rebuild a command line for torchrun and TrainJob launches.
-CLI_FLAGS: dict[str, str] = {
-    "data_dir": "--data", "model": "--model", "strategy": "--strategy", "out_dir": "--out",
-    "learning_rate": "--learning-rate", "head_learning_rate": "--head-learning-rate", "llrd": "--llrd",
-    "weight_decay": "--weight-decay", "warmup_ratio": "--warmup-ratio", "scheduler": "--scheduler",
-    "epochs": "--epochs", "max_steps": "--max-steps", "batch_size": "--batch-size",
-    "eval_batch_size": "--eval-batch-size", "gradient_accumulation_steps": "--gradient-accumulation-steps",
-    "max_length": "--max-length", "image_size": "--image-size",
-    "unfreeze_top_layers": "--unfreeze-top-layers", "pooling": "--pooling",
-    "early_stopping_patience": "--early-stopping-patience",
-    "early_stopping_min_delta": "--early-stopping-min-delta", "metric": "--metric",
-    "eval_steps": "--eval-steps", "save_steps": "--save-steps", "save_total_limit": "--save-total-limit",
-    "logging_steps": "--logging-steps", "seed": "--seed", "precision": "--precision",
-    "augment": "--augment", "augment_prob": "--augment-prob", "class_weights": "--class-weights",
-    "l2sp": "--l2sp", "checkpoint_dir": "--checkpoint-dir", "label_descriptions": "--label-descriptions",
-    "zero_shot_temperature": "--zero-shot-temperature", "min_retention": "--min-retention",
-    "dataloader_workers": "--dataloader-workers",
-}
-# Boolean fields map to a --flag/--no-flag pair.
-CLI_BOOL_FLAGS: dict[str, tuple[str, str]] = {
-    "gradient_checkpointing": ("--gradient-checkpointing", "--no-gradient-checkpointing"),
-    "group_by_length": ("--group-by-length", "--no-group-by-length"),
-    "resume": ("--resume", "--no-resume"),
-    "feature_cache": ("--feature-cache", "--no-feature-cache"),
-    "preserve_source": ("--preserve-source", "--no-preserve-source"),
-    "allow_pickle": ("--allow-pickle", "--no-allow-pickle"),
-    "trust_remote_code": ("--trust-remote-code", "--no-trust-remote-code"),
-    "keep_checkpoints": ("--keep-checkpoints", "--no-keep-checkpoints"),
-}
-
-
 def config_to_cli_args(config: TrainConfig) -> list[str]:
     """Return ``transferkit train`` arguments that reproduce ``config`` (defaults are left out).
 
     Used to relaunch the same run under ``torchrun`` or in a Kubeflow Trainer TrainJob.
     """
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.init}
-    args: list[str] = []
-    for name, flag in CLI_FLAGS.items():
-        value = getattr(config, name)
-        required = name in ("data_dir", "model", "strategy", "out_dir")
-        if value is None or (not required and value == defaults.get(name)):
-            continue
-        args += [flag, str(value)]
-    for name, (on, off) in CLI_BOOL_FLAGS.items():
-        value = getattr(config, name)
-        if value is None or value == defaults.get(name):
-            continue
-        args.append(on if value else off)
-    return args
+    return to_cli_args(config)

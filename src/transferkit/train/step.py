@@ -1,8 +1,8 @@
 """The fine-tune step as a pipeline component runs it: parameters in, one call, metrics and outputs back.
 
 ``components/fine_tune`` passes its typed parameters to :func:`fine_tune_step` and only translates the result
-into KFP outputs. KFP parameters cannot be None, so a zero or negative number and an empty string mean "the
-catalog default" here (:func:`config_from_parameters`); the retry digest, the torchrun launch and the
+into KFP outputs. KFP parameters cannot be None: each TrainConfig option declares the value meaning "the catalog
+default" (``kfp_unset``, read by :func:`config_from_parameters`); the retry digest, the torchrun launch and the
 reading of ``training_summary.json`` live here too.
 """
 
@@ -16,17 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from transferkit.errors import TrainingError
+from transferkit.options import from_kfp_parameters
 from transferkit.tasks import get_task
 from transferkit.train.config import TrainConfig, config_to_cli_args
 from transferkit.train.outputs import SUMMARY_FILE
-
-# Component parameters whose unset value is 0 (or 0.0): None in TrainConfig.
-ZERO_MEANS_DEFAULT = ("epochs", "max_steps", "learning_rate", "head_learning_rate", "batch_size", "max_length",
-                      "image_size")
-# Component parameters whose unset value is negative.
-NEGATIVE_MEANS_DEFAULT = ("warmup_ratio", "weight_decay")
-# Component parameters whose unset value is "".
-EMPTY_MEANS_DEFAULT = ("scheduler",)
 
 
 @dataclass
@@ -58,19 +51,11 @@ def config_from_parameters(data_dir: str | Path, out_dir: str | Path, parameters
 
     """
     values = dict(parameters)
-    for name in ZERO_MEANS_DEFAULT:
-        if name in values:
-            values[name] = values[name] or None
-    for name in NEGATIVE_MEANS_DEFAULT:
-        if name in values:
-            values[name] = None if values[name] < 0 else values[name]
-    for name in EMPTY_MEANS_DEFAULT:
-        if name in values:
-            values[name] = values[name] or None
+    values["model"] = values.pop("base_model")
+    values = from_kfp_parameters(TrainConfig, values)
     task = get_task(Path(data_dir))
     values["preserve_source"] = bool(values.get("preserve_source")) and task.forgetting_mitigation
-    model = values.pop("base_model")
-    return TrainConfig(data_dir=Path(data_dir), model=model, out_dir=Path(out_dir), **values)
+    return TrainConfig(data_dir=Path(data_dir), out_dir=Path(out_dir), **values)
 
 
 def fine_tune_step(data_dir: str | Path, out_dir: str | Path, *, checkpoint_root: str = "", nproc_per_node: int = 1,

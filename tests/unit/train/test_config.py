@@ -6,7 +6,8 @@ import typer
 
 from transferkit.cli.main import app
 from transferkit.errors import ConfigError
-from transferkit.train.config import CLI_BOOL_FLAGS, CLI_FLAGS, TrainConfig, config_to_cli_args, parse_class_weights
+from transferkit.options import from_kfp_parameters, option_fields
+from transferkit.train.config import TrainConfig, config_to_cli_args, parse_class_weights
 
 
 def make(**overrides):
@@ -101,14 +102,37 @@ def test_cli_args_round_trip_through_the_real_command_line():
         feature_cache=False, preserve_source=True, min_retention=0.7,
     )
     params = _parse_cli(config_to_cli_args(config))
-    rebuilt = {}
     names = {f.name for f in dataclasses.fields(TrainConfig) if f.init}
-    cli_names = {"data_dir": "data", "out_dir": "out"}
-    for name in names:
-        rebuilt[name] = params[cli_names.get(name, name)]
-    assert TrainConfig(**rebuilt) == config
+    assert TrainConfig(**{name: params[name] for name in names}) == config
 
 
-def test_every_config_field_has_a_cli_flag():
+def test_every_config_field_is_a_declared_option_of_the_cli():
     names = {f.name for f in dataclasses.fields(TrainConfig) if f.init}
-    assert names == set(CLI_FLAGS) | set(CLI_BOOL_FLAGS)
+    assert {f.name for f in option_fields(TrainConfig)} == names
+    params = _parse_cli(["--data", "d", "--model", "m", "--strategy", "full", "--out", "o"])
+    assert names <= set(params)
+
+
+def test_component_parameters_map_to_options_with_their_unset_values():
+    import inspect
+
+    from components.fine_tune.component import fine_tune
+
+    signature = inspect.signature(fine_tune.python_func)
+    defaults = {name: p.default for name, p in signature.parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    defaults["model"] = defaults.pop("base_model")
+    for launch_only in ("checkpoint_root", "nproc_per_node"):
+        defaults.pop(launch_only)
+    values = from_kfp_parameters(TrainConfig, defaults)
+    # Every "catalog default" sentinel of the component is left out (None in TrainConfig); the rest keep the
+    # component's value.
+    for name in ("max_steps", "learning_rate", "head_learning_rate", "batch_size", "max_length", "image_size",
+                 "warmup_ratio", "weight_decay", "scheduler"):
+        assert name not in values, name
+    config = TrainConfig(data_dir=Path("d"), out_dir=Path("o"), **values)
+    assert config.learning_rate is None and config.scheduler is None and config.warmup_ratio is None
+    assert values["epochs"] == 3.0 and values["llrd"] == 1.0 and values["augment"] == "none"
+    assert from_kfp_parameters(TrainConfig, {"warmup_ratio": -0.5, "epochs": 0}) == {}
+    with pytest.raises(KeyError, match="not_an_option"):
+        from_kfp_parameters(TrainConfig, {"not_an_option": 1})
