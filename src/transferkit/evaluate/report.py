@@ -127,11 +127,12 @@ def write_evaluation_report(
         report.paragraph("Rows index the evaluated split; thumbnails show the stored images before preprocessing.",
                          "note")
     elif mistakes:
+        # The task's own fields of a mistaken row (EvalInputs.mistake_fields: a text and its pair) follow.
+        shown = [key for key in mistakes[0] if key not in ("row", "confidence", "true", "predicted")]
         report.table(
-            ["row", "confidence", "true", "predicted", "text"],
+            ["row", "confidence", "true", "predicted", *shown],
             [[m["row"], m["confidence"], m["true"], m["predicted"],
-              _short(m["text"]) + (f" ‖ {_short(m['text_pair'])}" if m.get("text_pair") else "")]
-             for m in mistakes],
+              *(_short(str(m[key])) if m[key] is not None else "" for key in shown)] for m in mistakes],
         )
     else:
         report.paragraph("No mistakes on this split.")
