@@ -10,6 +10,7 @@ directory with ``config.json`` (``transferkit_architecture: toy-mlp``, layer siz
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ def build_mlp(config: dict[str, Any]) -> Any:
     class ToyMLP(nn.Module):
         def __init__(self, sizes: list[int], num_labels: int) -> None:
             super().__init__()
-            self.body = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:], strict=False))
+            self.body = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
             self.head = nn.Linear(sizes[-1], num_labels)
 
         def forward(self, features: torch.Tensor, labels: Any = None) -> Any:
