@@ -1,4 +1,4 @@
-"""A task is one module: a toy third task (tests/toy_task.py) runs prepare -> train -> evaluate -> export.
+"""A task is one module: a toy third task (tests/toy_task.py) runs prepare -> train -> evaluate -> export -> Triton.
 
 Nothing in ``src/`` knows the task: it is registered here through the registry alone, on real data
 (scikit-learn's 8x8 digits as 64 numeric features).
@@ -10,9 +10,13 @@ import pytest
 
 from tests import toy_task
 from transferkit.data.prepare import DataPrepConfig, prepare_dataset
+from transferkit.data.prepared import load_prepared
 from transferkit.errors import ConfigError, ModelError
 from transferkit.evaluate.evaluation import EvaluateConfig, evaluate_model
 from transferkit.export import ExportConfig, export_model
+from transferkit.serve.deploy import DeployConfig, deploy_model
+from transferkit.serve.local import LocalTriton
+from transferkit.serve.repository import RepositoryOptions
 from transferkit.tasks import get_task, register_task, unregister_task
 from transferkit.train import TrainConfig, run_training
 
@@ -50,7 +54,15 @@ def base_model(tmp_path_factory):
     return directory
 
 
-def test_a_task_registered_from_outside_runs_every_step(toy, digits_csv, base_model, tmp_path):
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory):
+    repository = tmp_path_factory.mktemp("toy-triton") / "repository"
+    repository.mkdir()
+    with LocalTriton(repository, exit_timeout=3) as server:
+        yield server
+
+
+def test_a_task_registered_from_outside_runs_every_step(toy, digits_csv, base_model, triton, tmp_path):
     prepared = prepare_dataset(DataPrepConfig(dataset=str(digits_csv), out=tmp_path / "data", task=toy.name))
     assert get_task(prepared.out_dir) is toy
     assert sum(prepared.rows.values()) == 1797 and prepared.num_labels == 10
@@ -75,6 +87,24 @@ def test_a_task_registered_from_outside_runs_every_step(toy, digits_csv, base_mo
     spec = json.loads((tmp_path / "onnx" / "io_spec.json").read_text(encoding="utf-8"))
     assert spec["task"] == toy.name and spec["inputs"][0]["name"] == "features"
     assert set(exported.variants) == {"fp32", "int8"}
+    exported_labels = spec["labels"]
+
+    # Served as a plain-tensor ensemble (no front model) by the real local Triton, answering like ORT here.
+    import onnxruntime as ort
+    import tritonclient.http as httpclient
+
+    served = deploy_model(DeployConfig(onnx_dir=tmp_path / "onnx", name="toy", repository=str(triton.repository),
+                                       triton_url=triton.http_url, api_key_env=None,
+                                       options=RepositoryOptions(instance_kind="cpu", variant="fp32")))
+    assert served.models == ["toy_onnx", "toy_postprocess", "toy"]
+    rows = toy_task.read_features(load_prepared(prepared.out_dir), "test")[0][:5]
+    request = httpclient.InferInput("features", list(rows.shape), "FP32")
+    request.set_data_from_numpy(rows)
+    client = httpclient.InferenceServerClient(triton.http_url.removeprefix("http://"))
+    answer = client.infer("toy", [request], outputs=[httpclient.InferRequestedOutput("label")])
+    session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    expected = [exported_labels[i] for i in session.run(None, {"features": rows})[0].argmax(axis=1)]
+    assert [v.decode() for v in answer.as_numpy("label").reshape(-1)] == expected
 
 
 def test_the_task_checks_its_own_options(toy, digits_csv, base_model, tmp_path):
