@@ -50,8 +50,10 @@ class ImageClassification(Task):
         return any(str(name).endswith("ForImageClassification") for name in config.get("architectures") or [])
 
     def check_prep_config(self, config: Any) -> None:
-        """Text pairs, slice groups and split columns exist only for text data."""
-        for name in TEXT_ONLY_PREP_FIELDS:
+        """Text pairs, slice groups and split columns exist only for text data; generative options do not apply."""
+        from transferkit.data.prepare import GENERATIVE_PREP_FIELDS
+
+        for name in (*TEXT_ONLY_PREP_FIELDS, *GENERATIVE_PREP_FIELDS):
             if getattr(config, name):
                 raise ConfigError(f"{name}: not supported for task {self.name}; expected none")
 
