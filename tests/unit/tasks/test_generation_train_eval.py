@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
 
+from transferkit.cli.main import app
 from transferkit.data.prepare import DataPrepConfig, prepare_dataset
 from transferkit.data.prepared import load_prepared
 from transferkit.errors import ConfigError, EvaluationError
@@ -146,6 +148,10 @@ def test_off_the_shelf_is_zero_shot_and_unsupported_strategies_are_refused(tiny_
     with pytest.raises(EvaluationError, match=r"^primary_metric: 'macro_f1' does not apply to task summarization"):
         evaluate_model(EvaluateConfig(model_dir=tmp_path / "zs", data_dir=aclsum_slice, out_dir=tmp_path / "e",
                                       primary_metric="macro_f1"))
+    cli = CliRunner().invoke(app, ["evaluate", "--model", str(tmp_path / "zs"), "--data", str(aclsum_slice),
+                                   "--out", str(tmp_path / "cli-eval"), "--min-primary", "0.99"])
+    assert cli.exit_code != 0 and "rougeL" in cli.output and "rouge2" in cli.output
+    assert "evaluation gate failed: rougeL" in cli.output
     assert get_task(aclsum_slice).name == "summarization"
     with pytest.raises(Exception, match="export of generative models"):
         get_task(aclsum_slice).export_side(None, None)
