@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -109,14 +110,26 @@ def _row_list(origin: RowOrigin, row_index: np.ndarray, rows: np.ndarray) -> str
     return shown + (" ..." if len(rows) > SHOWN_ROWS else "")
 
 
-def _token_stats(config: Any, model: Any, tables: dict[str, pa.Table]) -> tuple[dict[str, Any], list[str]]:
-    """Prompt/target token lengths of a seeded sample and the truncation each suffers at ``max_length``."""
+def _token_stats(config: Any, model: Any, table: pa.Table, rows: Callable[[np.ndarray], str]
+                 ) -> tuple[dict[str, Any], list[str]]:
+    """Prompt/target token lengths of a seeded sample and the truncation each suffers at ``max_length``.
+
+    Args:
+        config: The data-prep configuration (``max_length``, ``token_sample_size``, ``seed``, ``model``).
+        model: The resolved model whose tokenizer (and chat template) measures the lengths.
+        table: Every pair (``source``, ``instruction``, ``target``), before splitting.
+        rows: Names rows of ``table`` (file and row number) for the warnings.
+
+    """
     from transferkit.data.prompts import fit, prompt_ids, target_ids
     from transferkit.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(model)
-    sample = statistics.sample_rows({s: t.select(list(TEXT_ROLES)) for s, t in tables.items()},
-                                    config.token_sample_size, config.seed)
+    index = np.arange(table.num_rows)
+    if table.num_rows > config.token_sample_size:
+        index = np.sort(np.random.default_rng(config.seed).choice(table.num_rows, config.token_sample_size,
+                                                                   replace=False))
+    sample = table.select(list(TEXT_ROLES)).take(pa.array(index))
     prompts, targets, cut_prompts, cut_targets = [], [], 0, 0
     for instruction, source, target in zip(sample["instruction"].to_pylist(), sample["source"].to_pylist(),
                                            sample["target"].to_pylist(), strict=True):
@@ -129,7 +142,7 @@ def _token_stats(config: Any, model: Any, tables: dict[str, pa.Table]) -> tuple[
     prompt_lengths, target_lengths = np.asarray(prompts), np.asarray(targets)
     total = prompt_lengths + target_lengths
     limit = getattr(tokenizer, "model_max_length", None)
-    over_context = int((total > limit).sum()) if limit and limit < 1_000_000 else 0
+    over_context = index[total > limit] if limit and limit < 1_000_000 else index[:0]
     n = max(len(total), 1)
     stats = {
         "tokenizer": str(config.model),
@@ -141,7 +154,7 @@ def _token_stats(config: Any, model: Any, tables: dict[str, pa.Table]) -> tuple[
         "input_truncation_rate": round(cut_prompts / n, 6),
         "target_truncation_rate": round(cut_targets / n, 6),
         "truncation_rate": round(float(np.mean(total > config.max_length)) if len(total) else 0.0, 6),
-        "over_model_context": over_context,
+        "over_model_context": len(over_context),
     }
     warnings = []
     if stats["truncation_rate"] > 0.05:
@@ -149,9 +162,10 @@ def _token_stats(config: Any, model: Any, tables: dict[str, pa.Table]) -> tuple[
                         f"tokens (prompt + target p99 = {stats['total_tokens']['p99']:g}); inputs cut in "
                         f"{stats['input_truncation_rate'] * 100:.1f}%, targets in "
                         f"{stats['target_truncation_rate'] * 100:.1f}%")
-    if over_context:
-        warnings.append(f"{over_context} sampled example(s) exceed the model's context of {limit} tokens and will "
-                        "be truncated")
+    if len(over_context):
+        sampled = f" of {len(total)} sampled" if len(total) < table.num_rows else ""
+        warnings.append(f"{len(over_context)}{sampled} pair(s) exceed the model's context of {limit} tokens and will "
+                        f"be truncated ({rows(over_context)})")
     return stats, warnings
 
 
@@ -198,7 +212,12 @@ def prepare_pairs(config: Any, task: Any) -> Any:
         table = table.take(pa.array(row_index))
     _check_filled(table, "source", needed["source"], origin, row_index, task.source_expected)
     _check_filled(table, "target", needed["target"], origin, row_index, task.target_expected)
-    warnings = task.pair_warnings(table, lambda rows: _row_list(origin, row_index, rows))
+    def name_rows(rows: np.ndarray) -> str:
+        return _row_list(origin, row_index, rows)
+
+    warnings = task.pair_warnings(table, name_rows)
+    tokens, token_warnings = _token_stats(config, model, table, name_rows)
+    warnings += token_warnings
     indices, split_info = _split(table, config, origin, row_index)
     keyed = pa.table({"text": table["source"], "text_pair": pc.fill_null(table["instruction"], "")})
     keys = splitting.text_keys(keyed)
@@ -206,8 +225,6 @@ def prepare_pairs(config: Any, task: Any) -> Any:
     train_duplicates = splitting.within_split_duplicates(indices["train"], keys)
     full = table.select(list(TEXT_ROLES))
     tables = {split: full.take(pa.array(indices[split])) for split in SPLITS}
-    tokens, token_warnings = _token_stats(config, model, tables)
-    warnings += token_warnings
     for warning in warnings:
         logger.warning("%s: %s", config.dataset, warning)
     rows = {split: tables[split].num_rows for split in SPLITS}

@@ -145,14 +145,17 @@ def test_bad_split_values_missing_columns_and_classification_builtins(tmp_path: 
         prepare_dataset(DataPrepConfig(dataset="builtin:aclsum", out=tmp_path / "o"))
 
 
-def test_longer_targets_warn_with_the_count(tmp_path: Path) -> None:
+def test_longer_targets_and_rows_over_the_context_warn_with_their_rows(tmp_path: Path) -> None:
     rows = _pairs(20)
     rows[2]["summary"] = "a summary that is much longer than the document it summarizes " * 3
+    rows[5]["doc"] = "a very long document " * 150  # 600 words: beyond MiniLM's 512-token context
     data = _jsonl(tmp_path / "d.jsonl", rows)
     result = prepare_dataset(DataPrepConfig(dataset=data, out=tmp_path / "out", task="summarization",
                                             source_column="doc", target_column="summary", max_length=256))
     assert any(re.fullmatch(r"1 target\(s\) have more words than their source \(\S*d\.jsonl: row 3\); .*", w)
                for w in result.warnings)
+    assert any(re.fullmatch(r"1 pair\(s\) exceed the model's context of 512 tokens and will be truncated "
+                            r"\(\S*d\.jsonl: row 6\)", w) for w in result.warnings), result.warnings
 
 
 def test_labels_minimum_is_a_task_property(tmp_path: Path) -> None:
