@@ -30,6 +30,8 @@ REFUSED_STRATEGIES = {
 CLASSIFICATION_OPTIONS = {"augment": "none", "image_size": None, "pooling": "auto", "label_descriptions": None,
                           "class_weights": "none", "unfreeze_top_layers": 0}
 LOSS_METRIC = "loss"
+# Architectures (config.json) of causal language models: LlamaForCausalLM, GPT2LMHeadModel...
+CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 # Rows per forward pass when measuring validation loss outside the Trainer.
 EVAL_BATCH = 8
 
@@ -83,7 +85,7 @@ def sft_side_for(config: Any, dataset: Any, resolved: Any, task: Any) -> SFTSide
     Raises:
         ConfigError: A refused strategy or a classification option (one line, with the reason).
         PreparedDataError: A split with bad rows.
-        ModelError: The tokenizer does not load.
+        ModelError: Not a causal language model, or the tokenizer does not load.
 
     """
     from transferkit.models.loading import load_tokenizer
@@ -98,6 +100,13 @@ def sft_side_for(config: Any, dataset: Any, resolved: Any, task: Any) -> SFTSide
     if config.metric == "f1_macro":
         raise ConfigError(f"metric: f1_macro does not apply to task {task.name}; the validation loss selects the "
                           "model (--metric loss)")
+    architectures = resolved.config.get("architectures") or []
+    if resolved.config.get("is_encoder_decoder"):
+        raise ModelError(f"{resolved.path}: an encoder-decoder (seq2seq) model; task {task.name} trains causal "
+                         "language models (*ForCausalLM) for now")
+    if architectures and not any(str(a).endswith(CAUSAL_LM_SUFFIXES) for a in architectures):
+        raise ModelError(f"{resolved.path}: {', '.join(architectures)} is not a causal language model; task "
+                         f"{task.name} needs a GPT-class base (*ForCausalLM)")
     train, validation = read_pairs(dataset, "train"), read_pairs(dataset, "validation")
     tokenizer = load_tokenizer(resolved, trust_remote_code=config.trust_remote_code)
     hp = resolve_hyperparameters(config, resolved.entry, _model_limit(resolved, tokenizer))

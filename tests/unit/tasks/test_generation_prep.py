@@ -168,3 +168,24 @@ def test_labels_minimum_is_a_task_property(tmp_path: Path) -> None:
     with pytest.raises(PreparedDataError, match=r"labels\.json: expected a JSON list of at least 2 label names "
                                                 r"\(text-classification\)"):
         load_prepared(result.out_dir)
+
+
+def test_plain_prompts_without_a_chat_template_mask_the_prompt() -> None:
+    from transferkit.models.loading import load_tokenizer
+    from transferkit.train.sft import PairSplit, TokenizedPairs, generation_settings
+
+    tokenizer = load_tokenizer("minilm-l6")  # WordPiece, no chat template, no EOS: targets end with [SEP]
+    split = PairSplit(["Answer briefly."], ["What is the capital of France?"], ["Paris"])
+    row = TokenizedPairs(split, tokenizer, 64)[0]
+    text = tokenizer.decode(row["input_ids"])
+    assert text == "[CLS] answer briefly. what is the capital of france? # # # response : paris [SEP]"
+    n_target = sum(label != -100 for label in row["labels"])
+    assert tokenizer.decode(row["labels"][-n_target:]) == "paris [SEP]"
+    assert row["labels"][:-n_target] == [-100] * (len(row["input_ids"]) - n_target)
+
+    class Options:
+        max_new_tokens, repetition_penalty, decoding, num_beams, temperature, top_p = 12, 1.1, "sampling", 4, 0.5, 0.8
+
+    settings = generation_settings(Options, tokenizer)
+    assert settings["eos_token_id"] == tokenizer.sep_token_id and settings["do_sample"] is True
+    assert settings["num_beams"] == 1 and settings["temperature"] == 0.5 and settings["top_p"] == 0.8

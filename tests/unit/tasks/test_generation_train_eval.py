@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from transferkit.cli.main import app
 from transferkit.data.prepare import DataPrepConfig, prepare_dataset
 from transferkit.data.prepared import load_prepared
-from transferkit.errors import ConfigError, EvaluationError
+from transferkit.errors import ConfigError, EvaluationError, ModelError
 from transferkit.evaluate.evaluation import EvaluateConfig, evaluate_model
 from transferkit.tasks import get_task, model_task
 from transferkit.train.config import TrainConfig
@@ -143,6 +143,14 @@ def test_off_the_shelf_is_zero_shot_and_unsupported_strategies_are_refused(tiny_
         _train(aclsum_slice, tiny_llama, tmp_path / "cw", strategy="full", class_weights="balanced")
     with pytest.raises(ConfigError, match=r"^metric: f1_macro does not apply to task summarization"):
         _train(aclsum_slice, tiny_llama, tmp_path / "f1", strategy="full", metric="f1_macro")
+    with pytest.raises(ModelError, match=r"^model 'minilm-l6' is for text-classification; the data in .* is for "
+                                         r"summarization"):
+        _train(aclsum_slice, "minilm-l6", tmp_path / "bert", strategy="full")
+    from transferkit.models.catalog import resolve_model
+
+    with pytest.raises(ModelError, match=r"BertModel is not a causal language model; task summarization needs a "
+                                         r"GPT-class base"):
+        _train(aclsum_slice, resolve_model("minilm-l6").path, tmp_path / "bert", strategy="full")
     with pytest.raises(ConfigError, match=r"^top_p: expected a probability mass in \(0, 1\]"):
         TrainConfig(data_dir=aclsum_slice, model="m", strategy="full", out_dir=tmp_path / "x", top_p=0.0)
     with pytest.raises(EvaluationError, match=r"^primary_metric: 'macro_f1' does not apply to task summarization"):
