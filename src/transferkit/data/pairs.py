@@ -125,6 +125,7 @@ def _token_stats(config: Any, model: Any, table: pa.Table, rows: Callable[[np.nd
     from transferkit.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(model)
+    seq2seq = bool(model.config.get("is_encoder_decoder"))
     index = np.arange(table.num_rows)
     if table.num_rows > config.token_sample_size:
         index = np.sort(np.random.default_rng(config.seed).choice(table.num_rows, config.token_sample_size,
@@ -133,20 +134,22 @@ def _token_stats(config: Any, model: Any, table: pa.Table, rows: Callable[[np.nd
     prompts, targets, cut_prompts, cut_targets = [], [], 0, 0
     for instruction, source, target in zip(sample["instruction"].to_pylist(), sample["source"].to_pylist(),
                                            sample["target"].to_pylist(), strict=True):
-        p, t = prompt_ids(tokenizer, instruction, source), target_ids(tokenizer, target)
-        fitted = fit(p, t, config.max_length)
+        p, t = prompt_ids(tokenizer, instruction, source, seq2seq=seq2seq), target_ids(tokenizer, target)
+        fitted = fit(p, t, config.max_length, seq2seq=seq2seq)
         prompts.append(len(p))
         targets.append(len(t))
         cut_prompts += fitted.prompt_cut > 0
         cut_targets += fitted.target_cut > 0
     prompt_lengths, target_lengths = np.asarray(prompts), np.asarray(targets)
-    total = prompt_lengths + target_lengths
+    # A decoder-only model reads prompt and target as one sequence; a seq2seq encoder reads the prompt alone.
+    total = np.maximum(prompt_lengths, target_lengths) if seq2seq else prompt_lengths + target_lengths
     limit = getattr(tokenizer, "model_max_length", None)
     over_context = index[total > limit] if limit and limit < 1_000_000 else index[:0]
     n = max(len(total), 1)
     stats = {
         "tokenizer": str(config.model),
-        "chat_template": bool(getattr(tokenizer, "chat_template", None)),
+        "chat_template": bool(getattr(tokenizer, "chat_template", None)) and not seq2seq,
+        "seq2seq": seq2seq,
         "sample_size": len(total),
         "input_tokens": statistics.summarize(prompt_lengths),
         "target_tokens": statistics.summarize(target_lengths),

@@ -8,6 +8,9 @@ model learns to stop.
 Truncation at ``max_length`` (prompt + target tokens): the target keeps at most ``max_length`` minus the
 smaller of the prompt length and half of ``max_length``; the prompt then loses tokens from its middle (the
 source's end), so the instruction at its start and the generation prompt at its end survive.
+
+Encoder-decoder (seq2seq) models read the user message as the encoder input (the tokenizer's own special
+tokens, no chat template) and the target in the decoder: each side is cut to ``max_length`` on its own.
 """
 
 from __future__ import annotations
@@ -39,8 +42,13 @@ def prompt_text(tokenizer: Any, instruction: str | None, source: str) -> str:
     return message + PLAIN_SEPARATOR
 
 
-def prompt_ids(tokenizer: Any, instruction: str | None, source: str) -> list[int]:
-    """Token ids of the prompt (special tokens from the chat template, else the tokenizer's own prefix)."""
+def prompt_ids(tokenizer: Any, instruction: str | None, source: str, *, seq2seq: bool = False) -> list[int]:
+    """Token ids of the prompt (special tokens from the chat template, else the tokenizer's own prefix).
+
+    ``seq2seq``: the encoder input, the user message with the tokenizer's special tokens.
+    """
+    if seq2seq:
+        return list(tokenizer(user_message(instruction, source))["input_ids"])
     text = prompt_text(tokenizer, instruction, source)
     ids = tokenizer(text, add_special_tokens=not has_chat_template(tokenizer))["input_ids"]
     # A tokenizer's own suffix (BERT's [SEP]) would sit between the prompt and the target: drop it.
@@ -74,8 +82,11 @@ def cut_prompt(prompt: list[int], budget: int) -> list[int]:
     return prompt[: budget - tail] + (prompt[-tail:] if tail else [])
 
 
-def fit(prompt: list[int], target: list[int], max_length: int) -> Fitted:
+def fit(prompt: list[int], target: list[int], max_length: int, *, seq2seq: bool = False) -> Fitted:
     """Cut a tokenized example to ``max_length`` tokens (the rule of the module docstring)."""
+    if seq2seq:
+        kept_prompt, kept_target = cut_prompt(prompt, max_length), target[:max_length]
+        return Fitted(kept_prompt, kept_target, len(prompt) - len(kept_prompt), len(target) - len(kept_target))
     target_budget = max_length - min(len(prompt), max_length // 2)
     kept_target = target[:target_budget]
     kept_prompt = cut_prompt(prompt, max_length - len(kept_target))
@@ -83,13 +94,14 @@ def fit(prompt: list[int], target: list[int], max_length: int) -> Fitted:
 
 
 def generation_prompt(tokenizer: Any, instruction: str | None, source: str, max_length: int,
-                      max_new_tokens: int) -> list[int]:
+                      max_new_tokens: int, *, seq2seq: bool = False) -> list[int]:
     """Prompt ids for generation, cut so that the prompt and ``max_new_tokens`` fit in ``max_length``.
 
-    At least half of ``max_length`` stays for the prompt, as in training.
+    At least half of ``max_length`` stays for the prompt, as in training; a seq2seq encoder input keeps
+    ``max_length`` (the output is generated on the decoder side).
     """
-    budget = max(max_length - max_new_tokens, max_length // 2)
-    return cut_prompt(prompt_ids(tokenizer, instruction, source), budget)
+    budget = max_length if seq2seq else max(max_length - max_new_tokens, max_length // 2)
+    return cut_prompt(prompt_ids(tokenizer, instruction, source, seq2seq=seq2seq), budget)
 
 
 def first_sentence(text: str) -> str:

@@ -58,7 +58,7 @@ def _read_summary(model_dir: Path) -> dict[str, Any]:
 
 def generate(model_ref: str | Path, pairs: dict[str, list[str]], *, max_length: int, generation: Any, seed: int,
              progress: bool, allow_pickle: bool = False, trust_remote_code: bool = False) -> list[str]:
-    """Generate an output for every (instruction, source) pair with a causal LM (left-padded batches).
+    """Generate an output for every (instruction, source) pair with a causal LM or a seq2seq model.
 
     Raises:
         ModelError: The model or its tokenizer does not load.
@@ -66,22 +66,20 @@ def generate(model_ref: str | Path, pairs: dict[str, list[str]], *, max_length: 
     """
     import torch
     from tqdm.auto import tqdm
-    from transformers import AutoModelForCausalLM
 
     from transferkit.data.prompts import generation_prompt
     from transferkit.models.catalog import resolve_model
     from transferkit.models.loading import load_tokenizer
+    from transferkit.train.sft import load_generator
 
     resolved = resolve_model(str(model_ref), allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(resolved, trust_remote_code=trust_remote_code)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(resolved.path, use_safetensors=not allow_pickle,
-                                                     trust_remote_code=trust_remote_code).eval()
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"{resolved.path}: cannot load as a causal language model ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0]})") from exc
-    tokenizer.padding_side = "left"
-    prompts = [generation_prompt(tokenizer, instruction, source, max_length, generation.max_new_tokens)
+    model = load_generator(resolved.path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code).eval()
+    seq2seq = bool(model.config.is_encoder_decoder)
+    # A decoder-only model continues the prompt: pad on the left so every prompt ends where generation starts.
+    tokenizer.padding_side = "right" if seq2seq else "left"
+    prompts = [generation_prompt(tokenizer, instruction, source, max_length, generation.max_new_tokens,
+                                 seq2seq=seq2seq)
                for instruction, source in zip(pairs["instruction"], pairs["source"], strict=True)]
     outputs: list[str] = []
     torch.manual_seed(seed)
@@ -91,7 +89,7 @@ def generate(model_ref: str | Path, pairs: dict[str, list[str]], *, max_length: 
             chunk = prompts[start:start + GENERATION_BATCH]
             batch = tokenizer.pad({"input_ids": chunk}, padding=True, return_tensors="pt")
             generated = model.generate(**batch, generation_config=generation)
-            new_tokens = generated[:, batch["input_ids"].shape[1]:]
+            new_tokens = generated if seq2seq else generated[:, batch["input_ids"].shape[1]:]
             outputs += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
             bar.update(len(chunk))
     return outputs

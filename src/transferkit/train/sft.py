@@ -3,8 +3,10 @@
 The training side of the generative tasks (:mod:`transferkit.tasks.generation`): each example is the prompt
 (chat template applied when the tokenizer has one, :mod:`transferkit.data.prompts`) followed by the target and
 EOS; the labels are the target tokens with every prompt and padding token masked (-100), so the loss covers
-the target only. No packing: one example per row. The model computes its own loss
-(``AutoModelForCausalLM`` with ``labels``); validation reports the loss and the perplexity of the targets.
+the target only. No packing: one example per row. An encoder-decoder base (``is_encoder_decoder`` in its
+config, e.g. T5) is trained as ``AutoModelForSeq2SeqLM`` instead: the prompt is the encoder input and the
+labels are the target. The model computes its own loss from ``labels``; validation reports the loss and the
+perplexity of the targets.
 The generation settings are saved with the model in ``generation_config.json``.
 """
 
@@ -79,6 +81,30 @@ def generation_settings(config: Any, tokenizer: Any) -> dict[str, Any]:
     return settings
 
 
+def load_generator(path: Path | str, *, allow_pickle: bool = False, trust_remote_code: bool = False) -> Any:
+    """``AutoModelForSeq2SeqLM`` for an encoder-decoder directory, else ``AutoModelForCausalLM``.
+
+    Raises:
+        ModelError: The model does not load.
+
+    """
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    try:
+        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    auto = AutoModelForSeq2SeqLM if config.get("is_encoder_decoder") else AutoModelForCausalLM
+    try:
+        return auto.from_pretrained(path, use_safetensors=not allow_pickle, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        kind = "a seq2seq" if auto is AutoModelForSeq2SeqLM else "a causal"
+        raise ModelError(f"{path}: cannot load as {kind} language model ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0]})") from exc
+
+
 def sft_side_for(config: Any, dataset: Any, resolved: Any, task: Any) -> SFTSide:
     """Check the options for a generative task, read the splits, load the tokenizer.
 
@@ -101,12 +127,10 @@ def sft_side_for(config: Any, dataset: Any, resolved: Any, task: Any) -> SFTSide
         raise ConfigError(f"metric: f1_macro does not apply to task {task.name}; the validation loss selects the "
                           "model (--metric loss)")
     architectures = resolved.config.get("architectures") or []
-    if resolved.config.get("is_encoder_decoder"):
-        raise ModelError(f"{resolved.path}: an encoder-decoder (seq2seq) model; task {task.name} trains causal "
-                         "language models (*ForCausalLM) for now")
-    if architectures and not any(str(a).endswith(CAUSAL_LM_SUFFIXES) for a in architectures):
+    seq2seq = bool(resolved.config.get("is_encoder_decoder"))
+    if architectures and not seq2seq and not any(str(a).endswith(CAUSAL_LM_SUFFIXES) for a in architectures):
         raise ModelError(f"{resolved.path}: {', '.join(architectures)} is not a causal language model; task "
-                         f"{task.name} needs a GPT-class base (*ForCausalLM)")
+                         f"{task.name} needs a GPT-class base (*ForCausalLM) or an encoder-decoder (seq2seq) one")
     train, validation = read_pairs(dataset, "train"), read_pairs(dataset, "validation")
     tokenizer = load_tokenizer(resolved, trust_remote_code=config.trust_remote_code)
     hp = resolve_hyperparameters(config, resolved.entry, _model_limit(resolved, tokenizer))
@@ -118,12 +142,17 @@ class TokenizedPairs:
 
     augment = "none"
 
-    def __init__(self, split: PairSplit, tokenizer: Any, max_length: int) -> None:
+    def __init__(self, split: PairSplit, tokenizer: Any, max_length: int, *, seq2seq: bool = False) -> None:
         from transferkit.data.prompts import fit, prompt_ids, target_ids
 
         self.rows = []
         for instruction, source, target in zip(split.instructions, split.sources, split.labels, strict=True):
-            fitted = fit(prompt_ids(tokenizer, instruction, source), target_ids(tokenizer, target), max_length)
+            fitted = fit(prompt_ids(tokenizer, instruction, source, seq2seq=seq2seq), target_ids(tokenizer, target),
+                         max_length, seq2seq=seq2seq)
+            if seq2seq:
+                self.rows.append({"input_ids": fitted.prompt, "attention_mask": [1] * len(fitted.prompt),
+                                  "labels": fitted.target})
+                continue
             ids = fitted.prompt + fitted.target
             self.rows.append({"input_ids": ids, "attention_mask": [1] * len(ids),
                               "labels": [-100] * len(fitted.prompt) + fitted.target})
@@ -144,15 +173,17 @@ class SFTSide(TrainingSide):
                  validation: PairSplit, task: Any) -> None:
         self.config, self.resolved, self.tokenizer, self.hp, self.task = config, resolved, tokenizer, hp, task
         self.train_split, self.validation_split = train, validation
+        self.seq2seq = bool(resolved.config.get("is_encoder_decoder"))
         self.processing_class = tokenizer
         self.pooling = "none"
         self.generation = generation_settings(config, tokenizer)
-        self.preprocessing = {"kind": "prompt", "chat_template": bool(getattr(tokenizer, "chat_template", None)),
+        self.preprocessing = {"kind": "prompt", "seq2seq": self.seq2seq,
+                              "chat_template": bool(getattr(tokenizer, "chat_template", None)) and not self.seq2seq,
                               "max_length": hp["max_length"], "generation": self.generation}
 
     def identity(self) -> dict[str, Any]:
         """The prompt format decides what the checkpoints learned."""
-        return {"task": self.task.name, "chat_template": self.preprocessing["chat_template"]}
+        return {"task": self.task.name, "chat_template": self.preprocessing["chat_template"], "seq2seq": self.seq2seq}
 
     def selection_metric(self, config: Any) -> str:
         """Generative models are selected on validation loss (accuracy does not apply)."""
@@ -168,16 +199,9 @@ class SFTSide(TrainingSide):
             metrics = {**metrics, "perplexity": math.exp(min(metrics[LOSS_METRIC], 50.0))}
         return metrics
 
-    def _load(self) -> Any:
-        from transformers import AutoModelForCausalLM
-
-        try:
-            return AutoModelForCausalLM.from_pretrained(
-                self.resolved.path, use_safetensors=not self.config.allow_pickle,
-                trust_remote_code=self.config.trust_remote_code)
-        except (OSError, ValueError, KeyError) as exc:
-            raise ModelError(f"{self.resolved.path}: cannot load as a causal language model "
-                             f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+    def _load(self, path: Path | None = None) -> Any:
+        return load_generator(path or self.resolved.path, allow_pickle=self.config.allow_pickle,
+                              trust_remote_code=self.config.trust_remote_code)
 
     def build_model(self, ctx: Any) -> Any:
         """The pre-trained causal LM (seeded; nothing new is initialised)."""
@@ -198,8 +222,8 @@ class SFTSide(TrainingSide):
     def datasets(self, ctx: Any) -> tuple[Any, Any]:
         """Tokenized training and validation pairs (prompt masked, cut to ``max_length``)."""
         max_length = self.hp["max_length"]
-        return (TokenizedPairs(self.train_split, self.tokenizer, max_length),
-                TokenizedPairs(self.validation_split, self.tokenizer, max_length))
+        return (TokenizedPairs(self.train_split, self.tokenizer, max_length, seq2seq=self.seq2seq),
+                TokenizedPairs(self.validation_split, self.tokenizer, max_length, seq2seq=self.seq2seq))
 
     def supports_feature_cache(self, model: Any) -> bool:
         """No frozen base (feature_extraction is refused)."""
@@ -241,10 +265,8 @@ class SFTSide(TrainingSide):
         import torch
 
         if model is None:
-            from transformers import AutoModelForCausalLM
-
-            model = AutoModelForCausalLM.from_pretrained(model_dir)
-        rows = TokenizedPairs(self.validation_split, self.tokenizer, self.hp["max_length"])
+            model = self._load(model_dir)
+        rows = TokenizedPairs(self.validation_split, self.tokenizer, self.hp["max_length"], seq2seq=self.seq2seq)
         collate = self.collator("cpu")
         model.eval()
         total, tokens = 0.0, 0
@@ -252,7 +274,8 @@ class SFTSide(TrainingSide):
             for start in range(0, len(rows), EVAL_BATCH):
                 batch = collate([rows[i] for i in range(start, min(start + EVAL_BATCH, len(rows)))])
                 batch = {k: v.to(model.device) for k, v in batch.items()}
-                count = int((batch["labels"][:, 1:] != -100).sum())
+                # A causal LM predicts labels[1:] from the tokens before them; a seq2seq decoder every label.
+                count = int((batch["labels"][:, 0 if self.seq2seq else 1:] != -100).sum())
                 total += float(model(**batch).loss) * count
                 tokens += count
         return self.derived_metrics({LOSS_METRIC: total / max(tokens, 1)})
@@ -262,7 +285,8 @@ class SFTSide(TrainingSide):
         from transformers import GenerationConfig
 
         model.config.transferkit_task = self.task.name
-        model.generation_config = GenerationConfig(**self.generation)
+        start = {"decoder_start_token_id": model.config.decoder_start_token_id} if self.seq2seq else {}
+        model.generation_config = GenerationConfig(**self.generation, **start)
         model.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
         write_json(directory / "labels.json", list(labels))

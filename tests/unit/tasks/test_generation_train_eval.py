@@ -163,3 +163,36 @@ def test_off_the_shelf_is_zero_shot_and_unsupported_strategies_are_refused(tiny_
     assert get_task(aclsum_slice).name == "summarization"
     with pytest.raises(Exception, match="export of generative models"):
         get_task(aclsum_slice).export_side(None, None)
+
+
+def test_an_encoder_decoder_base_trains_as_seq2seq(tiny_llama: Path, tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    base = tmp_path / "tiny-t5"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(base)
+    config = T5Config(vocab_size=len(tokenizer), d_model=32, d_ff=64, d_kv=16, num_layers=2, num_decoder_layers=2,
+                      num_heads=2, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id,
+                      decoder_start_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    T5ForConditionalGeneration(config).save_pretrained(base)
+    data = tmp_path / "prepared"
+    result = prepare_dataset(DataPrepConfig(dataset="builtin:aclsum", out=data, task="summarization",
+                                            model=str(base), max_length=MAX_LENGTH, max_rows=15))
+    stats = json.loads(result.stats_path.read_text())["tokens"]
+    assert stats["seq2seq"] is True and stats["chat_template"] is False
+    ctx = setup_run(TrainConfig(data_dir=data, model=str(base), strategy="full", out_dir=tmp_path / "m",
+                                max_length=MAX_LENGTH))
+    row = ctx.side.datasets(ctx)[0][0]
+    assert -100 not in row["labels"] and row["labels"][-1] == tokenizer.sep_token_id  # the decoder sees the target
+    assert row["input_ids"][0] == tokenizer.cls_token_id and len(row["input_ids"]) <= MAX_LENGTH
+    trained = _train(data, base, tmp_path / "model", strategy="full", max_steps=2)
+    assert trained.validation_metrics["loss"] > 0
+    saved = json.loads((tmp_path / "model" / "generation_config.json").read_text())
+    assert saved["decoder_start_token_id"] == tokenizer.pad_token_id
+    evaluation = evaluate_model(EvaluateConfig(model_dir=tmp_path / "model", data_dir=data, out_dir=tmp_path / "e",
+                                               progress=False))
+    assert evaluation.n_examples == load_prepared(data).table("test").num_rows
+    assert evaluation.baseline["model"] == str(base) and 0 <= evaluation.primary <= 1
