@@ -57,11 +57,12 @@ def _read_summary(model_dir: Path) -> dict[str, Any]:
 
 
 def generate(model_ref: str | Path, pairs: dict[str, list[str]], *, max_length: int, generation: Any, seed: int,
-             progress: bool, allow_pickle: bool = False, trust_remote_code: bool = False) -> list[str]:
+             progress: bool, task_name: str, allow_pickle: bool = False, trust_remote_code: bool = False
+             ) -> list[str]:
     """Generate an output for every (instruction, source) pair with a causal LM or a seq2seq model.
 
     Raises:
-        ModelError: The model or its tokenizer does not load.
+        ModelError: Not a causal LM or seq2seq model, or the model or its tokenizer does not load.
 
     """
     import torch
@@ -70,9 +71,10 @@ def generate(model_ref: str | Path, pairs: dict[str, list[str]], *, max_length: 
     from transferkit.data.prompts import generation_prompt
     from transferkit.models.catalog import resolve_model
     from transferkit.models.loading import load_tokenizer
-    from transferkit.train.sft import load_generator
+    from transferkit.train.sft import check_generator, load_generator
 
     resolved = resolve_model(str(model_ref), allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    check_generator(resolved.config, resolved.path, task_name)
     tokenizer = load_tokenizer(resolved, trust_remote_code=trust_remote_code)
     model = load_generator(resolved.path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code).eval()
     seq2seq = bool(model.config.is_encoder_decoder)
@@ -137,6 +139,13 @@ def evaluate_generation(cfg: Any, dataset: Any, task: Any) -> Any:
     model_dir = Path(cfg.model_dir)
     if not (model_dir / "config.json").is_file():
         raise ModelError(f"{model_dir}: not a model directory (no config.json)")
+    from transferkit.models.catalog import resolve_model
+    from transferkit.train.sft import check_generator
+
+    # Refuse a wrong model or baseline before minutes of generation.
+    for ref in filter(None, (model_dir, cfg.baseline)):
+        resolved_ref = resolve_model(str(ref), allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
+        check_generator(resolved_ref.config, resolved_ref.path, task.name)
     split = read_pairs(dataset, cfg.split)
     pairs = {"instruction": split.instructions, "source": split.sources}
     references = split.labels
@@ -146,6 +155,7 @@ def evaluate_generation(cfg: Any, dataset: Any, task: Any) -> Any:
     seed = int((summary.get("config") or {}).get("seed", 42))
     generation = _generation_config(model_dir)
     common = {"max_length": max_length, "generation": generation, "seed": seed, "progress": cfg.progress,
+              "task_name": task.name,
               "allow_pickle": cfg.allow_pickle, "trust_remote_code": cfg.trust_remote_code}
     generated = generate(model_dir, pairs, **common)
     scalars, per_example = summarize_outputs(generated, references)

@@ -81,6 +81,20 @@ def generation_settings(config: Any, tokenizer: Any) -> dict[str, Any]:
     return settings
 
 
+def check_generator(config: dict[str, Any], path: Path | str, task_name: str) -> None:
+    """Refuse a model whose ``config.json`` is neither a causal LM nor an encoder-decoder (BERT, classifiers).
+
+    Raises:
+        ModelError: Naming the architecture.
+
+    """
+    architectures = config.get("architectures") or []
+    if architectures and not config.get("is_encoder_decoder") and \
+            not any(str(a).endswith(CAUSAL_LM_SUFFIXES) for a in architectures):
+        raise ModelError(f"{path}: {', '.join(map(str, architectures))} is not a causal language model; task "
+                         f"{task_name} needs a GPT-class base (*ForCausalLM) or an encoder-decoder (seq2seq) one")
+
+
 def load_generator(path: Path | str, *, allow_pickle: bool = False, trust_remote_code: bool = False) -> Any:
     """``AutoModelForSeq2SeqLM`` for an encoder-decoder directory, else ``AutoModelForCausalLM``.
 
@@ -126,11 +140,7 @@ def sft_side_for(config: Any, dataset: Any, resolved: Any, task: Any) -> SFTSide
     if config.metric == "f1_macro":
         raise ConfigError(f"metric: f1_macro does not apply to task {task.name}; the validation loss selects the "
                           "model (--metric loss)")
-    architectures = resolved.config.get("architectures") or []
-    seq2seq = bool(resolved.config.get("is_encoder_decoder"))
-    if architectures and not seq2seq and not any(str(a).endswith(CAUSAL_LM_SUFFIXES) for a in architectures):
-        raise ModelError(f"{resolved.path}: {', '.join(architectures)} is not a causal language model; task "
-                         f"{task.name} needs a GPT-class base (*ForCausalLM) or an encoder-decoder (seq2seq) one")
+    check_generator(resolved.config, resolved.path, task.name)
     train, validation = read_pairs(dataset, "train"), read_pairs(dataset, "validation")
     tokenizer = load_tokenizer(resolved, trust_remote_code=config.trust_remote_code)
     hp = resolve_hyperparameters(config, resolved.entry, _model_limit(resolved, tokenizer))

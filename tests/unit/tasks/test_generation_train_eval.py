@@ -151,6 +151,10 @@ def test_off_the_shelf_is_zero_shot_and_unsupported_strategies_are_refused(tiny_
     with pytest.raises(ModelError, match=r"BertModel is not a causal language model; task summarization needs a "
                                          r"GPT-class base"):
         _train(aclsum_slice, resolve_model("minilm-l6").path, tmp_path / "bert", strategy="full")
+    with pytest.raises(ModelError, match=r"BertModel is not a causal language model"):
+        evaluate_model(EvaluateConfig(model_dir=tmp_path / "zs", data_dir=aclsum_slice, out_dir=tmp_path / "e",
+                                      baseline="minilm-l6"))
+    assert not (tmp_path / "e").exists()
     with pytest.raises(ConfigError, match=r"^top_p: expected a probability mass in \(0, 1\]"):
         TrainConfig(data_dir=aclsum_slice, model="m", strategy="full", out_dir=tmp_path / "x", top_p=0.0)
     with pytest.raises(EvaluationError, match=r"^primary_metric: 'macro_f1' does not apply to task summarization"):
