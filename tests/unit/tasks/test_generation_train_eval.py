@@ -200,3 +200,19 @@ def test_an_encoder_decoder_base_trains_as_seq2seq(tiny_llama: Path, tmp_path: P
                                                progress=False))
     assert evaluation.n_examples == load_prepared(data).table("test").num_rows
     assert evaluation.baseline["model"] == str(base) and 0 <= evaluation.primary <= 1
+
+
+def test_instruction_task_trains_and_evaluates_through_the_registry(tiny_llama: Path, tmp_path: Path) -> None:
+    csv = tmp_path / "qa.csv"
+    csv.write_text("question,answer,how\n" + "".join(f"What comes after {i}?,{i + 1},Answer with a number.\n"
+                                                      for i in range(30)), encoding="utf-8")
+    data = tmp_path / "prepared"
+    prepare_dataset(DataPrepConfig(dataset=str(csv), out=data, task="instruction", prompt_column="question",
+                                   response_column="answer", instruction_column="how", model=str(tiny_llama)))
+    assert get_task(data).name == "instruction"
+    _train(data, tiny_llama, tmp_path / "model", strategy="full", max_steps=2, max_length=64)
+    assert model_task(tmp_path / "model").name == "instruction"
+    evaluation = evaluate_model(EvaluateConfig(model_dir=tmp_path / "model", data_dir=data, out_dir=tmp_path / "e",
+                                               progress=False, primary_metric="rouge1"))
+    assert evaluation.primary_metric == "rouge1" and evaluation.n_examples == 3
+    assert evaluation.extra["lead_baseline"]["scalars"]["rougeL"] == 0.0  # the question never holds the answer
