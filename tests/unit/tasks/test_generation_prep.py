@@ -136,7 +136,8 @@ def test_bad_split_values_missing_columns_and_classification_builtins(tmp_path: 
     with pytest.raises(SchemaError, match=r"d\.csv: row 6: column 'split' holds 'holdout'; expected train, validation"):
         prepare_dataset(DataPrepConfig(dataset=str(csv), out=tmp_path / "o", task="summarization",
                                        split_column="split"))
-    with pytest.raises(SchemaError, match=r"missing|not found|no column|column"):
+    with pytest.raises(SchemaError, match=r"d\.csv: missing column\(s\) 'prompt', 'response'; columns present: "
+                                          r"source, target, split$"):
         prepare_dataset(DataPrepConfig(dataset=str(csv), out=tmp_path / "o", task="instruction"))
     with pytest.raises(DataError, match=r"^builtin:movie-sentiment: a classification dataset .*; expected pairs for "
                                         r"--task summarization"):
