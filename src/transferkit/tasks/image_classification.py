@@ -76,8 +76,10 @@ class ImageClassification(Task):
 
     def training(self, config: Any, dataset: Any, resolved: Any) -> Any:
         """The image side of the training recipe (preprocessing, augmentation, stage freezing, feature cache)."""
+        from transferkit.train.config import reject_generation_options
         from transferkit.train.image_task import image_side_for
 
+        reject_generation_options(config, self.name)
         return image_side_for(config, dataset, resolved)
 
     def evaluation_inputs(self, dataset: Any, split: str, cfg: Any) -> Any:

@@ -66,8 +66,10 @@ class TextClassification(Task):
 
     def training(self, config: Any, dataset: Any, resolved: Any) -> Any:
         """The text side of the training recipe (tokenizer, sequence classifier, pooling, zero-shot)."""
+        from transferkit.train.config import reject_generation_options
         from transferkit.train.text_side import text_side_for
 
+        reject_generation_options(config, self.name)
         return text_side_for(config, dataset, resolved)
 
     def evaluation_inputs(self, dataset: Any, split: str, cfg: Any) -> Any:

@@ -23,6 +23,8 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 AUGMENTATIONS = ("none", "word_dropout", "token_mask", "image", "image_no_flip")
 POOLINGS = ("auto", "cls", "mean")
 DECODINGS = ("greedy", "beam", "sampling")
+# Options that only generative tasks read (the classification tasks refuse them when set).
+GENERATION_OPTIONS = ("max_new_tokens", "decoding", "num_beams", "temperature", "top_p", "repetition_penalty")
 
 # Used when neither the user nor the model's catalog entry gives a value.
 DEFAULT_HYPERPARAMETERS: dict[str, Any] = {
@@ -290,6 +292,19 @@ class TrainConfig:
         """JSON-friendly dict of the user-facing fields."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items()}
+
+
+def reject_generation_options(config: TrainConfig, task: str) -> None:
+    """Refuse the generation options (``--max-new-tokens``, ``--decoding``...) for a task that does not generate.
+
+    Raises:
+        ConfigError: Naming the first option set away from its default.
+
+    """
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in GENERATION_OPTIONS}
+    for name in GENERATION_OPTIONS:
+        if getattr(config, name) != defaults[name]:
+            raise ConfigError(f"{name}: applies to generative tasks (summarization, instruction), not {task}")
 
 
 def config_to_cli_args(config: TrainConfig) -> list[str]:

@@ -128,8 +128,10 @@ def sft_side_for(config: Any, dataset: Any, resolved: Any, task: Any) -> SFTSide
         ModelError: Not a causal language model, or the tokenizer does not load.
 
     """
+    from transformers import AutoConfig
+
     from transferkit.models.loading import load_tokenizer
-    from transferkit.train.text_side import _model_limit
+    from transferkit.train.modeling import model_max_length
 
     if config.strategy in REFUSED_STRATEGIES:
         raise ConfigError(f"strategy: {config.strategy} does not apply to task {task.name}: "
@@ -143,7 +145,8 @@ def sft_side_for(config: Any, dataset: Any, resolved: Any, task: Any) -> SFTSide
     check_generator(resolved.config, resolved.path, task.name)
     train, validation = read_pairs(dataset, "train"), read_pairs(dataset, "validation")
     tokenizer = load_tokenizer(resolved, trust_remote_code=config.trust_remote_code)
-    hp = resolve_hyperparameters(config, resolved.entry, _model_limit(resolved, tokenizer))
+    hp = resolve_hyperparameters(config, resolved.entry, model_max_length(AutoConfig.from_pretrained(resolved.path),
+                                                                          tokenizer))
     return SFTSide(config, resolved, tokenizer, hp, train, validation, task)
 
 

@@ -190,3 +190,14 @@ def test_plain_prompts_without_a_chat_template_mask_the_prompt() -> None:
     settings = generation_settings(Options, tokenizer)
     assert settings["eos_token_id"] == tokenizer.sep_token_id and settings["do_sample"] is True
     assert settings["num_beams"] == 1 and settings["temperature"] == 0.5 and settings["top_p"] == 0.8
+
+
+@pytest.mark.parametrize("task", ["text-classification", "image-classification"])
+def test_classification_refuses_generation_options(tmp_path: Path, task: str) -> None:
+    from transferkit.train.config import TrainConfig
+
+    config = TrainConfig(data_dir=tmp_path / "d", model="m", strategy="full", out_dir=tmp_path / "o",
+                         max_new_tokens=32)
+    with pytest.raises(ConfigError, match=rf"^max_new_tokens: applies to generative tasks \(summarization, "
+                                          rf"instruction\), not {task}$"):
+        get_task(task).training(config, None, None)
