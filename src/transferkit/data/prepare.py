@@ -53,8 +53,8 @@ class DataPrepConfig:
         dataset: ``/path/file.csv``, a directory of files of one format, ``s3://bucket/key`` (or a
             ``prefix/``), or ``builtin:NAME``.
         out: Output directory (replaced atomically).
-        task: A registered task (:func:`transferkit.tasks.task_names`): ``text-classification`` or
-            ``image-classification``.
+        task: A registered task (:func:`transferkit.tasks.task_names`): ``text-classification``,
+            ``image-classification``, ``summarization`` or ``instruction``.
         text_column: Column with the text (text only; ignored for images).
         text_pair_column: Optional second text (sentence-pair classification).
         label_column: Column with class names or integer class ids (image tables too; image folders take
