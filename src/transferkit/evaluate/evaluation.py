@@ -89,10 +89,11 @@ class EvaluateConfig:
             self.baseline = str(self.baseline)
         if self.split not in ("train", "validation", "test"):
             raise ConfigError(f"split: expected train, validation or test, got {self.split!r}")
-        if self.primary_metric not in SCALAR_METRICS:
-            raise ConfigError(
-                f"primary_metric: expected one of {', '.join(SCALAR_METRICS)}, got {self.primary_metric!r}"
-            )
+        from transferkit.evaluate.generation import GENERATION_METRICS
+
+        if self.primary_metric not in (*SCALAR_METRICS, *GENERATION_METRICS):
+            raise ConfigError(f"primary_metric: expected one of {', '.join(SCALAR_METRICS)} (classification) or "
+                              f"{', '.join(GENERATION_METRICS)} (generation), got {self.primary_metric!r}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size: expected a positive integer, got {self.batch_size}")
         if self.max_length is not None and self.max_length < 2:
@@ -365,6 +366,12 @@ def evaluate_model(config: EvaluateConfig) -> EvaluateResult:
     cfg = config
     dataset = load_prepared(cfg.data_dir)
     task = get_task(dataset)
+    own = task.evaluate(cfg, dataset)
+    if own is not None:
+        return own
+    if cfg.primary_metric not in SCALAR_METRICS:
+        raise EvaluationError(f"primary_metric: {cfg.primary_metric!r} does not apply to task {task.name}; expected "
+                              f"one of {', '.join(SCALAR_METRICS)}")
     where = str(cfg.data_dir / f"{cfg.split}.parquet")
     _check_task(cfg.model_dir, dataset, cfg.data_dir)
     if cfg.baseline is not None:

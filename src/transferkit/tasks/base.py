@@ -33,6 +33,7 @@ class Task(ABC):
         export_variants: Graph variants the export step builds per target, in build order.
         export_cpu_preference: The variant recommended on ``cpu`` when it passes the accuracy gate.
         export_assets: Serving files an export writes beside ``labels.json`` (``tokenizer/``).
+        min_labels: Fewest label names ``labels.json`` must hold (0 for generative tasks, which have none).
     """
 
     name: ClassVar[str]
@@ -48,6 +49,7 @@ class Task(ABC):
     export_variants: ClassVar[dict[str, tuple[str, ...]]]
     export_cpu_preference: ClassVar[str]
     export_assets: ClassVar[tuple[str, ...]] = ()
+    min_labels: ClassVar[int] = 2
 
     def __repr__(self) -> str:
         return f"<task {self.name}>"
@@ -102,6 +104,15 @@ class Task(ABC):
         Raises:
             PreparedDataError: An empty split or a malformed row.
         """
+
+    def evaluate(self, config: Any, dataset: Any) -> Any:
+        """Evaluate with metrics of the task's own, or None for the shared classification evaluation.
+
+        A task whose predictions are not class probabilities (generation) computes its metrics, writes
+        ``metrics.json`` and the report into ``config.out_dir`` and returns the
+        :class:`~transferkit.evaluate.evaluation.EvaluateResult`.
+        """
+        return None
 
     @abstractmethod
     def source_set(self, reference: str, dataset: Any, labels: list[str]) -> Any:

@@ -50,8 +50,10 @@ class ImageClassification(Task):
         return any(str(name).endswith("ForImageClassification") for name in config.get("architectures") or [])
 
     def check_prep_config(self, config: Any) -> None:
-        """Text pairs, slice groups and split columns exist only for text data."""
-        for name in TEXT_ONLY_PREP_FIELDS:
+        """Text pairs, slice groups and split columns exist only for text data; generative options do not apply."""
+        from transferkit.data.prepare import GENERATIVE_PREP_FIELDS
+
+        for name in (*TEXT_ONLY_PREP_FIELDS, *GENERATIVE_PREP_FIELDS):
             if getattr(config, name):
                 raise ConfigError(f"{name}: not supported for task {self.name}; expected none")
 
@@ -74,8 +76,10 @@ class ImageClassification(Task):
 
     def training(self, config: Any, dataset: Any, resolved: Any) -> Any:
         """The image side of the training recipe (preprocessing, augmentation, stage freezing, feature cache)."""
+        from transferkit.train.config import reject_generation_options
         from transferkit.train.image_task import image_side_for
 
+        reject_generation_options(config, self.name)
         return image_side_for(config, dataset, resolved)
 
     def evaluation_inputs(self, dataset: Any, split: str, cfg: Any) -> Any:

@@ -15,7 +15,8 @@ from transferkit.errors import ConfigError, PreparedDataError
 from transferkit.tasks.base import Task
 
 DEFAULT_TASK = "text-classification"
-_BUILTIN_MODULES = ("transferkit.tasks.text_classification", "transferkit.tasks.image_classification")
+_BUILTIN_MODULES = ("transferkit.tasks.text_classification", "transferkit.tasks.image_classification",
+                    "transferkit.tasks.generation")
 _REGISTRY: dict[str, Task] = {}
 
 
@@ -23,9 +24,11 @@ def _ensure_builtins() -> None:
     if not _REGISTRY:
         import importlib
 
-        for module in _BUILTIN_MODULES:
-            task = importlib.import_module(module).TASK
-            _REGISTRY.setdefault(task.name, task)
+        for name in _BUILTIN_MODULES:
+            module = importlib.import_module(name)
+            # A module registers one TASK, or several related ones as TASKS.
+            for task in getattr(module, "TASKS", None) or (module.TASK,):
+                _REGISTRY.setdefault(task.name, task)
 
 
 def register_task(task: Task, *, replace: bool = False) -> Task:

@@ -35,6 +35,16 @@ class TextClassification(Task):
         """Any transformers config: text classification is the fallback for models no other task claims."""
         return True
 
+    def check_prep_config(self, config: Any) -> None:
+        """The generative tasks' options (source/target, prompt/response, instruction) do not apply."""
+        from transferkit.data.prepare import GENERATIVE_PREP_FIELDS
+        from transferkit.errors import ConfigError
+
+        for name in GENERATIVE_PREP_FIELDS:
+            if getattr(config, name):
+                raise ConfigError(f"{name}: not supported for task {self.name}; expected none (it applies to "
+                                  "--task summarization or instruction)")
+
     def prep_columns(self, config: Any) -> dict[str, str]:
         """``text``, ``label`` and whichever of ``text_pair``, ``group`` and ``split`` are configured."""
         roles = {"text": config.text_column, "text_pair": config.text_pair_column, "label": config.label_column,
@@ -56,8 +66,10 @@ class TextClassification(Task):
 
     def training(self, config: Any, dataset: Any, resolved: Any) -> Any:
         """The text side of the training recipe (tokenizer, sequence classifier, pooling, zero-shot)."""
+        from transferkit.train.config import reject_generation_options
         from transferkit.train.text_side import text_side_for
 
+        reject_generation_options(config, self.name)
         return text_side_for(config, dataset, resolved)
 
     def evaluation_inputs(self, dataset: Any, split: str, cfg: Any) -> Any:

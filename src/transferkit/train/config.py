@@ -22,6 +22,9 @@ METRICS = ("accuracy", "f1_macro", "loss")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 AUGMENTATIONS = ("none", "word_dropout", "token_mask", "image", "image_no_flip")
 POOLINGS = ("auto", "cls", "mean")
+DECODINGS = ("greedy", "beam", "sampling")
+# Options that only generative tasks read (the classification tasks refuse them when set).
+GENERATION_OPTIONS = ("max_new_tokens", "decoding", "num_beams", "temperature", "top_p", "repetition_penalty")
 
 # Used when neither the user nor the model's catalog entry gives a value.
 DEFAULT_HYPERPARAMETERS: dict[str, Any] = {
@@ -166,6 +169,19 @@ class TrainConfig:
         "--label-descriptions", help="off_the_shelf: JSON {label: description}."))
     zero_shot_temperature: float = field(default=0.05, metadata=option(
         "--zero-shot-temperature", help="off_the_shelf: logits are cosine / temperature."))
+    max_new_tokens: int = field(default=64, metadata=option(
+        "--max-new-tokens", help="Generative tasks: longest generated output in tokens (saved with the model in "
+        "generation_config.json, used by evaluate)."))
+    decoding: str = field(default="greedy", metadata=option(
+        "--decoding", help="Generative tasks: " + " | ".join(DECODINGS) + " (sampling is seeded with --seed)."))
+    num_beams: int = field(default=4, metadata=option(
+        "--num-beams", help="Generative tasks: beams of --decoding beam."))
+    temperature: float = field(default=0.7, metadata=option(
+        "--temperature", help="Generative tasks: temperature of --decoding sampling."))
+    top_p: float = field(default=0.9, metadata=option(
+        "--top-p", help="Generative tasks: nucleus mass of --decoding sampling, in (0, 1]."))
+    repetition_penalty: float = field(default=1.0, metadata=option(
+        "--repetition-penalty", help="Generative tasks: penalty >= 1 on repeated tokens (1 = off)."))
     feature_cache: bool = field(default=True, metadata=option(
         "--feature-cache", help="When nothing in the base trains, compute its features once and train the head "
         "on them."))
@@ -220,6 +236,16 @@ class TrainConfig:
         _choice("precision", self.precision, PRECISIONS)
         _choice("augment", self.augment, AUGMENTATIONS)
         _choice("pooling", self.pooling, POOLINGS)
+        _choice("decoding", self.decoding, DECODINGS)
+        for name in ("max_new_tokens", "num_beams"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name}: expected an integer >= 1, got {value!r}")
+        _positive("temperature", self.temperature, allow_none=False)
+        if not (0 < self.top_p <= 1):
+            raise ConfigError(f"top_p: expected a probability mass in (0, 1], got {self.top_p!r}")
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty >= 1):
+            raise ConfigError(f"repetition_penalty: expected a penalty >= 1 (1 = off), got {self.repetition_penalty!r}")
         if not (0 <= self.augment_prob < 1):
             raise ConfigError(f"augment_prob: expected a probability in [0, 1), got {self.augment_prob!r}")
         if self.early_stopping_min_delta < 0:
@@ -266,6 +292,19 @@ class TrainConfig:
         """JSON-friendly dict of the user-facing fields."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items()}
+
+
+def reject_generation_options(config: TrainConfig, task: str) -> None:
+    """Refuse the generation options (``--max-new-tokens``, ``--decoding``...) for a task that does not generate.
+
+    Raises:
+        ConfigError: Naming the first option set away from its default.
+
+    """
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in GENERATION_OPTIONS}
+    for name in GENERATION_OPTIONS:
+        if getattr(config, name) != defaults[name]:
+            raise ConfigError(f"{name}: applies to generative tasks (summarization, instruction), not {task}")
 
 
 def config_to_cli_args(config: TrainConfig) -> list[str]:

@@ -161,7 +161,7 @@ class RunOutcome:
 def build_result(ctx: Any, outcome: RunOutcome, *, written: bool, checkpoint_dir: Path | None,
                  **paths: Any) -> TrainResult:
     """The step's result from the run context and its outcome (``paths``: summary, report, curves...)."""
-    metric = ctx.config.metric
+    metric = ctx.metric
     return TrainResult(
         out_dir=ctx.config.out_dir.absolute(),
         written=written,
@@ -256,8 +256,8 @@ def write_outputs(ctx: Any, model: Any, outcome: RunOutcome, *, checkpoint_dir: 
         if not keep:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
             kept = None
-    logger.info("Wrote %s (%s, validation %s %.4f)", out, config.strategy, config.metric,
-                outcome.validation.get(config.metric, float("nan")))
+    logger.info("Wrote %s (%s, validation %s %.4f)", out, config.strategy, ctx.metric,
+                outcome.validation.get(ctx.metric, float("nan")))
     png = artifacts["curves_png"]
     return build_result(
         ctx, outcome, written=True, checkpoint_dir=kept, summary_path=out / SUMMARY_FILE,
@@ -289,7 +289,7 @@ def build_summary(ctx: Any, outcome: RunOutcome) -> dict[str, Any]:
         "resolved": outcome.resolved,
         "parameters": {"trainable": trainable, "total": total,
                        "trainable_fraction": round(trainable / total, 6) if total else 0.0},
-        "best": {"metric": config.metric, "value": outcome.validation.get(config.metric),
+        "best": {"metric": ctx.metric, "value": outcome.validation.get(ctx.metric),
                  "step": outcome.best_step},
         "validation": outcome.validation,
         "validation_before_preserve": outcome.validation_before_preserve,

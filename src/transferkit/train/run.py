@@ -40,7 +40,6 @@ from transferkit.train.outputs import (
 )
 from transferkit.train.side import (
     TrainingSide,
-    compute_metrics,
     dist_info,
     interactive,
     resolve_hyperparameters,
@@ -79,6 +78,11 @@ class RunContext:
     def validation_split(self) -> Any:
         """The validation split."""
         return self.side.validation_split
+
+    @property
+    def metric(self) -> str:
+        """The validation metric selecting the best checkpoint (the side's choice: ``--metric`` for classification)."""
+        return self.side.selection_metric(self.config)
 
     @property
     def pooling(self) -> str:
@@ -237,7 +241,8 @@ class FineTuneRecipe:
         save_steps = config.save_steps or eval_steps
         if save_steps % eval_steps:
             raise ConfigError(f"save_steps: {save_steps} must be a multiple of eval_steps ({eval_steps})")
-        metric_key = "eval_loss" if config.metric == "loss" else f"eval_{config.metric}"
+        metric = self.ctx.metric
+        metric_key = "eval_loss" if metric == "loss" else f"eval_{metric}"
         scheduler = hp["scheduler"]
         if scheduler == "constant" and hp["warmup_ratio"] > 0:
             scheduler = "constant_with_warmup"
@@ -268,13 +273,16 @@ class FineTuneRecipe:
             # Early-stopping patience counters continue where the checkpoint left them (exact resume).
             "restore_callback_states_from_checkpoint": True,
             "metric_for_best_model": metric_key,
-            "greater_is_better": config.metric != "loss",
+            "greater_is_better": metric != "loss",
             "report_to": "none",
             "seed": config.seed,
             "dataloader_num_workers": config.dataloader_workers,
             "use_cpu": self.device == "cpu",
             "disable_tqdm": not interactive(),
         }
+        if self.ctx.side.trainer_metrics() is None:
+            # Only the loss is evaluated: do not gather logits (a vocabulary-sized tensor per token).
+            args_kwargs["prediction_loss_only"] = True
         if self.world_size > 1:
             args_kwargs["ddp_backend"] = "nccl" if self.device == "cuda" else "gloo"
             if self.ctx.side.static_graph(self.ctx.resolved, data.use_cache):
@@ -343,7 +351,8 @@ class FineTuneRecipe:
             "llrd": config.llrd,
             "class_weights": data.class_weights,
             "train_lengths": side.train_lengths(data.train) if config.group_by_length else None,
-            "compute_metrics": compute_metrics,
+            "compute_metrics": side.trainer_metrics(),
+            "model_computes_loss": side.model_computes_loss,
             "callbacks": callbacks,
         }
         feature_info: dict[str, Any] | None = None
@@ -419,8 +428,9 @@ class FineTuneRecipe:
         return RunOutcome(
             trainable=trainable, total=total, stop_reason=stop_reason, device=trainer.args.device.type,
             precision=self.precision, world_size=self.world_size,
-            validation={k[len("validation_"):]: float(v) for k, v in final.items()
-                        if k.startswith("validation_") and not k.endswith(("_runtime", "_per_second"))},
+            validation=self.ctx.side.derived_metrics(
+                {k[len("validation_"):]: float(v) for k, v in final.items()
+                 if k.startswith("validation_") and not k.endswith(("_runtime", "_per_second"))}),
             train_loss=float(output.training_loss),
             train_metrics={k: float(v) for k, v in output.metrics.items() if isinstance(v, int | float)},
             best_step=state.best_global_step, global_step=state.global_step, epochs=float(state.epoch or 0.0),

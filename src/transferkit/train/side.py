@@ -34,6 +34,8 @@ class TrainingSide(ABC):
         pooling: Pooling recorded in the summary (text resolves it when training starts).
         processing_class: What the Trainer saves beside checkpoints (a tokenizer) or None.
         preprocessing: Input preprocessing recorded in ``training_summary.json``, or None.
+        model_computes_loss: The model returns its own loss from the batch's ``labels`` (a causal LM with
+            masked prompt tokens); otherwise the recipe's (class-weighted) cross-entropy on the logits.
     """
 
     hp: dict[str, Any]
@@ -42,6 +44,19 @@ class TrainingSide(ABC):
     pooling: str = "model"
     processing_class: Any = None
     preprocessing: dict[str, Any] | None = None
+    model_computes_loss: bool = False
+
+    def selection_metric(self, config: Any) -> str:
+        """The validation metric that selects the best checkpoint (``--metric`` for classification)."""
+        return config.metric
+
+    def trainer_metrics(self) -> Any:
+        """The Trainer's ``compute_metrics`` (accuracy and macro F1 of logits); None evaluates the loss only."""
+        return compute_metrics
+
+    def derived_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Validation metrics completed from the Trainer's (e.g. perplexity from the loss); unchanged by default."""
+        return metrics
 
     def start_training(self, ctx: Any) -> None:  # noqa: B027 - optional hook
         """Settle what training (not off_the_shelf) needs before the model is built."""

@@ -31,6 +31,8 @@ class TransferTrainer(Trainer):
         class_weights: Per-label loss weights, or None.
         l2sp: An :class:`L2SPPenalty`, or None.
         train_lengths: Token lengths of the training examples; enables length-grouped batches.
+        model_computes_loss: Use the loss the model returns for the batch's ``labels`` (causal LM) instead of
+            cross-entropy on the logits.
         **kwargs: Passed to :class:`transformers.Trainer`.
 
     """
@@ -48,6 +50,7 @@ class TransferTrainer(Trainer):
         class_weights: list[float] | None = None,
         l2sp: L2SPPenalty | None = None,
         train_lengths: list[int] | None = None,
+        model_computes_loss: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -58,6 +61,7 @@ class TransferTrainer(Trainer):
         self.class_weights = class_weights
         self.l2sp = l2sp
         self.train_lengths = train_lengths
+        self.model_computes_loss = model_computes_loss
         self._last_penalty: float | None = None
         self._weight_tensor: Any = None
 
@@ -89,19 +93,23 @@ class TransferTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: Any = None,
     ) -> Any:
-        """Cross-entropy (optionally class-weighted) plus the L2-SP penalty while training."""
+        """Cross-entropy (optionally class-weighted), or the model's own loss, plus the L2-SP penalty while training."""
         import torch
         import torch.nn.functional as F
 
-        labels = inputs.pop("labels")
-        outputs = model(**inputs)
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        weight = None
-        if self.class_weights is not None:
-            if self._weight_tensor is None or self._weight_tensor.device != logits.device:
-                self._weight_tensor = torch.tensor(self.class_weights, dtype=torch.float32, device=logits.device)
-            weight = self._weight_tensor
-        loss = F.cross_entropy(logits.float(), labels, weight=weight)
+        if self.model_computes_loss:
+            outputs = model(**inputs)
+            loss = outputs["loss"]
+        else:
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+            weight = None
+            if self.class_weights is not None:
+                if self._weight_tensor is None or self._weight_tensor.device != logits.device:
+                    self._weight_tensor = torch.tensor(self.class_weights, dtype=torch.float32, device=logits.device)
+                weight = self._weight_tensor
+            loss = F.cross_entropy(logits.float(), labels, weight=weight)
         if self.l2sp is not None and model.training:
             penalty = self.l2sp(self.accelerator.unwrap_model(model))
             self._last_penalty = float(penalty.detach())

@@ -170,8 +170,8 @@ CASES = [
          r"test_fraction: expected a fraction between 0 and 1 \(exclusive\), got 0\.0",
          config={"test_fraction": 0.0}, cli=["--test-fraction", "0"]),
     Case("unknown-task", lambda t: _csv(t / "d.csv", _rows(50)), ConfigError,
-         r"task: unknown task 'summarization'; supported: text-classification, image-classification",
-         config={"task": "summarization"}, cli=["--task", "summarization"]),
+         r"task: unknown task 'regression'; supported: text-classification, image-classification, summarization, "
+         r"instruction", config={"task": "regression"}, cli=["--task", "regression"]),
     Case("image-builtin-for-text", lambda t: "builtin:digits", DataError,
          r"builtin:digits: an image dataset .*; expected task image-classification"),
     Case("same-column-twice", lambda t: _csv(t / "d.csv", _rows(50)), ConfigError,
@@ -180,7 +180,7 @@ CASES = [
     Case("lee-similarity-builtin", lambda t: "builtin:lee-similarity", DataError,
          r"builtin:lee-similarity: a similarity-pairs dataset .*forgetting check"),
     Case("unknown-builtin", lambda t: "builtin:imdb", DatasetNotFoundError,
-         r"builtin:imdb: unknown built-in dataset; known: builtin:digits, builtin:fashion-mnist, "
+         r"builtin:imdb: unknown built-in dataset; known: builtin:aclsum, builtin:digits, builtin:fashion-mnist, "
          r"builtin:lee-similarity, builtin:mnist-5k, builtin:movie-sentiment"),
     Case("mixed-format-directory", _mixed_dir, DataError, r"mixed: directory mixes formats \(csv, jsonl\)"),
     Case("directory-without-data", _empty_dir, DataError,

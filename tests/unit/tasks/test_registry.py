@@ -20,12 +20,14 @@ def test_builtin_tasks_are_registered_in_order() -> None:
     assert task_names()[:2] == (TEXT_CLASSIFICATION, IMAGE_CLASSIFICATION)
     assert DEFAULT_TASK == TEXT_CLASSIFICATION
     assert get_task(TEXT_CLASSIFICATION) is find_task(TEXT_CLASSIFICATION)
-    assert find_task("summarization") is None
+    assert [t.name for t in (find_task("summarization"), find_task("instruction"))] == ["summarization",
+                                                                                        "instruction"]
+    assert find_task("regression") is None
 
 
 def test_unknown_task_name_is_a_one_line_error() -> None:
-    with pytest.raises(ConfigError, match=r"'summarization' is neither a task \(text-classification, "):
-        get_task("summarization")
+    with pytest.raises(ConfigError, match=r"'regression' is neither a task \(text-classification, "):
+        get_task("regression")
 
 
 def test_prepared_dataset_tells_its_task(tmp_path: Path) -> None:
@@ -33,11 +35,11 @@ def test_prepared_dataset_tells_its_task(tmp_path: Path) -> None:
     assert get_task(load_prepared(data)).name == TEXT_CLASSIFICATION
     assert get_task(data).name == TEXT_CLASSIFICATION  # the directory: read from schema.json
     schema = json.loads((data / "schema.json").read_text())
-    schema["task"] = "summarization"
+    schema["task"] = "regression"
     (data / "schema.json").write_text(json.dumps(schema))
-    with pytest.raises(PreparedDataError, match=r"schema.json: unknown task 'summarization'; expected one of"):
+    with pytest.raises(PreparedDataError, match=r"schema.json: unknown task 'regression'; expected one of"):
         get_task(data)
-    with pytest.raises(PreparedDataError, match=r"schema.json: unknown task 'summarization'"):
+    with pytest.raises(PreparedDataError, match=r"schema.json: unknown task 'regression'"):
         load_prepared(data)
 
 

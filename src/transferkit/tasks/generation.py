@@ -1,0 +1,179 @@
+"""Generative tasks: summarization and instruction following by a causal language model (GPT-class base).
+
+Data: ``source`` (the document or prompt), ``instruction`` (per row, fixed, or empty) and ``target`` (the
+reference summary or response), prepared by :mod:`transferkit.data.pairs`; ``labels.json`` is empty. Training:
+supervised fine-tuning with the loss on target tokens only (:mod:`transferkit.train.sft`); strategies ``full``
+and ``off_the_shelf`` (zero-shot). Evaluation: ROUGE-1/2/L and lengths against a lead and a zero-shot baseline
+(:mod:`transferkit.evaluate.generation`). Export and serving of generative models are not built yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from transferkit.errors import ConfigError, ExportError
+from transferkit.tasks.base import Task
+
+SUMMARIZATION = "summarization"
+INSTRUCTION = "instruction"
+# Options of the classification tasks that a generative task refuses when set.
+_CLASSIFICATION_PREP_FIELDS = ("text_pair_column", "group_column")
+
+
+class GenerativeTask(Task):
+    """What summarization and instruction following share; subclasses name their columns."""
+
+    modality: ClassVar[str] = "text"
+    item_unit: ClassVar[str] = "seq"
+    required_columns: ClassVar[tuple[str, ...]] = ("source", "instruction", "target")
+    model_noun: ClassVar[str] = "a causal language model"
+    classifier_noun: ClassVar[str] = "a generative model"
+    preprocessing_kind: ClassVar[str] = "tokenizer"
+    model_framework: ClassVar[str] = "transformers"
+    export_variants: ClassVar[dict[str, tuple[str, ...]]] = {}
+    export_cpu_preference: ClassVar[str] = "fp32"
+    min_labels: ClassVar[int] = 0
+    # DataPrepConfig fields naming the input and output columns, their defaults, and the other task's fields.
+    input_field: ClassVar[str]
+    output_field: ClassVar[str]
+    input_default: ClassVar[str]
+    output_default: ClassVar[str]
+    foreign_fields: ClassVar[tuple[str, ...]]
+    source_expected: ClassVar[str]
+    target_expected: ClassVar[str]
+
+    def owns_model_config(self, config: dict[str, Any]) -> bool:
+        """A model directory fine-tuned by this task (``transferkit_task`` written into its ``config.json``)."""
+        return config.get("transferkit_task") == self.name
+
+    # ------------------------------------------------------------------------------------- data prep
+
+    def check_prep_config(self, config: Any) -> None:
+        """Refuse classification-only options and the other generative task's columns.
+
+        Raises:
+            ConfigError: Naming the option.
+
+        """
+        for name in (*_CLASSIFICATION_PREP_FIELDS, *self.foreign_fields):
+            if getattr(config, name):
+                raise ConfigError(f"{name}: not supported for task {self.name}; expected none")
+        if config.instruction_column and config.instruction:
+            raise ConfigError("instruction: a fixed instruction and instruction_column exclude each other; "
+                              "give one")
+
+    def _builtin_columns(self, config: Any) -> dict[str, str]:
+        """A built-in pair set brings its own instruction and split columns."""
+        from transferkit.data.builtin import is_builtin
+
+        extra: dict[str, str] = {}
+        if is_builtin(config.dataset):
+            if not config.instruction_column and not config.instruction:
+                extra["instruction"] = "instruction"
+            if not config.split_column:
+                extra["split"] = "split"
+        return extra
+
+    def prep_columns(self, config: Any) -> dict[str, str]:
+        """``source``, ``target`` and the optional ``instruction`` and ``split`` columns."""
+        roles = {"source": getattr(config, self.input_field) or self.input_default,
+                 "target": getattr(config, self.output_field) or self.output_default,
+                 "instruction": config.instruction_column, "split": config.split_column}
+        roles.update(self._builtin_columns(config))
+        return {role: column for role, column in roles.items() if column}
+
+    def prepare(self, config: Any) -> Any:
+        """Pairs: validate, split (own split column or seeded), leakage check, token statistics."""
+        from transferkit.data.pairs import prepare_pairs
+
+        return prepare_pairs(config, self)
+
+    def pair_warnings(self, table: Any, rows: Callable[[Any], str]) -> list[str]:
+        """Task-specific data warnings (none by default)."""
+        return []
+
+    def summary_rows(self, result: Any, config: Any) -> list[tuple[str, str]]:
+        """Token-length percentiles of prompt + target and the truncation rate."""
+        tokens = result.token_length
+        return [("prompt + target tokens p50 / p95 / p99 / max",
+                 f"{tokens['p50']:g} / {tokens['p95']:g} / {tokens['p99']:g} / {tokens['max']:g}"),
+                (f"truncated at max_length={config.max_length}", f"{result.truncation_rate * 100:.2f}%")]
+
+    # ------------------------------------------------------------------------------------- training
+
+    def training(self, config: Any, dataset: Any, resolved: Any) -> Any:
+        """Supervised fine-tuning of a causal LM on the pairs (loss on target tokens only)."""
+        from transferkit.train.sft import sft_side_for
+
+        return sft_side_for(config, dataset, resolved, self)
+
+    # ------------------------------------------------------------------------------------- evaluation
+
+    def evaluation_inputs(self, dataset: Any, split: str, cfg: Any) -> Any:
+        """Not used: :meth:`evaluate` computes generation metrics itself."""
+        raise ConfigError(f"task {self.name}: predictions are generated texts, not class probabilities")
+
+    def evaluate(self, config: Any, dataset: Any) -> Any:
+        """ROUGE and lengths of generated outputs, lead and zero-shot baselines, per-example HTML table."""
+        from transferkit.evaluate.generation import evaluate_generation
+
+        return evaluate_generation(config, dataset, self)
+
+    def source_set(self, reference: str, dataset: Any, labels: list[str]) -> Any:
+        """Not built yet: the forgetting check of generative models (perplexity on reference text)."""
+        raise ConfigError(f"task {self.name}: the forgetting check of generative models is not available yet")
+
+    # ------------------------------------------------------------------------------------- export
+
+    def export_side(self, config: Any, dataset: Any) -> Any:
+        """Not built yet: generative export (ONNX with a KV cache) is its own issue."""
+        raise ExportError(f"task {self.name}: export of generative models (ONNX with a KV cache) is not available "
+                          "yet")
+
+    def report_parity(self, report: Any, result: Any, config: Any) -> None:
+        """Not reached (no export)."""
+        raise ExportError(f"task {self.name}: no export parity")
+
+
+class Summarization(GenerativeTask):
+    """A document in, its summary out (``--source-column`` / ``--target-column``)."""
+
+    name: ClassVar[str] = SUMMARIZATION
+    input_field: ClassVar[str] = "source_column"
+    output_field: ClassVar[str] = "target_column"
+    input_default: ClassVar[str] = "source"
+    output_default: ClassVar[str] = "target"
+    foreign_fields: ClassVar[tuple[str, ...]] = ("prompt_column", "response_column")
+    source_expected: ClassVar[str] = "the document to summarize"
+    target_expected: ClassVar[str] = "the reference summary"
+
+    def pair_warnings(self, table: Any, rows: Callable[[Any], str]) -> list[str]:
+        """Summaries with more words than their document."""
+        import numpy as np
+        import pyarrow.compute as pc
+
+        def words(column: str) -> Any:
+            return pc.list_value_length(pc.utf8_split_whitespace(table[column])).to_numpy(zero_copy_only=False)
+
+        longer = np.flatnonzero(words("target") > words("source"))
+        if not len(longer):
+            return []
+        return [f"{len(longer)} target(s) have more words than their source ({rows(longer)}); a summary is "
+                "expected to be shorter"]
+
+
+class Instruction(GenerativeTask):
+    """A prompt in, the response out (``--prompt-column`` / ``--response-column``)."""
+
+    name: ClassVar[str] = INSTRUCTION
+    input_field: ClassVar[str] = "prompt_column"
+    output_field: ClassVar[str] = "response_column"
+    input_default: ClassVar[str] = "prompt"
+    output_default: ClassVar[str] = "response"
+    foreign_fields: ClassVar[tuple[str, ...]] = ("source_column", "target_column")
+    source_expected: ClassVar[str] = "the prompt"
+    target_expected: ClassVar[str] = "the reference response"
+
+
+TASKS = (Summarization(), Instruction())
