@@ -28,6 +28,20 @@ MEAN_POOLING_MARKER = "transferkit_mean_pooling_layer"
 FFN_MULTIPLE = 32  # kept neuron counts are rounded to a multiple of 32 (GEMM-friendly shapes)
 
 
+# (layer list under the base model, up projection, activation output, down projection), relative to a layer:
+# BERT/RoBERTa-style encoders, and the 5.x ViT layout (``vit.layers[i].mlp.fc1/fc2``).
+_LAYOUTS = (
+    ("encoder.layer", "intermediate.dense", "intermediate", "output.dense"),
+    ("layers", "mlp.fc1", "mlp.activation_fn", "mlp.fc2"),
+)
+
+
+def _get(root: Any, path: str) -> Any:
+    for part in path.split("."):
+        root = getattr(root, part, None)
+    return root
+
+
 @dataclass
 class EncoderLayout:
     """Where the prunable parts of a transformer encoder are.
@@ -38,6 +52,7 @@ class EncoderLayout:
         hidden_size: Model width.
         intermediate_size: Feed-forward width of every layer.
         num_heads: Attention heads per layer.
+        paths: Up projection, activation (its output is masked for importance) and down projection in a layer.
     """
 
     layers: Any
@@ -45,37 +60,45 @@ class EncoderLayout:
     hidden_size: int
     intermediate_size: int
     num_heads: int
+    paths: tuple[str, str, str] = ("intermediate.dense", "intermediate", "output.dense")
 
     def ffn(self, index: int) -> tuple[Any, Any, Any]:
-        """``(intermediate module, up projection, down projection)`` of layer ``index``."""
+        """``(activation module, up projection, down projection)`` of layer ``index``."""
+        up, act, down = self.paths
         layer = self.layers[index]
-        return layer.intermediate, layer.intermediate.dense, layer.output.dense
+        return _get(layer, act), _get(layer, up), _get(layer, down)
+
+    def replace(self, index: int, path: str, module: Any) -> None:
+        """Put ``module`` at ``path`` in layer ``index``."""
+        parent, _, name = path.rpartition(".")
+        setattr(_get(self.layers[index], parent) if parent else self.layers[index], name, module)
 
 
 def encoder_layout(model: Any, where: str) -> EncoderLayout:
     """Find the encoder layers of a BERT/ViT-style model.
 
     Raises:
-        ModelError: The model is not a transformer encoder with per-layer ``intermediate``/``output`` dense layers
-            and a config holding ``intermediate_size`` (CNNs, decoders, other layouts).
+        ModelError: The model is not a transformer encoder with per-layer feed-forward ``nn.Linear`` pairs and a
+            config holding ``intermediate_size`` (CNNs, decoders, other layouts).
 
     """
-    config = model.config
+    from torch import nn
+
+    config = getattr(model, "config", None)
     base = getattr(model, "base_model", model)
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
-    kind = getattr(config, "model_type", type(model).__name__)
-    ok = layers is not None and len(layers) > 0 and isinstance(getattr(config, "intermediate_size", None), int)
-    if ok:
-        first = layers[0]
-        ok = all(hasattr(m, "dense") for m in (getattr(first, "intermediate", None), getattr(first, "output", None))
-                 if m is not None) and hasattr(first, "intermediate") and hasattr(first, "output")
-    if not ok:
-        raise ModelError(f"{where}: model type {kind!r} cannot be pruned; structured pruning supports "
-                         "transformer encoders of the BERT/ViT family (encoder.layer[i].intermediate/output)")
-    pooling = getattr(config, MEAN_POOLING_MARKER, None)
-    prunable = [i for i in range(len(layers)) if pooling is None or i != int(pooling)]
-    return EncoderLayout(layers, prunable, int(config.hidden_size), int(config.intermediate_size),
-                         int(config.num_attention_heads))
+    kind = getattr(config, "model_type", None) or type(model).__name__
+    for layers_path, up, act, down in _LAYOUTS:
+        layers = _get(base, layers_path)
+        if (config is None or not isinstance(layers, nn.ModuleList) or len(layers) == 0
+                or not isinstance(getattr(config, "intermediate_size", None), int)):
+            continue
+        if all(isinstance(_get(layers[0], p), nn.Linear) for p in (up, down)) and _get(layers[0], act) is not None:
+            pooling = getattr(config, MEAN_POOLING_MARKER, None)
+            prunable = [i for i in range(len(layers)) if pooling is None or i != int(pooling)]
+            return EncoderLayout(layers, prunable, int(config.hidden_size), int(config.intermediate_size),
+                                 int(config.num_attention_heads), (up, act, down))
+    raise ModelError(f"{where}: model type {kind!r} cannot be pruned; structured pruning supports "
+                     "transformer encoders of the BERT/ViT family (per-layer feed-forward Linear pairs)")
 
 
 def layer_parameter_count(layout: EncoderLayout, index: int, ffn: int | None = None) -> int:
@@ -215,8 +238,8 @@ def apply_plan(model: Any, layout: EncoderLayout, plan: PrunePlan, importance: A
         for index in range(len(layout.layers)):
             _, up, down = layout.ffn(index)
             keep = torch.topk(importance[index], plan.keep_ffn).indices.sort().values
-            layout.layers[index].intermediate.dense = prune_linear_layer(up, keep, dim=0)
-            layout.layers[index].output.dense = prune_linear_layer(down, keep, dim=1)
+            layout.replace(index, layout.paths[0], prune_linear_layer(up, keep, dim=0))
+            layout.replace(index, layout.paths[2], prune_linear_layer(down, keep, dim=1))
         config.intermediate_size = plan.keep_ffn
     if plan.keep_layers < len(layout.prunable):
         dropped = set(layout.prunable[plan.keep_layers:])
@@ -228,8 +251,8 @@ def apply_plan(model: Any, layout: EncoderLayout, plan: PrunePlan, importance: A
         layout.layers.extend(kept)
         config.num_hidden_layers = len(kept)
         for new_index, layer in enumerate(kept):
-            attention = getattr(getattr(layer, "attention", None), "self", None)
-            if attention is not None and hasattr(attention, "layer_idx"):
-                attention.layer_idx = new_index
+            for module in layer.modules():
+                if hasattr(module, "layer_idx"):
+                    module.layer_idx = new_index
     logger.info("Pruned to %d layers x %d feed-forward neurons (%d heads): %.1f%% of encoder parameters kept",
                 plan.keep_layers, plan.keep_ffn, plan.keep_heads, 100 * plan.kept_fraction)
