@@ -115,3 +115,31 @@ def test_vit_prunes_and_a_cnn_is_refused(digits, tmp_path):
     assert result.exit_code == 2
     assert "cannot be pruned; structured pruning supports transformer encoders" in result.output
     assert not (tmp_path / "cnn-pruned").exists()
+
+
+def test_pipeline_prune_step_passes_through_when_off_and_prunes_within_budget(text, tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from transferkit.errors import ConfigError
+    from transferkit.prune.gate import prune_step
+
+    off = prune_step(text / "model", text / "data", tmp_path / "off", enabled=False, sparsity=0.5)
+    assert not off.pruned and "off" in off.reason and off.report_html.is_file()
+    assert (tmp_path / "off" / "model.safetensors").read_bytes() == (text / "model" / "model.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match="^sparsity: 2.0"):
+        prune_step(text / "model", text / "data", tmp_path / "typo", enabled=False, sparsity=2.0)
+    assert not (tmp_path / "typo").exists()
+
+    # A narrow BERT with MiniLM's vocabulary and tokenizer: the same code path as MiniLM, in seconds.
+    torch.manual_seed(0)
+    tiny = BertForSequenceClassification(BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        num_labels=2, id2label=dict(enumerate(MOVIE_LABELS)), label2id={n: i for i, n in enumerate(MOVIE_LABELS)}))
+    tiny.save_pretrained(tmp_path / "tiny")
+    load_tokenizer("minilm-l6").save_pretrained(tmp_path / "tiny")
+    (tmp_path / "tiny" / "labels.json").write_text(json.dumps(MOVIE_LABELS))
+    on = prune_step(tmp_path / "tiny", text / "data", tmp_path / "on", enabled=True, max_drop=100.0,
+                    sparsity=0.2, max_steps=1, importance_samples=16, batch_size=16, max_length=32)
+    assert on.pruned and on.metrics["pruned"] == 1.0 and 0.7 < on.metrics["kept_parameter_fraction"] < 0.9
+    assert json.loads((tmp_path / "on" / "config.json").read_text())["intermediate_size"] < 64
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

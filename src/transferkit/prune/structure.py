@@ -173,13 +173,16 @@ def plan_pruning(layout: EncoderLayout, *, sparsity: float | None = None, keep_l
 def _plan_for_sparsity(layout: EncoderLayout, sparsity: float, before: int) -> PrunePlan:
     h, width, heads = layout.hidden_size, layout.intermediate_size, layout.num_heads
     target = (1.0 - sparsity) * before
-    floor = max(FFN_MULTIPLE, width // 4)
+    multiple = FFN_MULTIPLE if width >= 8 * FFN_MULTIPLE else 1  # tiny models: exact counts
+    floor = max(multiple, width // 4)
     for layers in range(len(layout.prunable), 0, -1):
         fixed = encoder_parameter_count(layout, layers, 0)
         ffn = (target - fixed) / (layers * (2 * h + 1))
-        ffn = int(round(ffn / FFN_MULTIPLE) * FFN_MULTIPLE)
+        ffn = int(round(ffn / multiple) * multiple)
         if ffn >= floor:
-            return PrunePlan(layers, min(ffn, width), heads)
+            # A sparsity always removes something, even where rounding lands on the full width.
+            return PrunePlan(layers, min(ffn, width - multiple) if layers == len(layout.prunable) else min(ffn, width),
+                             heads)
     raise ConfigError(f"sparsity: {sparsity} removes more than this model allows (one layer at a feed-forward "
                       f"width of {floor}); use a smaller sparsity")
 
