@@ -139,7 +139,13 @@ def test_pipeline_prune_step_passes_through_when_off_and_prunes_within_budget(te
     load_tokenizer("minilm-l6").save_pretrained(tmp_path / "tiny")
     (tmp_path / "tiny" / "labels.json").write_text(json.dumps(MOVIE_LABELS))
     on = prune_step(tmp_path / "tiny", text / "data", tmp_path / "on", enabled=True, max_drop=100.0,
-                    sparsity=0.2, max_steps=1, importance_samples=16, batch_size=16, max_length=32)
+                    sparsity=0.2, max_steps=1, importance_samples=16, batch_size=16, max_length=32, compare=True)
     assert on.pruned and on.metrics["pruned"] == 1.0 and 0.7 < on.metrics["kept_parameter_fraction"] < 0.9
+    # The comparison table: both models exported (parity-gated), every variant's numbers in the metrics.
+    assert on.metrics["pruned_int8_size_mb"] < on.metrics["pruned_fp32_size_mb"] < on.metrics["fp32_size_mb"]
+    assert sum(on.metrics[f"{v}_pareto"] for v in ("fp32", "int8", "pruned_fp32", "pruned_int8")) >= 1
+    assert on.metrics["pruned_int8_pareto"] == 1.0  # the smallest variant is never dominated
+    html = on.report_html.read_text()
+    assert "Pareto front" in html and "pruned int8" in html
     assert json.loads((tmp_path / "on" / "config.json").read_text())["intermediate_size"] < 64
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -31,6 +31,8 @@ def prune(
     importance_samples: int = typer.Option(512, "--importance-samples", help="Training rows scored for importance."),
     max_length: int | None = typer.Option(None, "--max-length", help="Token limit (default: the training run's)."),
     seed: int = typer.Option(42, "--seed", help="Seed of sampling, data order and dropout."),
+    compare: bool = typer.Option(False, "--compare/--no-compare", help="Also export both models and report size, "
+                                 "latency and test accuracy of fp32/int8 x unpruned/pruned with the Pareto front."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Prune whole layers and feed-forward neurons by gradient importance; recover by distillation."""
@@ -41,7 +43,7 @@ def prune(
         keep_heads=keep_heads, keep_ffn=keep_ffn, distill_alpha=distill_alpha,
         distill_temperature=distill_temperature, recovery_epochs=recovery_epochs, max_steps=max_steps,
         learning_rate=learning_rate, batch_size=batch_size, importance_samples=importance_samples,
-        max_length=max_length, seed=seed,
+        max_length=max_length, seed=seed, compare=compare,
     )
     result = prune_model(config)
     if as_json:
@@ -53,4 +55,7 @@ def prune(
     console.print(f"Wrote {result.out_dir}: {plan['keep_layers']} layers x {plan['keep_ffn']} feed-forward neurons, "
                   f"{100 * result.kept_parameter_fraction:.1f}% of encoder parameters kept; validation accuracy "
                   f"{before:.2%} -> {after:.2%}")
+    for v in result.variants:
+        console.print(f"  {v['name']:12s} {v['size_bytes'] / 1e6:6.1f} MB  {v['latency_ms']:6.1f} ms  "
+                      f"accuracy {v['accuracy']:.2%}{'  (Pareto front)' if v['pareto'] else ''}")
     console.print(f"Report: {result.report_html}")

@@ -85,6 +85,10 @@ def prune_step(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
         drop = 100 * (before - after)
         metrics = {"kept_parameter_fraction": result.kept_parameter_fraction, "validation_accuracy_unpruned": before,
                    "validation_accuracy_pruned": after, "validation_drop_pt": drop}
+        for v in result.variants:  # every variant's numbers go to the KFP Metrics
+            key = v["name"].replace(" ", "_")
+            metrics.update({f"{key}_size_mb": v["size_bytes"] / 1e6, f"{key}_latency_ms": v["latency_ms"],
+                            f"{key}_test_accuracy": v["accuracy"], f"{key}_pareto": float(v["pareto"])})
         if drop > max_drop:
             reason = (f"the pruned model's validation accuracy {after:.2%} is {drop:.2f} pt below the unpruned "
                       f"{before:.2%} (budget {max_drop} pt)")

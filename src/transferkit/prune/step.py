@@ -43,6 +43,7 @@ class PruneResult:
         recovery: Training metrics of the recovery fine-tune (empty when none ran).
         seconds: Wall time of importance scoring, recovery and the whole step.
         report_html: The HTML report.
+        variants: Size/latency/accuracy of {fp32, int8} x {unpruned, pruned} with Pareto membership (``compare``).
     """
 
     out_dir: Path
@@ -54,6 +55,7 @@ class PruneResult:
     recovery: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     report_html: Path | None = None
+    variants: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def kept_parameter_fraction(self) -> float:
@@ -187,9 +189,17 @@ def prune_model(config: PruneConfig) -> PruneResult:
         summary["pruning"] = {"source": str(config.model_dir), "plan": plan_dict,
                               "kept_parameter_fraction": result.kept_parameter_fraction}
         write_json(tmp / "training_summary.json", summary)
+        variants = None
+        if config.compare:
+            from transferkit.prune.compare import compare_variants
+            from transferkit.prune.report import pareto_front
+
+            variants = compare_variants(config.model_dir, tmp, config.data_dir)
+            front = pareto_front(variants)
+            result.variants = [{**asdict(v), "pareto": v.name in front} for v in variants]
+        write_prune_report(tmp, result, config, variants)
         write_json(tmp / SUMMARY_FILE, {**result.to_dict(), "config": config.to_dict(),
                                         "reload_max_abs_diff": reload_diff})
-        write_prune_report(tmp, result, config)
     result.report_html = config.out_dir / "prune_report.html"
     logger.info("Pruned model written to %s: %.1f%% of encoder parameters kept, validation accuracy %.2f%% -> %.2f%%",
                 config.out_dir, 100 * result.kept_parameter_fraction,
