@@ -5,7 +5,8 @@ One run, one machine, 2 threads everywhere. The model and data come the way ``be
 trained with ``transferkit train``). ``transferkit prune --sparsity SPARSITY`` removes that fraction of the encoder
 layers' parameters (feed-forward neurons first, by squared-gradient importance on the training split) and recovers
 by distillation from the unpruned model (one epoch; cached under ``$TRANSFERKIT_CACHE/bench/pruning``). Both
-models go through ``transferkit export --target cpu`` (parity gate; accuracy on the full test split).
+models go through ``transferkit export --target cpu`` (parity gate; accuracy on the full test split; cached per
+weights file under ``$TRANSFERKIT_CACHE/bench/pruning/exports``).
 
 Inputs: "long" batches are consecutive test sentences concatenated until they fill 128 tokens (every column is a
 real token: the int8 graph's padding trim removes nothing), "real" batches are 32 test sentences padded to the
@@ -18,13 +19,12 @@ layers), the real-sentence ratios, the Pareto table, ``cpu_model`` and ``cpu_int
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,25 @@ def pruned_model(model_dir: Path, data_dir: Path, root: Path) -> tuple[Path, dic
             say(f"  done in {time.perf_counter() - started:.0f} s")
             cached = json.loads(summary.read_text())
     return out, cached
+
+
+def cached_export(directory: Path, data_dir: Path, root: Path) -> dict[str, Any]:
+    """``transferkit export --target cpu`` of ``directory`` (parity gate, full test split), cached per weights file."""
+    from transferkit.assets import cache_lock
+    from transferkit.export import ExportConfig, export_model
+
+    weights = (directory / "model.safetensors").stat()
+    key = hashlib.sha256(f"{directory.resolve()}:{weights.st_size}:{weights.st_mtime_ns}".encode()).hexdigest()[:12]
+    out = root / f"{directory.name}-{key}"
+    with cache_lock(f"bench-pruning-export-{key}"):
+        if not (out / "metrics.json").is_file():
+            say(f"transferkit export --target cpu of {directory} (parity gate, full test split; cached)...")
+            export_model(ExportConfig(directory, data_dir, out, target="cpu", threads=THREADS, max_drop=100.0,
+                                      latency_runs=0, throughput_runs=0))
+    result = json.loads((out / "metrics.json").read_text())
+    say(f"  {directory.name}: parity max |diff| {result['parity_max_abs_diff']:.2g}; test accuracy fp32 "
+        f"{result['variants']['fp32']['accuracy']:.2%}, int8 {result['variants']['int8']['accuracy']:.2%}")
+    return {**result, "dir": out}
 
 
 def long_texts(tokenizer: Any, texts: list[str], rows: int) -> list[str]:
@@ -135,7 +154,7 @@ def main() -> None:
 
     from transferkit.assets import cache_dir
     from transferkit.data.prepared import load_prepared
-    from transferkit.export import ExportConfig, IOSpec, export_model
+    from transferkit.export import IOSpec
     from transferkit.export.runtime import encode
     from transferkit.hardware import benchmark_host
     from transferkit.models.loading import load_tokenizer
@@ -154,38 +173,28 @@ def main() -> None:
         f"{prune_summary['kept_parameter_fraction']:.1%} of encoder-layer parameters kept; validation accuracy "
         f"{prune_summary['validation_before']['accuracy']:.2%} -> {prune_summary['validation_after']['accuracy']:.2%}")
 
-    work = Path(tempfile.mkdtemp(prefix="tk-bench-pruning-"))
-    try:
-        exports = {}
-        for name, directory in (("unpruned", model_dir), ("pruned", pruned_dir)):
-            say(f"transferkit export --target cpu of the {name} model (parity gate, full test split)...")
-            exports[name] = export_model(ExportConfig(directory, data_dir, work / name, target="cpu", threads=THREADS,
-                                                      max_drop=100.0, latency_runs=0, throughput_runs=0))
-            r = exports[name]
-            say(f"  parity max |diff| {r.parity_max_abs_diff:.2g}; test accuracy fp32 {r.variants['fp32'].accuracy:.2%}"
-                f", int8 {r.variants['int8'].accuracy:.2%}")
-        tokenizer = load_tokenizer(model_dir)
-        names = [t.name for t in IOSpec.load(exports["unpruned"].out_dir).inputs]
-        texts = dataset.texts("test")
-        long_feeds = encode(tokenizer, long_texts(tokenizer, texts, BATCH), None, names, SEQ)
-        assert long_feeds["input_ids"].shape == (BATCH, SEQ) and long_feeds["attention_mask"].all(), "long inputs"
-        feeds = {"long": long_feeds, "real": encode(tokenizer, texts[:BATCH], None, names, SEQ),
-                 "b1": {k: v[:1] for k, v in long_feeds.items()}}
-        say(f"inputs: long {long_feeds['input_ids'].shape} (no padding), real {feeds['real']['input_ids'].shape}")
-        rows = [torch_row("PyTorch fp32", model_dir), torch_row("PyTorch pruned fp32", pruned_dir),
-                ort_row("fp32", exports["unpruned"].out_dir / "model.onnx"),
-                ort_row("int8", exports["unpruned"].out_dir / "model.int8.onnx"),
-                ort_row("pruned fp32", exports["pruned"].out_dir / "model.onnx"),
-                ort_row("pruned int8", exports["pruned"].out_dir / "model.int8.onnx")]
+    exports = {name: cached_export(directory, data_dir, bench_root / "pruning" / "exports")
+               for name, directory in (("unpruned", model_dir), ("pruned", pruned_dir))}
+    tokenizer = load_tokenizer(model_dir)
+    names = [t.name for t in IOSpec.load(exports["unpruned"]["dir"]).inputs]
+    texts = dataset.texts("test")
+    long_feeds = encode(tokenizer, long_texts(tokenizer, texts, BATCH), None, names, SEQ)
+    assert long_feeds["input_ids"].shape == (BATCH, SEQ) and long_feeds["attention_mask"].all(), "long inputs"
+    feeds = {"long": long_feeds, "real": encode(tokenizer, texts[:BATCH], None, names, SEQ),
+             "b1": {k: v[:1] for k, v in long_feeds.items()}}
+    say(f"inputs: long {long_feeds['input_ids'].shape} (no padding), real {feeds['real']['input_ids'].shape}")
+    rows = [torch_row("PyTorch fp32", model_dir), torch_row("PyTorch pruned fp32", pruned_dir),
+            ort_row("fp32", exports["unpruned"]["dir"] / "model.onnx"),
+            ort_row("int8", exports["unpruned"]["dir"] / "model.int8.onnx"),
+            ort_row("pruned fp32", exports["pruned"]["dir"] / "model.onnx"),
+            ort_row("pruned int8", exports["pruned"]["dir"] / "model.int8.onnx")]
+    for row in rows:
+        for key in feeds:
+            row.run(feeds[key])
+    say(f"timing {len(rows)} rows: {ROUNDS} interleaved rounds, {THREADS} threads...")
+    for _ in range(ROUNDS):
         for row in rows:
-            for key in feeds:
-                row.run(feeds[key])
-        say(f"timing {len(rows)} rows: {ROUNDS} interleaved rounds, {THREADS} threads...")
-        for _ in range(ROUNDS):
-            for row in rows:
-                row.time_round(feeds)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            row.time_round(feeds)
 
     by = {row.name: row for row in rows}
     say("")
@@ -195,17 +204,17 @@ def main() -> None:
     variants = []
     for key, export_name, graph in (("fp32", "unpruned", "fp32"), ("int8", "unpruned", "int8"),
                                     ("pruned fp32", "pruned", "fp32"), ("pruned int8", "pruned", "int8")):
-        v = exports[export_name].variants[graph]
+        v = exports[export_name]["variants"][graph]
         # Latency of a batch of 32 long inputs: the serving cost per request batch.
-        variants.append(Variant(key, v.size_bytes, 1000 * BATCH / by[key].throughput("long"), v.accuracy))
+        variants.append(Variant(key, v["size_bytes"], 1000 * BATCH / by[key].throughput("long"), v["accuracy"]))
     table = pareto_rows(variants, "fp32")
     say("")
     say("| " + " | ".join(PARETO_HEADERS) + " |")
     say("|" + "---|" * len(PARETO_HEADERS))
     for line in table:
         say("| " + " | ".join(str(c) for c in line) + " |")
-    fp32_accuracy = exports["unpruned"].variants["fp32"].accuracy
-    pruned_int8_accuracy = exports["pruned"].variants["int8"].accuracy
+    accuracy = {v.name: v.accuracy for v in variants}
+    fp32_accuracy, pruned_int8_accuracy = accuracy["fp32"], accuracy["pruned int8"]
     summary = {
         "pruned_int8_vs_int8_long": round(by["pruned int8"].throughput("long") / by["int8"].throughput("long"), 3),
         "pruned_int8_vs_pytorch_long": round(by["pruned int8"].throughput("long")
@@ -216,14 +225,14 @@ def main() -> None:
         "pruned_int8_vs_pytorch_real": round(by["pruned int8"].throughput("real")
                                              / by["PyTorch fp32"].throughput("real"), 3),
         "int8_vs_pytorch_long": round(by["int8"].throughput("long") / by["PyTorch fp32"].throughput("long"), 3),
-        "pruned_fp32_accuracy_drop_pt": round(100 * (fp32_accuracy - exports["pruned"].variants["fp32"].accuracy), 3),
-        "int8_accuracy_drop_pt": round(100 * (fp32_accuracy - exports["unpruned"].variants["int8"].accuracy), 3),
+        "pruned_fp32_accuracy_drop_pt": round(100 * (fp32_accuracy - accuracy["pruned fp32"]), 3),
+        "int8_accuracy_drop_pt": round(100 * (fp32_accuracy - accuracy["int8"]), 3),
         "accuracy": {v.name: round(v.accuracy, 4) for v in variants},
         "size_mb": {v.name: round(v.size_bytes / 1e6, 2) for v in variants},
         "pareto_front": [line[0] for line in table if line[-1] == "yes"],
         "throughput_long_seq_per_s": {row.name: round(row.throughput("long"), 2) for row in rows},
         "throughput_real_seq_per_s": {row.name: round(row.throughput("real"), 2) for row in rows},
-        "parity_max_abs_diff_pruned": exports["pruned"].parity_max_abs_diff,
+        "parity_max_abs_diff_pruned": exports["pruned"]["parity_max_abs_diff"],
         "plan": {k: plan[k] for k in ("keep_layers", "keep_ffn", "keep_heads")}, "sparsity": SPARSITY,
         "prune_seconds": prune_summary.get("seconds"), "model": model_note, "threads": THREADS, "seq": SEQ,
         "quick": QUICK, **benchmark_host(),
