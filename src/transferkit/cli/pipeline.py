@@ -151,7 +151,7 @@ def _print_summary(result: Any) -> None:
     keys = {
         "data-prep": ("Output",), "fine-tune": ("validation_metric", "strategy"),
         "forgetting-check": ("passed", "retention"), "select-strategy": ("strategy", "retention"),
-        "evaluate": ("primary", "accuracy"), "onnx-quantize": ("recommended_variant",),
+        "prune-model": ("pruned",), "evaluate": ("primary", "accuracy"), "onnx-quantize": ("recommended_variant",),
         "deploy-gate": ("Output",), "deploy-triton": ("version", "endpoint"), "run-summary": ("Output",),
     }
     for name, task in result.tasks.items():
