@@ -91,6 +91,8 @@ def find_trained_model(bench_root: Path) -> tuple[Path, Path, str] | None:
             summary = json.loads(summary_path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
+        if "pruning" in summary:
+            continue  # a pruned model (benchmarks/pruning.py) is not a fine-tune benchmark's
         data_dir = Path(summary.get("data", {}).get("dir", ""))
         try:
             source = json.loads((data_dir / "schema.json").read_text()).get("source")

@@ -1,6 +1,7 @@
 """The transfer-learning pipeline: composition only (each step's logic lives in ``transferkit``).
 
-data_prep → fine_tune × strategies (each followed by its forgetting check) → select_strategy →
+data_prep → fine_tune × strategies (each followed by its forgetting check) → select_strategy → prune_model
+(structured pruning + distillation when `prune` is on; else a pass-through) →
 (evaluate, onnx_quantize) → deploy_gate → deploy_triton only when every gate holds; an exit handler
 writes the run summary whatever happens.
 """
@@ -15,6 +16,7 @@ from components.evaluate.component import evaluate
 from components.fine_tune.component import fine_tune
 from components.forgetting_check.component import forgetting_check
 from components.onnx_quantize.component import onnx_quantize
+from components.prune_model.component import prune_model
 from components.run_summary.component import run_summary
 from components.select_strategy.component import select_strategy
 from pipelines.transfer_learning.apply_placement import apply_placement
@@ -71,6 +73,9 @@ def build_pipeline(placement: PlacementConfig | None = None):
         namespace: str = "transferkit",
         checkpoint_root: str = "",
         nproc_per_node: int = 1,
+        prune: bool = False,
+        prune_sparsity: float = 0.5,
+        max_prune_drop: float = 1.0,
     ) -> None:
         summary = run_summary(base_model=base_model, dataset_uri=dataset_uri, model_name=model_name)
         apply_placement(summary, "run_summary", placement)
@@ -102,10 +107,15 @@ def build_pipeline(placement: PlacementConfig | None = None):
                 retentions=dsl.Collected(forgetting.outputs["retention"]),
             )
             apply_placement(pick, "select_strategy", placement)
-            scores = evaluate(model=pick.outputs["selected"], dataset=prep.outputs["dataset"])
+            pruned = prune_model(
+                model=pick.outputs["selected"], dataset=prep.outputs["dataset"], enabled=prune,
+                sparsity=prune_sparsity, max_drop=max_prune_drop,
+            )
+            apply_placement(pruned, "prune_model", placement)
+            scores = evaluate(model=pruned.outputs["pruned_model"], dataset=prep.outputs["dataset"])
             apply_placement(scores, "evaluate", placement)
             exported = onnx_quantize(
-                model=pick.outputs["selected"], dataset=prep.outputs["dataset"], target=export_target,
+                model=pruned.outputs["pruned_model"], dataset=prep.outputs["dataset"], target=export_target,
                 max_drop=max_quantization_drop, cpu_isa=export_cpu_isa,
             )
             apply_placement(exported, "onnx_quantize", placement)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from transferkit import __version__
-from transferkit.cli import bench, data, deploy, evaluate, export, forgetting, models, pipeline, serve, train
+from transferkit.cli import bench, data, deploy, evaluate, export, forgetting, models, pipeline, prune, serve, train
 from transferkit.log import configure_logging
 
 app = typer.Typer(
@@ -38,6 +38,7 @@ app.command("forgetting", help="Measure catastrophic forgetting against the base
     forgetting.forgetting
 )
 app.command("export", help="Export to ONNX with a parity gate and quantize with an accuracy gate.")(export.export)
+app.command("prune", help="Prune a fine-tuned encoder (layers, feed-forward neurons) and distill it.")(prune.prune)
 app.command("deploy", help="Publish an ONNX model to Triton (triton, gitops or kserve mode).")(deploy.deploy)
 app.command("serve", help="Run a local Triton server over a model repository.")(serve.serve)
 app.add_typer(pipeline.app, name="pipeline", help="Compile, run locally, or submit the KFP pipeline.")

@@ -21,7 +21,7 @@ from transferkit.errors import ConfigError, PipelineError
 app = typer.Typer(no_args_is_help=True)
 
 COMPONENTS = ("data_prep", "fine_tune", "evaluate", "forgetting_check", "onnx_quantize", "deploy_triton",
-              "select_strategy", "deploy_gate", "run_summary")
+              "select_strategy", "deploy_gate", "run_summary", "prune_model")
 PIPELINE_YAML = Path("pipelines/transfer_learning/pipeline.yaml")
 
 
@@ -151,7 +151,7 @@ def _print_summary(result: Any) -> None:
     keys = {
         "data-prep": ("Output",), "fine-tune": ("validation_metric", "strategy"),
         "forgetting-check": ("passed", "retention"), "select-strategy": ("strategy", "retention"),
-        "evaluate": ("primary", "accuracy"), "onnx-quantize": ("recommended_variant",),
+        "prune-model": ("pruned",), "evaluate": ("primary", "accuracy"), "onnx-quantize": ("recommended_variant",),
         "deploy-gate": ("Output",), "deploy-triton": ("version", "endpoint"), "run-summary": ("Output",),
     }
     for name, task in result.tasks.items():

@@ -35,6 +35,7 @@ def test_local_run_deploys_and_triton_answers(repo_root, work_dir):
     assert {"data-prep", "fine-tune", "forgetting-check", "evaluate", "onnx-quantize", "deploy-gate",
             "deploy-triton", "run-summary"} <= ran
     assert result.outputs["deploy-gate"]["Output"] is True
+    assert result.outputs["prune-model"]["pruned"] is False  # off by default: the fine-tuned model passes through
     assert result.outputs["onnx-quantize"]["recommended_variant"] in {"int8", "fp32"}
     assert result.outputs["deploy-triton"]["version"] >= 1
     assert result.sample["label"] in {"negative", "positive"}
