@@ -34,6 +34,8 @@ def export(
                                 "(vnni if this CPU has VNNI, else portable)."),
     agreement_sample_size: int = typer.Option(64, "--agreement-sample-size", help="Validation inputs stored with "
                                               "fp32 labels for the deploy-time agreement check (0: none)."),
+    monitor_baseline_size: int = typer.Option(500, "--monitor-baseline-size", help="Validation rows of the "
+                                              "drift-monitoring baseline written beside the graphs (0: none)."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
     max_eval_samples: int | None = typer.Option(None, "--max-eval-samples", help="Cap on test rows for the gate."),
     latency_runs: int = typer.Option(50, "--latency-runs", help="Timed batch-1 runs per variant (0: skip)."),
@@ -54,6 +56,7 @@ def export(
         max_drop=max_drop, on_drop=on_drop, max_length=max_length, calibration_size=calibration_size,
         calibration_method=calibration_method, gpu_prefer=gpu_prefer, threads=threads, cpu_isa=cpu_isa,
         agreement_sample_size=agreement_sample_size,
+        monitor_baseline_size=monitor_baseline_size,
         max_eval_samples=max_eval_samples, latency_runs=latency_runs, throughput_runs=throughput_runs,
         throughput_batch_size=throughput_batch_size,
         allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,

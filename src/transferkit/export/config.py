@@ -101,6 +101,8 @@ class ExportConfig:
             this machine has VNNI, else ``portable``). Applies to the cpu target's int8 graphs.
         agreement_sample_size: Validation inputs stored in ``agreement_sample.json`` with the fp32 graph's labels;
             the deploy step sends them through the served model and rolls back when too few agree (0: none).
+        monitor_baseline_size: Validation rows run through the recommended graph to write the drift-monitoring
+            baseline ``monitor_baseline/`` (:mod:`transferkit.monitor.baseline`; 0: none).
 
     """
 
@@ -126,6 +128,7 @@ class ExportConfig:
     trust_remote_code: bool = False
     cpu_isa: str = "portable"
     agreement_sample_size: int = 64
+    monitor_baseline_size: int = 500
 
     def __post_init__(self) -> None:
         self.model_dir = Path(self.model_dir) if not isinstance(self.model_dir, Path) else self.model_dir
@@ -151,7 +154,7 @@ class ExportConfig:
         for name in ("calibration_size", "eval_batch_size", "throughput_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name}: {getattr(self, name)!r} must be >= 1")
-        for name in ("latency_runs", "throughput_runs", "agreement_sample_size"):
+        for name in ("latency_runs", "throughput_runs", "agreement_sample_size", "monitor_baseline_size"):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"{name}: {getattr(self, name)!r} must be >= 0 (0 skips the measurement)")
         if self.max_eval_samples is not None and self.max_eval_samples < 1:
