@@ -114,6 +114,11 @@ class RepositoryOptions:
             share a shape and batch on backends without ragged batching.
         local_fast_path: Text models: the local config of the entry model runs tokenizer, graph and
             postprocess in one python model instead of the ensemble's three (see ``local_text.py``).
+        monitor_url: Base URL of a ``transferkit monitor`` service. With ``monitor_sample_rate`` > 0 the local
+            fast path posts that fraction of request items (pooled embedding, prediction, confidence, token
+            length; in the background, never failing a request) to ``<monitor_url>/v1/records``.
+        monitor_sample_rate: Fraction of request items sent to the monitor (0: none; custom metrics of every
+            request are reported either way).
     """
 
     max_batch_size: int = 32
@@ -128,6 +133,8 @@ class RepositoryOptions:
     versions_to_serve: int = 1
     pad_to_multiple_of: int = 8
     local_fast_path: bool = True
+    monitor_url: str = ""
+    monitor_sample_rate: float = 0.0
 
     def __post_init__(self) -> None:
         self.preferred_batch_sizes = tuple(int(s) for s in self.preferred_batch_sizes)
@@ -144,6 +151,11 @@ class RepositoryOptions:
                      "pad_to_multiple_of"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= float(self.monitor_sample_rate) <= 1.0:
+            raise ConfigError(f"monitor_sample_rate: expected a fraction in [0, 1], got {self.monitor_sample_rate}")
+        if self.monitor_sample_rate > 0 and not self.monitor_url.startswith(("http://", "https://")):
+            raise ConfigError(f"monitor_url: expected an http(s):// URL with monitor_sample_rate > 0, got "
+                              f"{self.monitor_url!r}")
         if self.tensorrt_fp16 and self.instance_kind != "gpu":
             raise ConfigError("tensorrt_fp16: the TensorRT accelerator needs instance_kind='gpu'")
 
