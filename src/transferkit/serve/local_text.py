@@ -47,6 +47,7 @@ def text_entry_local_config(name: str, exported: repo.ExportedModel, options: re
     tc._param(config, "max_length", str(exported.spec.max_length or 0))
     tc._param(config, "pad_to_multiple_of", str(options.pad_to_multiple_of))
     tc._param(config, "pad_id", str(pad_id))
+    tc._param(config, "serving_metrics", "1" if options.serving_metrics else "0")
     if options.monitor_sample_rate > 0:
         tc._param(config, "monitor_url", options.monitor_url.rstrip("/"))
         tc._param(config, "monitor_sample_rate", repr(float(options.monitor_sample_rate)))

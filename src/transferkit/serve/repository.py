@@ -119,6 +119,8 @@ class RepositoryOptions:
             length; in the background, never failing a request) to ``<monitor_url>/v1/records``.
         monitor_sample_rate: Fraction of request items sent to the monitor (0: none; custom metrics of every
             request are reported either way).
+        serving_metrics: The local fast path reports every request's predictions, confidences and token lengths
+            as Triton custom metrics (off: only Triton's built-in metrics).
     """
 
     max_batch_size: int = 32
@@ -135,6 +137,7 @@ class RepositoryOptions:
     local_fast_path: bool = True
     monitor_url: str = ""
     monitor_sample_rate: float = 0.0
+    serving_metrics: bool = True
 
     def __post_init__(self) -> None:
         self.preferred_batch_sizes = tuple(int(s) for s in self.preferred_batch_sizes)

@@ -50,7 +50,7 @@ class TritonPythonModel:
         self.labels = read_labels(os.path.join(model_dir, "labels.txt"))
         outputs = [self.logits]
         self.monitor = None
-        self._monitoring(config, params, os.path.join(model_dir, version))
+        self._monitoring(config, params)
         if self.monitor is not None and self.in_process:
             graph_file = os.path.join(model_dir, version, params["monitor_model_file"])
             outputs.append(("monitor_embedding", pb_utils.triton_string_to_numpy("TYPE_FP32")))
@@ -60,18 +60,19 @@ class TritonPythonModel:
         self.runner = GraphRunner(graph_file if self.in_process else None, params, graph_inputs, outputs,
                                   execute=None if self.in_process else self._bls)
 
-    def _monitoring(self, config, params, folder):
+    def _monitoring(self, config, params):
         """Custom metrics of every request; a record sender when ``monitor_sample_rate`` > 0."""
         from monitor_client import RecordSender, ServingMetrics
 
         self.model_name = config["name"]
         unk = getattr(self.encoder.tokenizer.model, "unk_token", None)
         self.unk_id = self.encoder.tokenizer.token_to_id(unk) if unk else None
+        self.metrics = None
         try:
-            self.metrics = ServingMetrics(pb_utils, self.model_name, [b.decode("utf-8") for b in self.labels])
+            if params.get("serving_metrics", "1") == "1":
+                self.metrics = ServingMetrics(pb_utils, self.model_name, [b.decode("utf-8") for b in self.labels])
         except Exception as exc:  # custom metrics need Triton's metrics on; serving goes on without them
             pb_utils.Logger.log_warn(f"monitoring: custom metrics unavailable ({exc})")
-            self.metrics = None
         rate = float(params.get("monitor_sample_rate", "0") or 0)
         if rate > 0 and params.get("monitor_url"):
             self.monitor = RecordSender(params["monitor_url"], rate, self.metrics, log=pb_utils.Logger.log_warn)
