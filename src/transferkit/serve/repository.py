@@ -436,6 +436,9 @@ def write_model_tree(exported: ExportedModel, name: str, root: Path, version: in
     front = f"{names[0]} -> " if len(names) == 4 else ""
     _write(ens / v / ENSEMBLE_PLACEHOLDER,
            f"Ensemble {name} version {v}: {front}{name}_onnx -> {name}_postprocess (no files needed).\n")
+    # The drift-monitoring baseline travels with the version: the monitor beside Triton reads it from here.
+    if (exported.directory / "monitor_baseline").is_dir():
+        shutil.copytree(exported.directory / "monitor_baseline", ens / v / "monitor_baseline", dirs_exist_ok=True)
     return names
 
 
