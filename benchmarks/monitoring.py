@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -300,6 +301,7 @@ def main() -> int:
         if all(d is not None for d in detect) else None,
         "throughput_cost": result.get("serving", {}).get("throughput_cost"),
         "seconds": round(time.perf_counter() - started, 1),
+        "load_avg_1m_end": round(os.getloadavg()[0], 2),
     })
     print(json.dumps(result))
     return 0

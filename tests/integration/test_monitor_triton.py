@@ -61,3 +61,16 @@ def test_triton_metrics_and_sampled_records_reach_the_monitor(tmp_path):
         assert served.prediction == offline["predictions"][i]
     assert all(w.drift is not None for w in monitor.windows)
     assert json.loads((tmp_path / "reports" / "window-1.json").read_text())["size"] == 20
+
+
+def test_production_ensemble_reports_custom_metrics_from_postprocess(tmp_path):
+    options = RepositoryOptions(instance_kind="cpu", local_fast_path=False)
+    bundle = build_model_repository(shared_export(), "ens", tmp_path / "repository", options=options)
+    with LocalTriton(bundle.root, models=["ens"], exit_timeout=3) as triton:
+        replay_triton(triton.http_url, "ens", ["A fine film.", "Awful.", "Fine."], ["a", "b", "c"])
+        with urllib.request.urlopen(triton.metrics_url, timeout=10) as response:
+            metrics = response.read().decode()
+    assert 'transferkit_items_total{model="ens"} 3' in metrics
+    counted = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                  if line.startswith("transferkit_predictions_total{") and 'model="ens"' in line)
+    assert counted == 3

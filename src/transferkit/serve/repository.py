@@ -429,6 +429,7 @@ def write_model_tree(exported: ExportedModel, name: str, root: Path, version: in
     _write(post / LABELS_FILE, labels)
     (post / v).mkdir(parents=True, exist_ok=True)
     shutil.copy2(_MODELS_PKG / "postprocess_model.py", post / v / "model.py")
+    shutil.copy2(_MODELS_PKG / "monitor_client.py", post / v / "monitor_client.py")
 
     ens = root / name
     _write(ens / "config.pbtxt", to_pbtxt(ensemble_config(name, exported, options)))
