@@ -2,8 +2,9 @@
 
 - Embedding drift: maximum mean discrepancy (MMD) with an RBF kernel, bandwidth by the median heuristic,
   p-value by permutation. Written here with numpy on purpose: alibi-detect has this test but is now under a
-  source-available licence (Business Source License), and evidently 0.7 (Apache-2.0) brings a large
-  dependency tree (its report/UI stack: pandas, plotly, fastapi, litestar, ...) for a ~30-line statistic.
+  source-available licence (Business Source License), and evidently 0.7.23 (Apache-2.0) keeps its MMD test only
+  in its ``legacy`` API and requires its service/report stack (litestar, uvicorn, plotly, nltk, statsmodels,
+  dynaconf, opentelemetry-proto, the iterative-telemetry client, ...) for a ~30-line statistic.
   The permutations are computed together as one matrix product over the pooled kernel.
 - Prediction drift: chi-square test of the predicted-class counts (``scipy.stats.chi2_contingency``).
 - Confidence drop: one-sided Mann-Whitney U test that window confidences are lower (``scipy.stats``).
