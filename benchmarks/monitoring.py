@@ -269,6 +269,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=480)
     parser.add_argument("--skip-images", action="store_true")
     parser.add_argument("--skip-serving", action="store_true")
+    parser.add_argument("--only-serving", action="store_true", help="Measure only the throughput cost.")
     args = parser.parse_args()
 
     from transferkit.data.prepared import load_prepared
@@ -282,6 +283,12 @@ def main() -> int:
         export, data = text_export(root)
         shifted = {name: vader_corpus(name)[0] for name in ("tweets", "amazon", "nyt")}
         movie = load_prepared(data)
+        if args.only_serving:
+            result["serving"] = throughput_part(export, movie.texts("test"), args)
+            result.update(throughput_cost=result["serving"]["throughput_cost"],
+                          load_avg_1m_end=round(os.getloadavg()[0], 2))
+            print(json.dumps(result))
+            return 0
         result["text"] = drift_part(export, data, shifted, movie.texts("test"), args, args.null_windows,
                                     movie.label_ids("test"))
         if not args.skip_images:

@@ -90,13 +90,13 @@ def read_feedback(path: str | Path) -> list[tuple[str, str]]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise MonitorError(f"{path}: cannot read feedback file ({exc.strerror})") from exc
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[int, Any]] = []  # (line number, row)
     if path.suffix in (".jsonl", ".json"):
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                rows.append((number, json.loads(line)))
             except json.JSONDecodeError as exc:
                 raise MonitorError(f"{path}:{number}: not a JSON object ({exc.msg})") from None
     else:
@@ -104,9 +104,9 @@ def read_feedback(path: str | Path) -> list[tuple[str, str]]:
         missing = {"request_id", "label"} - set(reader.fieldnames or [])
         if missing:
             raise MonitorError(f"{path}: missing column(s) {sorted(missing)}; expected header request_id,label")
-        rows = list(reader)
+        rows = [(reader.line_num, row) for row in reader]
     pairs = []
-    for number, row in enumerate(rows, start=1 if path.suffix in (".jsonl", ".json") else 2):
+    for number, row in rows:
         if not isinstance(row, dict) or not str(row.get("request_id") or "") or not str(row.get("label") or ""):
             raise MonitorError(f"{path}:{number}: expected a non-empty request_id and label")
         pairs.append((str(row["request_id"]), str(row["label"])))
