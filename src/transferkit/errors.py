@@ -103,3 +103,7 @@ class AuthError(ServingError):
 
 class PipelineError(TransferkitError):
     """Compiling, running or submitting the KFP pipeline failed."""
+
+
+class MonitorError(TransferkitError):
+    """A monitoring baseline, record or feedback file is missing or malformed."""

@@ -85,3 +85,9 @@ app.kubernetes.io/name: {{ include "tkt.name" . }}-test
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: test
 {{- end }}
+
+{{/* Selector of the monitor's pods: distinct from Triton's, so the inference Service never routes to them. */}}
+{{- define "tkt.monitorSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "tkt.name" . }}-monitor
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}

@@ -26,6 +26,8 @@ def deploy(
     queue_delay_us: int = typer.Option(0, help="Dynamic batcher max queue delay (microseconds)."),
     local_threads: int = typer.Option(1, help="ONNX Runtime threads per local python-backend instance."),
     local_instances: int = typer.Option(2, help="Instances of the local python-backend variant."),
+    monitor_url: str = typer.Option("", help="`transferkit monitor serve` URL the local text model samples to."),
+    monitor_sample_rate: float = typer.Option(0.0, help="Fraction of request items sent to --monitor-url (0: off)."),
     s3_endpoint_url: str = typer.Option("", help="S3-compatible endpoint (else AWS_ENDPOINT_URL)."),
     triton_url: str = typer.Option("", help="Triton HTTP endpoint (mode triton), e.g. http://127.0.0.1:8000."),
     api_key_env: str = typer.Option("TRANSFERKIT_TRITON_API_KEY", help="Env var with the model-control key."),
@@ -61,7 +63,8 @@ def deploy(
     options = RepositoryOptions(max_batch_size=max_batch_size, max_queue_delay_us=queue_delay_us,
                                 instance_kind=instance_kind, instance_count=instance_count,
                                 tensorrt_fp16=tensorrt_fp16, variant=variant or None, local_threads=local_threads,
-                                local_instance_count=local_instances,
+                                local_instance_count=local_instances, monitor_url=monitor_url,
+                                monitor_sample_rate=monitor_sample_rate,
                                 preferred_batch_sizes=tuple(s for s in (4, 8, 16) if s <= max_batch_size))
     config = DeployConfig(
         onnx_dir=onnx, name=name, mode=mode, repository=repository, storage_uri=storage_uri or None,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import typer
 
 from transferkit import __version__
-from transferkit.cli import bench, data, deploy, evaluate, export, forgetting, models, pipeline, prune, serve, train
+from transferkit.cli import (
+    bench, data, deploy, evaluate, export, forgetting, models, monitor, pipeline, prune, serve, train,
+)
 from transferkit.log import configure_logging
 
 app = typer.Typer(
@@ -44,6 +46,7 @@ app.command("serve", help="Run a local Triton server over a model repository.")(
 app.add_typer(pipeline.app, name="pipeline", help="Compile, run locally, or submit the KFP pipeline.")
 app.add_typer(models.app, name="models", help="List and inspect the model catalog.")
 app.add_typer(bench.app, name="bench", help="Benchmarks (serving load generator).")
+app.add_typer(monitor.app, name="monitor", help="Drift monitoring of served traffic (service, baseline, feedback).")
 
 
 def main() -> None:

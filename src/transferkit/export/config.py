@@ -113,6 +113,9 @@ class ExportConfig:
     agreement_sample_size: int = field(default=64, metadata=option(
         "--agreement-sample-size", help="Validation inputs stored with fp32 labels for the deploy-time agreement "
         "check (0: none)."))
+    monitor_baseline_size: int = field(default=500, metadata=option(
+        "--monitor-baseline-size", help="Validation rows of the drift-monitoring baseline written beside the graphs "
+        "(transferkit.monitor.baseline; 0: none)."))
 
     def __post_init__(self) -> None:
         self.model_dir = Path(self.model_dir) if not isinstance(self.model_dir, Path) else self.model_dir
@@ -138,7 +141,7 @@ class ExportConfig:
         for name in ("calibration_size", "eval_batch_size", "throughput_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name}: {getattr(self, name)!r} must be >= 1")
-        for name in ("latency_runs", "throughput_runs", "agreement_sample_size"):
+        for name in ("latency_runs", "throughput_runs", "agreement_sample_size", "monitor_baseline_size"):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"{name}: {getattr(self, name)!r} must be >= 0 (0 skips the measurement)")
         if self.max_eval_samples is not None and self.max_eval_samples < 1:

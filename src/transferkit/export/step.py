@@ -204,6 +204,7 @@ def _export_into(tmp: Path, config: ExportConfig, task: Task, plan: VariantPlan,
     spec = _io_spec(config, task, variants, recommended, assets)
     spec.export_cpu, spec.int8_recipe = cpu.to_dict(), recipe.to_dict()
     spec.save(tmp)
+    _monitor_baseline(tmp, config, threads)
 
     out = config.out_dir.absolute()
     result = ExportResult(
@@ -225,6 +226,21 @@ def _export_into(tmp: Path, config: ExportConfig, task: Task, plan: VariantPlan,
     _make_readable(tmp)
     logger.info("Export done in %.1f s: recommended %s (%s)", result.seconds, recommended, result.recommended_file)
     return result
+
+
+def _monitor_baseline(tmp: Path, config: ExportConfig, threads: int) -> None:
+    """Write ``monitor_baseline/``: what the served graph sees on validation rows (drift monitoring)."""
+    if config.monitor_baseline_size == 0:
+        return
+    from transferkit.errors import MonitorError
+    from transferkit.monitor.baseline import BASELINE_DIR, compute_baseline
+
+    try:
+        baseline = compute_baseline(tmp, config.data_dir, size=config.monitor_baseline_size, threads=threads)
+    except MonitorError as exc:  # a task without monitoring exports as before; the monitor refuses to start
+        logger.warning("No monitoring baseline: %s", exc)
+        return
+    baseline.save(tmp / BASELINE_DIR)
 
 
 def _make_readable(directory: Path) -> None:

@@ -22,7 +22,9 @@ from typing import Any
 from transferkit.serve import repository as repo
 from transferkit.serve import triton_config as tc
 
-STEP_MODULES = ("tokenizer_model.py", "onnx_model.py", "postprocess_model.py")
+STEP_MODULES = ("tokenizer_model.py", "onnx_model.py", "postprocess_model.py", "monitor_client.py")
+# The served graph with the classification head's input as an extra output (transferkit.monitor.graph).
+MONITOR_GRAPH = "model.monitor.onnx"
 
 
 def text_entry_local_config(name: str, exported: repo.ExportedModel, options: repo.RepositoryOptions,
@@ -45,6 +47,11 @@ def text_entry_local_config(name: str, exported: repo.ExportedModel, options: re
     tc._param(config, "max_length", str(exported.spec.max_length or 0))
     tc._param(config, "pad_to_multiple_of", str(options.pad_to_multiple_of))
     tc._param(config, "pad_id", str(pad_id))
+    tc._param(config, "serving_metrics", "1" if options.serving_metrics else "0")
+    if options.monitor_sample_rate > 0:
+        tc._param(config, "monitor_url", options.monitor_url.rstrip("/"))
+        tc._param(config, "monitor_sample_rate", repr(float(options.monitor_sample_rate)))
+        tc._param(config, "monitor_model_file", MONITOR_GRAPH)
     return config
 
 
@@ -61,3 +68,8 @@ def write_text_entry_local(exported: repo.ExportedModel, name: str, root: Path, 
     shutil.copytree(exported.tokenizer_dir, folder / "tokenizer", dirs_exist_ok=True)
     for module in STEP_MODULES:
         shutil.copy2(repo._MODELS_PKG / module, folder / module)
+    if options.monitor_sample_rate > 0:
+        from transferkit.monitor.graph import with_embedding_output
+
+        graph, _ = with_embedding_output(exported.onnx_path)
+        (folder / MONITOR_GRAPH).write_bytes(graph)

@@ -114,6 +114,13 @@ class RepositoryOptions:
             share a shape and batch on backends without ragged batching.
         local_fast_path: Text models: the local config of the entry model runs tokenizer, graph and
             postprocess in one python model instead of the ensemble's three (see ``local_text.py``).
+        monitor_url: Base URL of a ``transferkit monitor`` service. With ``monitor_sample_rate`` > 0 the local
+            fast path posts that fraction of request items (pooled embedding, prediction, confidence, token
+            length; in the background, never failing a request) to ``<monitor_url>/v1/records``.
+        monitor_sample_rate: Fraction of request items sent to the monitor (0: none; custom metrics of every
+            request are reported either way).
+        serving_metrics: The local fast path reports every request's predictions, confidences and token lengths
+            as Triton custom metrics (off: only Triton's built-in metrics).
     """
 
     max_batch_size: int = 32
@@ -128,6 +135,9 @@ class RepositoryOptions:
     versions_to_serve: int = 1
     pad_to_multiple_of: int = 8
     local_fast_path: bool = True
+    monitor_url: str = ""
+    monitor_sample_rate: float = 0.0
+    serving_metrics: bool = True
 
     def __post_init__(self) -> None:
         self.preferred_batch_sizes = tuple(int(s) for s in self.preferred_batch_sizes)
@@ -144,6 +154,11 @@ class RepositoryOptions:
                      "pad_to_multiple_of"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= float(self.monitor_sample_rate) <= 1.0:
+            raise ConfigError(f"monitor_sample_rate: expected a fraction in [0, 1], got {self.monitor_sample_rate}")
+        if self.monitor_sample_rate > 0 and not self.monitor_url.startswith(("http://", "https://")):
+            raise ConfigError(f"monitor_url: expected an http(s):// URL with monitor_sample_rate > 0, got "
+                              f"{self.monitor_url!r}")
         if self.tensorrt_fp16 and self.instance_kind != "gpu":
             raise ConfigError("tensorrt_fp16: the TensorRT accelerator needs instance_kind='gpu'")
 
@@ -414,6 +429,7 @@ def write_model_tree(exported: ExportedModel, name: str, root: Path, version: in
     _write(post / LABELS_FILE, labels)
     (post / v).mkdir(parents=True, exist_ok=True)
     shutil.copy2(_MODELS_PKG / "postprocess_model.py", post / v / "model.py")
+    shutil.copy2(_MODELS_PKG / "monitor_client.py", post / v / "monitor_client.py")
 
     ens = root / name
     _write(ens / "config.pbtxt", to_pbtxt(ensemble_config(name, exported, options)))
@@ -421,6 +437,9 @@ def write_model_tree(exported: ExportedModel, name: str, root: Path, version: in
     front = f"{names[0]} -> " if len(names) == 4 else ""
     _write(ens / v / ENSEMBLE_PLACEHOLDER,
            f"Ensemble {name} version {v}: {front}{name}_onnx -> {name}_postprocess (no files needed).\n")
+    # The drift-monitoring baseline travels with the version: the monitor beside Triton reads it from here.
+    if (exported.directory / "monitor_baseline").is_dir():
+        shutil.copytree(exported.directory / "monitor_baseline", ens / v / "monitor_baseline", dirs_exist_ok=True)
     return names
 
 

@@ -156,6 +156,8 @@ def postprocess_config(name: str, exported: ExportedModel, options: RepositoryOp
     _add_tensor(config.output, PROBABILITIES_OUTPUT, "float32", _logit_dims(exported))
     _add_tensor(config.output, LABEL_OUTPUT, "string", [1])
     _add_tensor(config.output, exported.logits.name, exported.logits.dtype, _logit_dims(exported))
+    _param(config, "entry_model", name.removesuffix("_postprocess"))
+    _param(config, "serving_metrics", "1" if options.serving_metrics else "0")
     return config
 
 

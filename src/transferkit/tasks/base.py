@@ -133,6 +133,31 @@ class Task(ABC):
     def report_parity(self, report: Any, result: Any, config: Any) -> None:
         """Add the parity-gate paragraph and table of an :class:`~transferkit.export.config.ExportResult`."""
 
+    # ------------------------------------------------------------------------------------- monitoring
+
+    def monitor_items(self, dataset: Any, split: str) -> list[Any]:
+        """Raw inputs of ``split`` as a client sends them to the server (baseline and replay).
+
+        Raises:
+            MonitorError: The task has no drift monitoring.
+        """
+        from transferkit.errors import MonitorError
+
+        raise MonitorError(f"task {self.name}: drift monitoring is not available for this task")
+
+    def monitor_inputs(self, export_dir: Path | str) -> Any:
+        """The served preprocessing of an export: ``batches(items)`` yields ``(graph feed, input features)``.
+
+        The features (``features`` attribute: names of per-item scalars such as token length) are what the
+        monitor tests for input drift beside the pooled embedding; the serving side reports the same ones.
+
+        Raises:
+            MonitorError: The task has no drift monitoring, or the export lacks its preprocessing files.
+        """
+        from transferkit.errors import MonitorError
+
+        raise MonitorError(f"task {self.name}: drift monitoring is not available for this task")
+
     def describe_model(self, path: Path | str) -> str:
         """``Text model PATH``, ``Image model PATH``: how reports introduce a model of this task."""
         return f"{self.modality.capitalize()} model {path}"

@@ -120,5 +120,15 @@ class ImageClassification(Task):
              for c in result.parity_cases],
         )
 
+    def monitor_items(self, dataset: Any, split: str) -> list[Any]:
+        """Encoded image bytes."""
+        return list(dataset.images(split))
+
+    def monitor_inputs(self, export_dir: Any) -> Any:
+        """The served image preprocessing; features width, height and brightness."""
+        from transferkit.monitor.inputs import ImageMonitorInputs
+
+        return ImageMonitorInputs(export_dir)
+
 
 TASK = ImageClassification()

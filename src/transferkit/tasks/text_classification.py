@@ -105,5 +105,16 @@ class TextClassification(Task):
              for c in result.parity_cases],
         )
 
+    def monitor_items(self, dataset: Any, split: str) -> list[Any]:
+        """Texts, or ``(text, text_pair)`` tuples for pair datasets."""
+        texts, pairs = dataset.texts(split), dataset.text_pairs(split)
+        return list(zip(texts, pairs, strict=True)) if pairs is not None else list(texts)
+
+    def monitor_inputs(self, export_dir: Any) -> Any:
+        """The exported ``tokenizer.json``; features token length and unknown-token rate."""
+        from transferkit.monitor.inputs import TextMonitorInputs
+
+        return TextMonitorInputs(export_dir)
+
 
 TASK = TextClassification()

@@ -54,7 +54,7 @@ def test_layout_and_every_config_parses(repo):
     assert (repo / "sentiment_tokenizer/3/tokenizer/tokenizer.json").is_file()
     assert (repo / "sentiment/3/ENSEMBLE.txt").is_file()
     assert sorted(p.name for p in (repo / "sentiment/3").glob("*.py")) == [
-        "model.py", "onnx_model.py", "postprocess_model.py", "tokenizer_model.py"]
+        "model.py", "monitor_client.py", "onnx_model.py", "postprocess_model.py", "tokenizer_model.py"]
     for model in ("sentiment", "sentiment_onnx", "sentiment_postprocess"):
         assert (repo / model / "labels.txt").read_text().splitlines() == LABELS
 

@@ -153,7 +153,12 @@ def preprocess(data, settings):
     Raises:
         ImageInputError: The bytes are not a decodable image.
     """
-    image = _resize(decode(data, settings), settings)
+    return normalise(decode(data, settings), settings)
+
+
+def normalise(image, settings):
+    """A decoded 8-bit image (see :func:`decode`) resized and normalised to ``[3, image_size, image_size]``."""
+    image = _resize(image, settings)
     pixels = np.asarray(image, dtype=np.float32)
     if pixels.ndim == 2:
         pixels = np.broadcast_to(pixels[:, :, None], (*pixels.shape, 3))

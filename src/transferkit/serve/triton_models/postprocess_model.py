@@ -36,6 +36,21 @@ class TritonPythonModel:
         self.logits_name = config["input"][0]["name"]
         names = [o["name"] for o in config["output"]]
         self.probabilities_name, self.label_name, self.passthrough_name = names[0], names[1], names[2]
+        self.metrics = None
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        if params.get("serving_metrics", "1") == "1":
+            # Custom metrics of the ensemble (production): predictions and confidences; the entry model's name.
+            folder = os.path.join(args["model_repository"], args["model_version"])
+            try:
+                import sys
+
+                sys.path.insert(0, folder)
+                from monitor_client import ServingMetrics
+
+                self.metrics = ServingMetrics(pb_utils, params.get("entry_model", config["name"]),
+                                              [b.decode("utf-8") for b in self.labels])
+            except Exception as exc:  # serving goes on without custom metrics
+                pb_utils.Logger.log_warn(f"monitoring: custom metrics unavailable ({exc})")
 
     def execute(self, requests):
         """Compute a numerically stable softmax and the best label per row."""
@@ -43,6 +58,11 @@ class TritonPythonModel:
         for request in requests:
             logits = pb_utils.get_input_tensor_by_name(request, self.logits_name).as_numpy().astype(np.float32)
             probabilities, labels = classify(logits, self.labels)
+            if self.metrics is not None:
+                try:
+                    self.metrics.observe(probabilities.argmax(axis=-1), probabilities.max(axis=-1), np.zeros(0))
+                except Exception as exc:  # monitoring never fails a request
+                    pb_utils.Logger.log_warn(f"monitoring metrics: {exc}")
             responses.append(pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor(self.probabilities_name, probabilities),
                 pb_utils.Tensor(self.label_name, labels),

@@ -16,6 +16,7 @@ still one fewer than the ensemble.
 import json
 import os
 import sys
+import time
 
 import triton_python_backend_utils as pb_utils
 
@@ -46,9 +47,35 @@ class TritonPythonModel:
         graph_file = os.path.join(os.path.dirname(os.path.normpath(model_dir)), self.graph_model, version,
                                   params.get("model_file", "model.onnx"))
         self.in_process = os.path.isfile(graph_file)
-        self.runner = GraphRunner(graph_file if self.in_process else None, params, graph_inputs, [self.logits],
-                                  execute=None if self.in_process else self._bls)
         self.labels = read_labels(os.path.join(model_dir, "labels.txt"))
+        outputs = [self.logits]
+        self.monitor = None
+        self._monitoring(config, params)
+        if self.monitor is not None and self.in_process:
+            graph_file = os.path.join(model_dir, version, params["monitor_model_file"])
+            outputs.append(("monitor_embedding", pb_utils.triton_string_to_numpy("TYPE_FP32")))
+        elif self.monitor is not None:
+            pb_utils.Logger.log_warn("monitoring: the graph runs in another model (BLS); no embeddings sampled")
+            self.monitor = None
+        self.runner = GraphRunner(graph_file if self.in_process else None, params, graph_inputs, outputs,
+                                  execute=None if self.in_process else self._bls)
+
+    def _monitoring(self, config, params):
+        """Custom metrics of every request; a record sender when ``monitor_sample_rate`` > 0."""
+        from monitor_client import RecordSender, ServingMetrics
+
+        self.model_name = config["name"]
+        unk = getattr(self.encoder.tokenizer.model, "unk_token", None)
+        self.unk_id = self.encoder.tokenizer.token_to_id(unk) if unk else None
+        self.metrics = None
+        try:
+            if params.get("serving_metrics", "1") == "1":
+                self.metrics = ServingMetrics(pb_utils, self.model_name, [b.decode("utf-8") for b in self.labels])
+        except Exception as exc:  # custom metrics need Triton's metrics on; serving goes on without them
+            pb_utils.Logger.log_warn(f"monitoring: custom metrics unavailable ({exc})")
+        rate = float(params.get("monitor_sample_rate", "0") or 0)
+        if rate > 0 and params.get("monitor_url"):
+            self.monitor = RecordSender(params["monitor_url"], rate, self.metrics, log=pb_utils.Logger.log_warn)
 
     def _bls(self, output_names, feed):
         """Run one padded group in the graph model (``model_version`` -1 follows a hot swap like the ensemble)."""
@@ -63,15 +90,49 @@ class TritonPythonModel:
         """One ``encode_batch`` over all requests, length-grouped graph runs, softmax and labels."""
         try:
             columns, sizes = self.read_texts(requests, self.text_inputs)
-            outputs = self.runner.run(self.encoder.encode(columns, sizes))
+            encoded = self.encoder.encode(columns, sizes)
+            outputs = self.runner.run(encoded)
         except Exception as exc:  # every request of the batch gets the error instead of a dead stub
             return [pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))) for _ in requests]
         responses = []
-        for (logits,) in outputs:
+        for request, arrays, (logits, *embedding) in zip(requests, encoded, outputs, strict=True):
             probabilities, labels = self.classify(logits, self.labels)
+            try:
+                self._observe(request, arrays, probabilities, embedding[0] if embedding else None)
+            except Exception as exc:  # monitoring never fails a request
+                pb_utils.Logger.log_warn(f"monitoring: {exc}")
             responses.append(pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor(self.logits[0], logits),
                 pb_utils.Tensor(self.probabilities_name, probabilities),
                 pb_utils.Tensor(self.label_name, labels),
             ]))
         return responses
+
+    def _observe(self, request, arrays, probabilities, embedding):
+        """Count the request's items in the custom metrics; queue the sampled ones for the monitor."""
+        from monitor_client import request_id_and_group
+
+        ids = arrays["input_ids"]
+        mask = arrays.get("attention_mask", ids != self.encoder.pad_id)
+        lengths = mask.sum(axis=1)
+        unknown = ((ids == self.unk_id) & (mask > 0)).sum(axis=1) if self.unk_id is not None else 0 * lengths
+        predictions, confidences = probabilities.argmax(axis=1), probabilities.max(axis=1)
+        if self.metrics is not None:
+            try:
+                self.metrics.observe(predictions, confidences, lengths)
+            except Exception as exc:  # sampling below does not depend on the metrics
+                pb_utils.Logger.log_warn(f"monitoring metrics: {exc}")
+        if self.monitor is None or embedding is None:
+            return
+        chosen = self.monitor.sample(len(predictions))
+        if not chosen:
+            return
+        request_id, group = request_id_and_group(request)
+        request_id = request_id or f"{self.model_name}-{id(request)}-{time.time_ns()}"
+        self.monitor.offer([{
+            "request_id": request_id if len(predictions) == 1 else f"{request_id}-{i}",
+            "embedding": embedding[i].astype(float).tolist(), "prediction": int(predictions[i]),
+            "confidence": float(confidences[i]),
+            "features": {"length": float(lengths[i]), "unk_rate": float(unknown[i]) / max(1.0, float(lengths[i]))},
+            **({"group": group} if group is not None else {}),
+        } for i in chosen])
