@@ -6,6 +6,7 @@ import typer
 
 from transferkit import __version__
 from transferkit.cli import bench, data, deploy, evaluate, export, forgetting, models, pipeline, serve, train
+from transferkit.cli._common import OneLineErrors
 from transferkit.log import configure_logging
 
 app = typer.Typer(
@@ -14,6 +15,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=OneLineErrors,
 )
 
 

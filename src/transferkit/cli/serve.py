@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 from pathlib import Path
@@ -65,6 +66,14 @@ def serve(
     if not repository.is_dir():
         raise ServingError(f"{repository}: model repository folder does not exist")
     models = list(model or []) or _entry_models(repository)
+    if not models:
+        raise ServingError(f"{repository}: no model to serve (no <model>/config.pbtxt); expected a repository "
+                           "written by `transferkit deploy`, or name models with --model")
+    if api_key_env and not api_key_file and not os.environ.get(api_key_env, "").strip():
+        from transferkit.errors import AuthError
+
+        raise AuthError(f"--api-key-env {api_key_env}: the variable is unset or empty; expected it to hold the "
+                        "model-control key (the control API would be left unprotected)")
     key = read_api_key(api_key_env or None, api_key_file)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
