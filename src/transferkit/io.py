@@ -92,6 +92,26 @@ def remove_stale_staging(out: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
+def check_creatable(out: str | os.PathLike[str], field_name: str = "out") -> None:
+    """Refuse an output directory that cannot be created, before any work (not after the work is done).
+
+    Raises:
+        ConfigError: ``out`` is a file, or its nearest existing ancestor is a file or not writable.
+    """
+    from transferkit.errors import ConfigError
+
+    final = Path(out).absolute()
+    if final.exists():
+        if not final.is_dir():
+            raise ConfigError(f"{field_name}: {out} exists and is not a directory")
+        return
+    ancestor = next(d for d in final.parents if d.exists())
+    if not ancestor.is_dir():
+        raise ConfigError(f"{field_name}: {out} cannot be created: {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"{field_name}: {out} cannot be created: {ancestor} is not writable")
+
+
 def check_replaceable(out: str | os.PathLike[str], owned_files: tuple[str, ...]) -> None:
     """Refuse to replace ``out`` when it is a non-empty directory holding none of ``owned_files``.
 

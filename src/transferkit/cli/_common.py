@@ -72,10 +72,27 @@ def handle_errors(func: F) -> F:
             print_error(str(exc))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            err_console.print("error: interrupted", markup=False)
+            print_error(interrupted_message(kwargs))
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def interrupted_message(options: dict[str, Any]) -> str:
+    """What Ctrl-C kept and how to go on: outputs are replaced only on success; training resumes from checkpoints."""
+    from pathlib import Path
+
+    out = options.get("out_dir") or options.get("out") or options.get("work_dir")
+    message = "interrupted"
+    if out:
+        message += f"; {out} was left as it was (an output is replaced only when its step completes)"
+    checkpoints = options.get("checkpoint_dir") or (Path(f"{out}.checkpoints") if "resume" in options and out else None)
+    if checkpoints and Path(checkpoints).is_dir():
+        message += (f"; checkpoints kept in {checkpoints}: re-run the same command to resume from the last complete "
+                    "one (--no-resume starts over)")
+    else:
+        message += "; re-run the same command to start again"
+    return message
 
 
 def not_implemented(command: str, issue: int) -> None:

@@ -49,7 +49,13 @@ app.add_typer(bench.app, name="bench", help="Benchmarks (serving load generator)
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:  # Ctrl-C before a command's own handler runs (while importing): still one line
+        from transferkit.cli._common import print_error
+
+        print_error("interrupted before the command started; nothing was written")
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":
