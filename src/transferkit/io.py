@@ -108,8 +108,11 @@ def check_creatable(out: str | os.PathLike[str], field_name: str = "out") -> Non
     ancestor = next(d for d in final.parents if d.exists())
     if not ancestor.is_dir():
         raise ConfigError(f"{field_name}: {out} cannot be created: {ancestor} is a file, not a directory")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ConfigError(f"{field_name}: {out} cannot be created: {ancestor} is not writable")
+    try:  # os.access says yes to root on read-only file systems: try it (an empty directory, removed at once)
+        Path(tempfile.mkdtemp(prefix=".transferkit-write-test-", dir=ancestor)).rmdir()
+    except OSError as exc:
+        raise ConfigError(f"{field_name}: {out} cannot be created: {ancestor} is not writable "
+                          f"({exc.strerror or type(exc).__name__})") from None
 
 
 def check_replaceable(out: str | os.PathLike[str], owned_files: tuple[str, ...]) -> None:

@@ -78,6 +78,8 @@ CASES = [
     Bad("data-fractions-sum-1", f"{DATA} {{in}}/good.csv --validation-fraction 0.5 --test-fraction 0.5", "fraction"),
     Bad("data-seed-negative", f"{DATA} {{in}}/good.csv --seed -1", "seed"),
     Bad("data-max-rows-0", f"{DATA} {{in}}/good.csv --max-rows 0", "max_rows"),
+    Bad("data-max-rows-negative", f"{DATA} {{in}}/good.csv --max-rows -5", "max_rows"),
+    Bad("data-unicode-column-missing", f"{DATA} {{in}}/good.csv --label-column étiquette", "étiquette"),
     Bad("data-max-rows-not-int", f"{DATA} {{in}}/good.csv --max-rows lots", "--max-rows"),
     Bad("data-max-length-0", f"{DATA} {{in}}/good.csv --max-length 0", "max_length"),
     Bad("data-min-class-count-1", f"{DATA} {{in}}/good.csv --min-class-count 1", "min_class_count"),
@@ -130,6 +132,7 @@ CASES = [
     Bad("eval-batch-size-0", f"{EVAL} --batch-size 0", "batch_size"),
     Bad("eval-min-primary-above-1", f"{EVAL} --min-primary 1.5", "min_primary"),
     Bad("eval-min-primary-negative", f"{EVAL} --min-primary -0.2", "min_primary"),
+    Bad("eval-min-loss-negative", f"{EVAL} --primary-metric loss --min-primary -1", "min_primary"),
     Bad("eval-unknown-metric", f"{EVAL} --primary-metric bleu", "primary_metric"),
     Bad("eval-max-length-1", f"{EVAL} --max-length 1", "max_length"),
     Bad("eval-slice-min-size-0", f"{EVAL} --slice-min-size 0", "slice_min_size"),
@@ -169,6 +172,10 @@ CASES = [
     Bad("deploy-name-space", "deploy --onnx {in}/onnx --name 'my model' --repository {t}/repo --triton-url " + DOWN,
         "name"),
     Bad("deploy-name-empty", "deploy --onnx {in}/onnx --name '' --repository {t}/repo --triton-url " + DOWN, "name"),
+    Bad("deploy-name-unicode", "deploy --onnx {in}/onnx --name modèle --repository {t}/repo --triton-url " + DOWN,
+        "name"),
+    Bad("deploy-name-leading-dot", "deploy --onnx {in}/onnx --name .hidden --repository {t}/repo --triton-url "
+        + DOWN, "name"),
     Bad("deploy-unknown-mode", f"{DEPLOY} --mode helm", "mode"),
     Bad("deploy-keep-0", f"{DEPLOY} --keep 0", "keep"),
     Bad("deploy-max-batch-0", f"{DEPLOY} --max-batch-size 0", "max_batch_size"),
@@ -201,6 +208,11 @@ CASES = [
     Bad("serve-api-key-file-missing", f"{SERVE} --api-key-file {{in}}/nope.key", "nope.key"),
     Bad("serve-api-key-env-unset", f"{SERVE} --api-key-env TRANSFERKIT_NO_SUCH_VAR", "TRANSFERKIT_NO_SUCH_VAR"),
     Bad("serve-empty-repository", "serve --repository {in}/empty_dir", "empty_dir"),
+    Bad("serve-port-in-use", f"{SERVE} --port {{busy}} --grpc-port 0 --metrics-port 0", "is not available"),
+    Bad("serve-unknown-model", f"{SERVE} --model sentiment/../x --port 0 --grpc-port 0 --metrics-port 0", "model"),
+    # Triton itself refuses the model: its own error line is the cause, not the first warning of its log.
+    Bad("serve-model-config-error", "serve --repository {in}/repo --port 0 --grpc-port 0 --metrics-port 0",
+        "Poll failed for model directory 'sentiment'"),
     # -- pipeline
     Bad("pipeline-run-without-local", "pipeline run --work-dir {t}/work", "--local"),
     Bad("pipeline-params-missing", "pipeline run --local --params {in}/nope.yaml --work-dir {t}/work", "nope.yaml"),
@@ -215,6 +227,10 @@ CASES = [
         "strategies"),
     Bad("pipeline-param-dataset-missing", "pipeline run --local --params {in}/dataset.yaml --work-dir {t}/work",
         "dataset"),
+    Bad("pipeline-param-no-strategies", "pipeline run --local --params {in}/no_strategies.yaml --work-dir {t}/w",
+        "strategies"),
+    Bad("pipeline-param-lr-negative", "pipeline run --local --params {in}/lr.yaml --work-dir {t}/work",
+        "learning_rate"),
     Bad("pipeline-work-dir-is-a-file", "pipeline run --local --work-dir {in}/good.csv", "good.csv"),
     Bad("pipeline-submit-bad-host", "pipeline submit --host not-a-url", "host"),
     Bad("pipeline-submit-host-down", f"pipeline submit --host {DOWN}", "127.0.0.1"),
@@ -276,8 +292,19 @@ def _write_inputs(root: Path) -> None:
     (root / "range.yaml").write_text("min_agreement: 1.5\n")
     (root / "name.yaml").write_text("model_name: ../escape\n")
     (root / "task.yaml").write_text("task: translation\n")
+    (root / "no_strategies.yaml").write_text("strategies: []\n")
+    (root / "lr.yaml").write_text("learning_rate: -0.001\n")
     (root / "strategy.yaml").write_text("strategies: [finetune]\n")
     (root / "dataset.yaml").write_text(f"dataset_uri: {root / 'nope.csv'}\n")
+
+
+@pytest.fixture(scope="module")
+def busy_port() -> Iterator[int]:
+    """A port another process (here: this one) listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -307,13 +334,14 @@ def chdir(tmp_path: Path) -> Iterator[Path]:
         os.chdir(previous)
 
 
-def run_case(case: Bad, inputs: Path, work: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+def run_case(case: Bad, inputs: Path, work: Path, monkeypatch: pytest.MonkeyPatch, busy: int = 0
+             ) -> tuple[int, str, str]:
     """Run one case; return (exit code, stdout, stderr)."""
     import shlex
 
     for key, value in case.env.items():
         monkeypatch.setenv(key, value)
-    args = shlex.split(case.args.replace("{in}", str(inputs)).replace("{t}", str(work)))
+    args = shlex.split(case.args.replace("{in}", str(inputs)).replace("{t}", str(work)).replace("{busy}", str(busy)))
     result = runner.invoke(app, args)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         import traceback
@@ -324,9 +352,10 @@ def run_case(case: Bad, inputs: Path, work: Path, monkeypatch: pytest.MonkeyPatc
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_is_refused_cleanly(case: Bad, inputs: Path, chdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    before = _tree(inputs, chdir)
-    code, out, err = run_case(case, inputs, chdir, monkeypatch)
+def test_bad_input_is_refused_cleanly(case: Bad, inputs: Path, chdir: Path, monkeypatch: pytest.MonkeyPatch,
+                                      busy_port: int) -> None:
+    before, shm = _tree(inputs, chdir), _shm()
+    code, out, err = run_case(case, inputs, chdir, monkeypatch, busy_port)
     text = out + err
     assert code != 0, f"exit 0 on bad input:\n{text}"
     assert "Traceback" not in text, text
@@ -335,6 +364,7 @@ def test_bad_input_is_refused_cleanly(case: Bad, inputs: Path, chdir: Path, monk
     assert case.expect in errors[0], errors[0]
     assert SECRET not in text, text
     assert _tree(inputs, chdir) == before, "files were left behind or changed"
+    assert _shm() <= shm, "a server left shared-memory files behind"
 
 
 def test_the_corpus_covers_every_command() -> None:

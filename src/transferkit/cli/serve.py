@@ -60,7 +60,7 @@ def serve(
     from transferkit.errors import ServingError
     from transferkit.serve.control import read_api_key
     from transferkit.serve.install import install_triton
-    from transferkit.serve.local import LocalTriton, check_ports
+    from transferkit.serve.local import LocalTriton, check_ports, check_ports_free
 
     check_ports(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
     if not repository.is_dir():
@@ -75,6 +75,7 @@ def serve(
         raise AuthError(f"--api-key-env {api_key_env}: the variable is unset or empty; expected it to hold the "
                         "model-control key (the control API would be left unprotected)")
     key = read_api_key(api_key_env or None, api_key_file)
+    check_ports_free(host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     install = install_triton()  # idempotent: a no-op after `make setup`

@@ -140,6 +140,25 @@ def check_ports(**ports: int) -> None:
         seen[int(port)] = field_name
 
 
+def check_ports_free(host: str, **ports: int) -> None:
+    """Refuse a fixed port that another process already listens on, before the server starts.
+
+    Triton would otherwise fail after loading its models, with the reason among pages of start-up log.
+
+    Raises:
+        ServingError: Names the option, the address and what to do.
+    """
+    for field_name, port in ports.items():
+        if not port:
+            continue  # 0: the server picks a free port
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            try:
+                probe.bind((host, int(port)))
+            except OSError as exc:
+                raise ServingError(f"{field_name}: {host}:{port} is not available ({exc.strerror}); stop the "
+                                   "process using it or choose another port (0 picks a free one)") from None
+
+
 class LocalTriton:
     """A real local ``tritonserver`` as a context manager.
 
