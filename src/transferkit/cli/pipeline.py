@@ -67,7 +67,12 @@ def check_params(params: dict[str, Any], package: Path) -> None:
     Raises:
         ConfigError: Names the parameter, the value and the type the pipeline declares.
     """
-    spec = yaml.safe_load(package.read_text(encoding="utf-8").split("\n---\n")[0])
+    try:
+        spec = yaml.safe_load(package.read_text(encoding="utf-8").split("\n---\n")[0])
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{package}: not a compiled pipeline (unreadable YAML: {str(exc).splitlines()[0]})") from None
+    if not isinstance(spec, dict) or "root" not in spec:
+        raise ConfigError(f"{package}: not a compiled pipeline (expected KFP pipeline YAML with a 'root' section)")
     declared = spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
     unknown = sorted(set(params) - set(declared))
     if unknown:

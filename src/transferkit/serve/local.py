@@ -148,6 +148,10 @@ def check_ports_free(host: str, **ports: int) -> None:
     Raises:
         ServingError: Names the option, the address and what to do.
     """
+    try:
+        socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError):
+        raise ConfigError(f"host: {host!r} is not an address or a name that resolves (e.g. 127.0.0.1)") from None
     for field_name, port in ports.items():
         if not port:
             continue  # 0: the server picks a free port
