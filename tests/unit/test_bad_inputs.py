@@ -209,7 +209,6 @@ CASES = [
     Bad("serve-same-ports", f"{SERVE} --port 18123 --grpc-port 18123", "port"),
     Bad("serve-api-key-file-missing", f"{SERVE} --api-key-file {{in}}/nope.key", "nope.key"),
     Bad("serve-api-key-env-unset", f"{SERVE} --api-key-env TRANSFERKIT_NO_SUCH_VAR", "TRANSFERKIT_NO_SUCH_VAR"),
-    Bad("serve-empty-repository", "serve --repository {in}/empty_dir", "empty_dir"),
     Bad("serve-host-unresolvable", f"{SERVE} --host 999.1.1.1 --port 0 --grpc-port 0 --metrics-port 0", "host"),
     Bad("serve-port-in-use", f"{SERVE} --port {{busy}} --grpc-port 0 --metrics-port 0", "is not available"),
     Bad("serve-unknown-model", f"{SERVE} --model sentiment/../x --port 0 --grpc-port 0 --metrics-port 0", "model"),

@@ -66,9 +66,6 @@ def serve(
     if not repository.is_dir():
         raise ServingError(f"{repository}: model repository folder does not exist")
     models = list(model or []) or _entry_models(repository)
-    if not models:
-        raise ServingError(f"{repository}: no model to serve (no <model>/config.pbtxt); expected a repository "
-                           "written by `transferkit deploy`, or name models with --model")
     if api_key_env and not api_key_file and not os.environ.get(api_key_env, "").strip():
         from transferkit.errors import AuthError
 
