@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -37,16 +40,79 @@ def atomic_output_dir(out: str | os.PathLike[str], *, overwrite: bool = True,
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final}: output directory exists")
     check_replaceable(final, owned_files)
+    created = [d for d in (final.parent, *final.parent.parents) if not d.exists()]
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    remove_stale_staging(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
     # mkdtemp creates 0700; artifacts are read by other users and pods, so use the umask-default mode.
     tmp.chmod(0o777 & ~_umask())
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for directory in created:  # innermost first: parents this call made, if still empty
+            with contextlib.suppress(OSError):
+                directory.rmdir()
         raise
     replace_dir(tmp, final)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_staging(out: str | os.PathLike[str]) -> list[Path]:
+    """Remove the incomplete siblings of ``out`` that a killed run left behind, logging each.
+
+    Those are staging directories (``.NAME.tmp-PID-*``) whose process is gone and rename-aside directories
+    (``.NAME.old-*``); a re-run removes them so a ``kill -9`` leaves nothing behind for long.
+
+    Returns:
+        The directories removed.
+    """
+    final = Path(out).absolute()
+    removed = []
+    if not final.parent.is_dir():
+        return removed
+    for candidate in sorted(final.parent.glob(f".{final.name}.tmp-*")) + sorted(final.parent.glob(
+            f".{final.name}.old-*")):
+        owner = candidate.name.rsplit(".tmp-", 1)[-1].split("-", 1)[0] if ".tmp-" in candidate.name else ""
+        if owner.isdigit() and _pid_alive(int(owner)):
+            continue  # a concurrent run still writing
+        shutil.rmtree(candidate, ignore_errors=True)
+        if not candidate.exists():
+            removed.append(candidate)
+            logger.warning("removed %s: incomplete output of an interrupted run", candidate)
+    return removed
+
+
+def check_creatable(out: str | os.PathLike[str], field_name: str = "out") -> None:
+    """Refuse an output directory that cannot be created, before any work (not after the work is done).
+
+    Raises:
+        ConfigError: ``out`` is a file, or its nearest existing ancestor is a file or not writable.
+    """
+    from transferkit.errors import ConfigError
+
+    final = Path(out).absolute()
+    if final.exists():
+        if not final.is_dir():
+            raise ConfigError(f"{field_name}: {out} exists and is not a directory")
+        return
+    ancestor = next(d for d in final.parents if d.exists())
+    if not ancestor.is_dir():
+        raise ConfigError(f"{field_name}: {out} cannot be created: {ancestor} is a file, not a directory")
+    try:  # os.access says yes to root on read-only file systems: try it (an empty directory, removed at once)
+        Path(tempfile.mkdtemp(prefix=".transferkit-write-test-", dir=ancestor)).rmdir()
+    except OSError as exc:
+        raise ConfigError(f"{field_name}: {out} cannot be created: {ancestor} is not writable "
+                          f"({exc.strerror or type(exc).__name__})") from None
 
 
 def check_replaceable(out: str | os.PathLike[str], owned_files: tuple[str, ...]) -> None:

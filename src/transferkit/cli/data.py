@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from transferkit.cli._common import console, handle_errors
+from transferkit.errors import ConfigError
 from transferkit.tasks import DEFAULT_TASK, task_names
 
 app = typer.Typer(no_args_is_help=True)
@@ -65,6 +66,9 @@ def prepare(
     from transferkit.data.prepare import DataPrepConfig, prepare_dataset
     from transferkit.tasks import get_task
 
+    if max_rows is not None and max_rows < 1:
+        # The config reads 0 as "not given" (the KFP component's unset value); on the command line it is a mistake.
+        raise ConfigError(f"max_rows: expected a positive integer (leave --max-rows out for all rows), got {max_rows}")
     config = DataPrepConfig(
         dataset=dataset, out=out, task=task, text_column=text_column, text_pair_column=text_pair_column,
         label_column=label_column, group_column=group_column, split_column=split_column,

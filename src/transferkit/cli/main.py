@@ -6,8 +6,20 @@ import typer
 
 from transferkit import __version__
 from transferkit.cli import (
-    bench, data, deploy, evaluate, export, forgetting, models, monitor, pipeline, prune, serve, train,
+    bench,
+    data,
+    deploy,
+    evaluate,
+    export,
+    forgetting,
+    models,
+    monitor,
+    pipeline,
+    prune,
+    serve,
+    train,
 )
+from transferkit.cli._common import OneLineErrors
 from transferkit.log import configure_logging
 
 app = typer.Typer(
@@ -16,6 +28,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=OneLineErrors,
 )
 
 
@@ -51,7 +64,13 @@ app.add_typer(monitor.app, name="monitor", help="Drift monitoring of served traf
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:  # Ctrl-C before a command's own handler runs (while importing): still one line
+        from transferkit.cli._common import print_error
+
+        print_error("interrupted before the command started; nothing was written")
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

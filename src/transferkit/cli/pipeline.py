@@ -67,7 +67,12 @@ def check_params(params: dict[str, Any], package: Path) -> None:
     Raises:
         ConfigError: Names the parameter, the value and the type the pipeline declares.
     """
-    spec = yaml.safe_load(package.read_text(encoding="utf-8").split("\n---\n")[0])
+    try:
+        spec = yaml.safe_load(package.read_text(encoding="utf-8").split("\n---\n")[0])
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{package}: not a compiled pipeline (unreadable YAML: {str(exc).splitlines()[0]})") from None
+    if not isinstance(spec, dict) or "root" not in spec:
+        raise ConfigError(f"{package}: not a compiled pipeline (expected KFP pipeline YAML with a 'root' section)")
     declared = spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
     unknown = sorted(set(params) - set(declared))
     if unknown:
@@ -77,6 +82,47 @@ def check_params(params: dict[str, Any], package: Path) -> None:
         if accepts is not None and not accepts(value):
             raise ConfigError(f"pipeline parameter {name}: {value!r} is not {expected} "
                               f"(declared {declared[name]['parameterType']})")
+    for name, value in params.items():
+        problem = _value_problem(name, value)
+        if problem:
+            raise ConfigError(f"pipeline parameter {name}: {value!r} {problem}")
+
+
+def _value_problem(name: str, value: Any) -> str | None:
+    """What is wrong with a parameter's value (ranges, choices, local paths), checked before any step starts.
+
+    KFP parameters cannot be None, so 0 / -1 / "" stand for "not given" where the pipeline says so; those pass.
+    """
+    from transferkit.export.config import CPU_ISAS, TARGETS
+    from transferkit.serve.repository import validate_model_name
+    from transferkit.tasks import task_names
+    from transferkit.train.config import STRATEGIES
+
+    choices = {"task": task_names(), "export_target": TARGETS, "export_cpu_isa": CPU_ISAS,
+               "deploy_mode": ("triton", "gitops", "kserve"), "instance_kind": ("gpu", "cpu")}
+    ranges = {"max_rows": (0, None), "max_steps": (0, None), "batch_size": (0, None), "max_length": (0, None),
+              "image_size": (0, None), "early_stopping_patience": (0, None), "seed": (0, None),
+              "nproc_per_node": (1, None), "epochs": (1e-9, None), "learning_rate": (0, None), "llrd": (1e-9, 1),
+              "l2sp": (0, None), "min_primary": (0, 1), "forgetting_min_retention": (0, 1.5),
+              "min_agreement": (0, 1), "max_quantization_drop": (0, 100)}
+    if name in choices and value not in choices[name]:
+        return f"is not one of {', '.join(choices[name])}"
+    if name in ranges:
+        low, high = ranges[name]
+        if value < low or (high is not None and value > high):
+            return f"is outside [{low:g}, {'inf' if high is None else f'{high:g}'}]"
+    if name == "strategies":
+        unknown = [s for s in value if s not in STRATEGIES]
+        if not value or unknown:
+            return f"is not a non-empty list of strategies from {', '.join(STRATEGIES)}"
+    if name == "model_name":
+        try:
+            validate_model_name(value, field_name="model_name")
+        except ConfigError:
+            return "is not a model name (1-63 letters, digits, '_', '.', '-', starting with a letter or digit)"
+    if name == "dataset_uri" and "://" not in value and not value.startswith("builtin:") and not Path(value).exists():
+        return "does not exist (expected a local path, s3://bucket/key or builtin:NAME)"
+    return None
 
 
 @app.command("compile")
@@ -129,6 +175,8 @@ def run(
     params = load_params(params_file)
     if pipeline_file.is_file():
         check_params(params, pipeline_file)
+    if work_dir.exists() and not work_dir.is_dir():
+        raise ConfigError(f"work_dir: {work_dir} exists and is not a directory")
     result = run_local(params, package=pipeline_file, work_dir=work_dir.absolute(), caching=cache,
                        serve_forever=serve)
     if as_json:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 from pathlib import Path
@@ -59,13 +60,19 @@ def serve(
     from transferkit.errors import ServingError
     from transferkit.serve.control import read_api_key
     from transferkit.serve.install import install_triton
-    from transferkit.serve.local import LocalTriton, check_ports
+    from transferkit.serve.local import LocalTriton, check_ports, check_ports_free
 
     check_ports(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
     if not repository.is_dir():
         raise ServingError(f"{repository}: model repository folder does not exist")
     models = list(model or []) or _entry_models(repository)
+    if api_key_env and not api_key_file and not os.environ.get(api_key_env, "").strip():
+        from transferkit.errors import AuthError
+
+        raise AuthError(f"--api-key-env {api_key_env}: the variable is unset or empty; expected it to hold the "
+                        "model-control key (the control API would be left unprotected)")
     key = read_api_key(api_key_env or None, api_key_file)
+    check_ports_free(host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     install = install_triton()  # idempotent: a no-op after `make setup`

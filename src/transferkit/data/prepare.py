@@ -33,7 +33,7 @@ from transferkit.data.validate import (
     sorted_label_names,
 )
 from transferkit.errors import ConfigError, DataError
-from transferkit.io import atomic_output_dir, check_replaceable, write_json
+from transferkit.io import atomic_output_dir, check_creatable, check_replaceable, write_json
 from transferkit.tasks import DEFAULT_TASK, find_task, get_task, task_names
 
 logger = logging.getLogger(__name__)
@@ -209,6 +209,7 @@ def _check_out(out: Path, files: list[SourceFile]) -> None:
         if path == final or final in path.parents:
             raise ConfigError(f"out: {out} contains the input {file.display}; replacing it would delete the "
                               "input, choose another output directory")
+    check_creatable(out)
     check_replaceable(out, OWNED_FILES)
 
 

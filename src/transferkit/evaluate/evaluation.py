@@ -96,6 +96,12 @@ class EvaluateConfig:
                               f"{', '.join(GENERATION_METRICS)} (generation), got {self.primary_metric!r}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size: expected a positive integer, got {self.batch_size}")
+        if self.min_primary is not None:
+            # Every scalar metric but the loss is a fraction: a threshold outside [0, 1] can never (or always) pass.
+            low, high = (0.0, float("inf")) if self.primary_metric == "loss" else (0.0, 1.0)
+            if not low <= float(self.min_primary) <= high:
+                raise ConfigError(f"min_primary: {self.min_primary} is outside the range of {self.primary_metric} "
+                                  f"([{low:g}, {high:g}]); the gate could never pass")
         if self.max_length is not None and self.max_length < 2:
             raise ConfigError(f"max_length: expected at least 2 tokens, got {self.max_length}")
         if not 2 <= self.calibration_bins <= 100:

@@ -157,6 +157,9 @@ class DeployConfig:
                 and len(self.smoke_expected_labels) != len(self.smoke_texts)):
             raise ConfigError(f"smoke_expected_labels: {len(self.smoke_expected_labels)} labels for "
                               f"{len(self.smoke_texts)} smoke_texts")
+        if self.api_key_file and not Path(self.api_key_file).is_file():
+            raise ConfigError(f"api_key_file: {self.api_key_file} does not exist; expected a mounted secret file "
+                              "holding the model-control key")
         if self.mode == "triton":
             if not self.triton_url:
                 raise ConfigError("triton_url: required in mode 'triton' (http://host:port)")
@@ -165,6 +168,9 @@ class DeployConfig:
             if self.git_repo is None:
                 raise ConfigError("git_repo: required in mode 'gitops' (a git work tree)")
             self.git_repo = Path(self.git_repo)
+            if not (self.git_repo / ".git").exists():
+                raise ConfigError(f"git_repo: {self.git_repo} is not a git work tree (no .git); expected the "
+                                  "checkout that holds the values file")
             if not self.values_key or any(not p for p in self.values_key.split(".")):
                 raise ConfigError(f"values_key: {self.values_key!r} is not a dotted key")
         if self.mode == "kserve":

@@ -121,15 +121,46 @@ def cleanup_stale_shm(min_age_s: float = 60.0) -> list[str]:
     return removed
 
 
+_LOG_NOISE = ("CUDA driver", "CudaDriverHelper", "pinned memory", "cuda_memory_manager", "GPU metrics",
+              "Collecting CPU metrics", "Failed to initialize CUDA", "DCGM")
+
+
 def check_ports(**ports: int) -> None:
     """Refuse a port outside 0-65535 (0 picks a free one) before anything starts.
 
     Raises:
         ConfigError: Names the option and the accepted range.
     """
+    seen: dict[int, str] = {}
     for field_name, port in ports.items():
         if not 0 <= int(port) <= 65535:
             raise ConfigError(f"{field_name}: {port} is not a TCP port; expected 1-65535 (0 picks a free one)")
+        if port and int(port) in seen:
+            raise ConfigError(f"{field_name}: port {port} is also the {seen[int(port)]}; expected distinct ports")
+        seen[int(port)] = field_name
+
+
+def check_ports_free(host: str, **ports: int) -> None:
+    """Refuse a fixed port that another process already listens on, before the server starts.
+
+    Triton would otherwise fail after loading its models, with the reason among pages of start-up log.
+
+    Raises:
+        ServingError: Names the option, the address and what to do.
+    """
+    try:
+        socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError):
+        raise ConfigError(f"host: {host!r} is not an address or a name that resolves (e.g. 127.0.0.1)") from None
+    for field_name, port in ports.items():
+        if not port:
+            continue  # 0: the server picks a free port
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            try:
+                probe.bind((host, int(port)))
+            except OSError as exc:
+                raise ServingError(f"{field_name}: {host}:{port} is not available ({exc.strerror}); stop the "
+                                   "process using it or choose another port (0 picks a free one)") from None
 
 
 class LocalTriton:
@@ -333,8 +364,11 @@ class LocalTriton:
             return "no log"
         with open(self.log_path, encoding="utf-8", errors="replace") as handle:
             tail = deque((ln.strip() for ln in handle if ln.strip()), maxlen=200)
-        errors = [ln for ln in tail if ln.startswith(("E", "W")) or "error" in ln.lower()]
-        chosen = (errors or list(tail))[-lines:]
+        # The cause is an E line (or an "error"/"failed" line); CUDA/pinned-memory lines on a CPU-only host are noise
+        # that used to hide it.
+        useful = [ln for ln in tail if not any(noise in ln for noise in _LOG_NOISE)]
+        errors = [ln for ln in useful if ln.startswith("E") or any(w in ln.lower() for w in ("error", "failed"))]
+        chosen = (errors or [ln for ln in useful if ln.startswith("W")] or useful or list(tail))[-lines:]
         return " | ".join(chosen) if chosen else "empty log"
 
     def stop(self) -> None:

@@ -224,6 +224,8 @@ class TrainConfig:
                 raise ConfigError(f"{name}: expected an integer >= 0, got {value!r}")
         if self.max_length is not None and self.max_length < 4:
             raise ConfigError(f"max_length: expected at least 4 tokens, got {self.max_length}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed: expected an integer in [0, 2**32 - 1] (numpy's range), got {self.seed!r}")
         if not (0 < self.llrd <= 1):
             raise ConfigError(f"llrd: expected a factor in (0, 1] (1 = no decay), got {self.llrd!r}")
         if self.weight_decay is not None and not (0 <= self.weight_decay < 1):

@@ -58,9 +58,12 @@ def test_failing_step_names_the_task_and_the_cause(repo_root, tmp_path):
     params.write_text(yaml.safe_dump({**SMALL, "dataset_uri": str(tmp_path / "missing.csv")}))
     result = runner.invoke(app, ["pipeline", "run", "--local", "--params", str(params),
                                  "--work-dir", str(tmp_path / "work")])
+    # The command checks a local dataset path before anything starts (no server, no work dir) ...
     assert result.exit_code == 2
     last = result.output.strip().splitlines()[-1]
-    assert last.startswith("error: local run failed at task(s) data-prep")
+    assert last.startswith("error: pipeline parameter dataset_uri:") and "does not exist" in last, last
+    assert not (tmp_path / "work").exists()
+    # ... and a step that fails anyway (here: the library entry point, without that check) is named with its cause.
     with pytest.raises(PipelineError, match="data-prep"):
         _run(repo_root, tmp_path / "work2", dataset_uri=str(tmp_path / "missing.csv"))
 
