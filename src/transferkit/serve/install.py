@@ -36,8 +36,10 @@ STUB_PYTHON = "3.11"
 # onnxruntime 1.32.0 declares numpy>=1.21.6, so it runs on the numpy 1.26 the stub needs. Pillow decodes
 # images in the ``<name>_preprocess`` model of image classifiers; it is pinned to the version of the main
 # environment so that the served preprocessing is pixel-identical to ``ImagePreprocessor``.
-SERVING_REQUIREMENTS = ("numpy==1.26.4", "onnxruntime==1.32.0", "tokenizers==0.23.3", "Pillow==13.0.0")
-_SERVING_PROBE = ("import numpy, onnxruntime, tokenizers, PIL; "
+# onnxruntime-genai runs the generation loop of generative models (``generate_model.py``).
+SERVING_REQUIREMENTS = ("numpy==1.26.4", "onnxruntime==1.32.0", "tokenizers==0.23.3", "Pillow==13.0.0",
+                        "onnxruntime-genai==0.18.0")
+_SERVING_PROBE = ("import numpy, onnxruntime, tokenizers, PIL, onnxruntime_genai; "
                   "assert numpy.__version__.startswith('1.'), numpy.__version__")
 # The stub links the system libpython3.11 (Debian package ``libpython3.11``); a venv built from the
 # same interpreter keeps the stdlib and the shared library at one patch level.
@@ -210,7 +212,8 @@ def _install_serving_requirements(venv: Path) -> None:
     python = str(venv / "bin" / "python")
     _run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *SERVING_REQUIREMENTS],
          f"installing {' '.join(SERVING_REQUIREMENTS)} into the serving venv")
-    _run([python, "-c", _SERVING_PROBE], "checking the serving venv (numpy<2, onnxruntime, tokenizers, Pillow)")
+    _run([python, "-c", _SERVING_PROBE],
+         "checking the serving venv (numpy<2, onnxruntime, tokenizers, Pillow, onnxruntime-genai)")
 
 
 def _write_stamp(install: TritonInstall) -> None:
