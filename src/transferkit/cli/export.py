@@ -29,6 +29,11 @@ def export(**options: Any) -> None:
     if as_json:
         console.print_json(json.dumps(result.to_dict(), default=str))
         return
+    if hasattr(result, "summary_lines"):  # a task's own export (generative models)
+        for line in result.summary_lines():
+            console.print(line)
+        console.print(f"Report: {result.report_html}")
+        return
     console.print(
         f"Wrote {result.out_dir}: recommended {result.recommended_variant} ({result.recommended_file}), "
         f"parity max |diff| {result.parity_max_abs_diff:.2g}, accuracy gate "

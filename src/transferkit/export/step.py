@@ -41,7 +41,7 @@ from transferkit.export.runtime import measure_speed, ort_session, select_provid
 from transferkit.export.tasks import ImageTask, TextTask, load_task
 from transferkit.hardware import CpuInfo, detect_cpu
 from transferkit.io import atomic_output_dir, check_replaceable, write_json
-from transferkit.tasks import DEFAULT_TASK
+from transferkit.tasks import DEFAULT_TASK, get_task
 
 logger = logging.getLogger(__name__)
 
@@ -122,8 +122,11 @@ def export_model(config: ExportConfig) -> ExportResult:
 
     """
     started = time.perf_counter()
-    check_replaceable(config.out_dir, (IO_SPEC_FILE,))
     dataset = load_prepared(config.data_dir)
+    own = get_task(dataset.task).export(config, dataset)
+    if own is not None:
+        return own
+    check_replaceable(config.out_dir, (IO_SPEC_FILE,))
     plan = variant_plan(dataset.task, config.target, config.gpu_prefer)
     _check_data(dataset, plan)
     threads = config.resolved_threads

@@ -120,6 +120,14 @@ class Task(ABC):
 
     # ------------------------------------------------------------------------------------- export
 
+    def export(self, config: Any, dataset: Any) -> Any:
+        """Export with a path of the task's own, or None for the shared classification export.
+
+        A task whose model is not one forward pass (generation: a decoding loop with a KV cache) builds,
+        gates and reports its export into ``config.out_dir`` and returns its result.
+        """
+        return None
+
     @abstractmethod
     def export_side(self, config: Any, dataset: Any) -> Any:
         """Load the model for export and wrap it with what the export step needs from this task.

@@ -4,7 +4,9 @@ Data: ``source`` (the document or prompt), ``instruction`` (per row, fixed, or e
 reference summary or response), prepared by :mod:`transferkit.data.pairs`; ``labels.json`` is empty. Training:
 supervised fine-tuning with the loss on target tokens only (:mod:`transferkit.train.sft`); strategies ``full``
 and ``off_the_shelf`` (zero-shot). Evaluation: ROUGE-1/2/L and lengths against a lead and a zero-shot baseline
-(:mod:`transferkit.evaluate.generation`). Export and serving of generative models are not built yet.
+(:mod:`transferkit.evaluate.generation`). Export: ONNX with a KV cache through the ONNX Runtime GenAI model builder,
+fp32 + int4, parity- and ROUGE-L-gated (:mod:`transferkit.export.generative`); served by a decoupled Triton
+python-backend model that streams tokens (:mod:`transferkit.serve.generative`).
 """
 
 from __future__ import annotations
@@ -126,13 +128,19 @@ class GenerativeTask(Task):
 
     # ------------------------------------------------------------------------------------- export
 
+    def export(self, config: Any, dataset: Any) -> Any:
+        """ONNX Runtime GenAI export with parity and ROUGE-L gates (:mod:`transferkit.export.generative`)."""
+        from transferkit.export.generative import export_generative
+
+        return export_generative(config, dataset, self)
+
     def export_side(self, config: Any, dataset: Any) -> Any:
-        """Not built yet: generative export (ONNX with a KV cache) is its own issue."""
-        raise ExportError(f"task {self.name}: export of generative models (ONNX with a KV cache) is not available "
-                          "yet")
+        """Not used: :meth:`export` builds generative exports with the ONNX Runtime GenAI builder."""
+        raise ExportError(f"task {self.name}: generative models are exported by the ONNX Runtime GenAI path, not "
+                          "the single-graph classification export")
 
     def report_parity(self, report: Any, result: Any, config: Any) -> None:
-        """Not reached (no export)."""
+        """Not used (the generative export writes its own report)."""
         raise ExportError(f"task {self.name}: no export parity")
 
 
