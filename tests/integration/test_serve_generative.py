@@ -1,0 +1,180 @@
+"""A generative export served by the real local Triton: decoupled python backend, ONNX Runtime GenAI, streaming.
+
+One tiny random Llama, fine-tuned for three steps on aclsum pairs and exported (fp32 + int4), served by one server
+for the whole module.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.generative import aclsum_pairs, fine_tuned, tiny_llama
+from transferkit.errors import ServingError
+from transferkit.export import export_model
+from transferkit.export.config import ExportConfig
+from transferkit.serve.generative import build_generative_repository, generate, read_spec, stream_generate
+from transferkit.serve.local import LocalTriton
+
+pytestmark = pytest.mark.integration
+
+NAME = "summarizer"
+TEXT = "We propose a new parser for long documents and evaluate it on three benchmarks."
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory: pytest.TempPathFactory, one_torch_thread: None) -> Path:
+    root = tmp_path_factory.mktemp("generative")
+    llama = tiny_llama(root / "llama")
+    pairs = aclsum_pairs(llama, root / "pairs")
+    model = fine_tuned(pairs, llama, root / "model")
+    export_model(ExportConfig(model_dir=model, data_dir=pairs, out_dir=root / "onnx", threads=1, max_eval_samples=2,
+                              max_drop=100.0))
+    return root / "onnx"
+
+
+@pytest.fixture(scope="module")
+def server(export_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    repo = tmp_path_factory.mktemp("triton") / "repository"
+    repo.mkdir()
+    build_generative_repository(export_dir, repo, NAME, threads=1, concurrency=4)
+    with LocalTriton(repo, models=[NAME], exit_timeout=3) as triton:
+        yield triton
+    assert not triton.running()
+
+
+def _in_process(export_dir: Path, text: str, max_tokens: int) -> tuple[list[int], str]:
+    """Greedy tokens and text of the served variant run in this process (the reference for the server)."""
+    import onnxruntime_genai as og
+    from tokenizers import Tokenizer
+
+    from transferkit.export.generative import og_generate
+
+    spec = read_spec(export_dir)
+    variant = export_dir / spec["variants"][spec["recommended"]]["dir"]
+    tokenizer = Tokenizer.from_file(str(variant / "tokenizer.json"))
+    fmt = spec["prompt"]
+    ids = tokenizer.encode(fmt["prefix"] + text + fmt["suffix"], add_special_tokens=fmt["add_special_tokens"]).ids
+    if ids[-1] == fmt["drop_trailing_id"]:
+        ids = ids[:-1]
+    tokens, _, _ = og_generate(og.Model(str(variant)), ids, max_tokens)
+    return tokens, tokenizer.decode(tokens, skip_special_tokens=True)
+
+
+def test_repository_layout_and_decoupled_configs(server: LocalTriton) -> None:
+    model = server.repository / NAME
+    assert (model / "1" / "model.py").is_file() and (model / "1" / "model" / "model.onnx").is_file()
+    spec = json.loads((model / "1" / "generation_spec.json").read_text())
+    assert spec["served_variant"] == "int4"
+    for config in (model / "config.pbtxt", model / "configs" / "local.pbtxt"):
+        assert "decoupled: true" in config.read_text()
+    assert "KIND_GPU" in (model / "config.pbtxt").read_text()
+    assert "KIND_CPU" in (model / "configs" / "local.pbtxt").read_text()
+    genai = json.loads((model / "1" / "model" / "genai_config.json").read_text())
+    assert genai["model"]["decoder"]["session_options"]["intra_op_num_threads"] == 1
+
+
+def test_generate_returns_the_in_process_greedy_text(server: LocalTriton, export_dir: Path) -> None:
+    tokens, expected = _in_process(export_dir, TEXT, 10)
+    assert len(tokens) == 10  # the fine-tuned tiny model does not stop early on this prompt
+    assert generate(server.http_url, NAME, TEXT, max_tokens=10) == expected.strip() != ""
+
+
+def test_generate_stream_sends_tokens_as_they_come(server: LocalTriton, export_dir: Path) -> None:
+    _, expected = _in_process(export_dir, TEXT, 12)
+    pieces = list(stream_generate(server.http_url, NAME, TEXT, max_tokens=12))
+    assert len(pieces) >= 6  # one event per new piece of text, not one at the end
+    assert "".join(p.text for p in pieces) == expected
+    times = [p.at for p in pieces]
+    assert times == sorted(times) and times[-1] > times[0]
+
+
+def test_grpc_streaming_with_sampling_is_seeded(server: LocalTriton) -> None:
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    def run(seed: int) -> str:
+        pieces: list[str] = []
+        done = threading.Event()
+
+        def callback(result, error):
+            if error is not None:
+                pieces.append(f"ERROR {error}")
+                done.set()
+                return
+            if result.get_response().parameters.get("triton_final_response", None) and \
+                    result.get_response().parameters["triton_final_response"].bool_param:
+                done.set()
+            out = result.as_numpy("text_output")
+            if out is not None:
+                pieces.extend(v.decode() for v in out)
+
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        inputs = []
+        for name, dtype, value in (("text_input", "BYTES", np.array([TEXT.encode()], dtype=object)),
+                                   ("max_tokens", "INT32", np.array([8], dtype=np.int32)),
+                                   ("temperature", "FP32", np.array([1.5], dtype=np.float32)),
+                                   ("seed", "INT64", np.array([seed], dtype=np.int64)),
+                                   ("stream", "BOOL", np.array([True]))):
+            tensor = grpcclient.InferInput(name, [1], dtype)
+            tensor.set_data_from_numpy(value)
+            inputs.append(tensor)
+        client.start_stream(callback=callback)
+        client.async_stream_infer(NAME, inputs, enable_empty_final_response=True)
+        assert done.wait(60)
+        client.stop_stream()
+        client.close()
+        assert not any(p.startswith("ERROR") for p in pieces), pieces
+        return "".join(pieces)
+
+    first, again = run(7), run(7)
+    assert first == again and first.strip()
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"max_tokens": 0}, "max_tokens: 0 must be in [1, 255]"),
+    ({"max_tokens": 5000}, "max_tokens: 5000 must be in [1, 255]"),
+    ({"top_p": 1.5, "temperature": 1.0}, "top_p: 1.5 must be in (0, 1]"),
+])
+def test_bad_parameters_get_400_with_a_one_line_message(server: LocalTriton, params: dict, message: str) -> None:
+    with pytest.raises(ServingError, match=r"HTTP 400: .*" + message.replace("[", r"\[").replace("(", r"\(")) as info:
+        generate(server.http_url, NAME, TEXT, **params)
+    assert "\n" not in str(info.value)
+
+
+def test_prompt_longer_than_the_context_fails_that_request_only(server: LocalTriton) -> None:
+    long_text = " ".join(["parsing"] * 300)
+    with pytest.raises(ServingError, match=r"HTTP 400: .*the prompt has \d+ tokens; with max_tokens 8 it exceeds the "
+                                           r"model's context of 256 tokens"):
+        generate(server.http_url, NAME, long_text, max_tokens=8)
+    with pytest.raises(ServingError, match="HTTP 400: .*the prompt has"):
+        list(stream_generate(server.http_url, NAME, long_text, max_tokens=8))
+    assert generate(server.http_url, NAME, TEXT, max_tokens=4)  # the server keeps serving
+
+
+def test_client_disconnect_mid_stream_frees_the_generator(server: LocalTriton) -> None:
+    body = json.dumps({"text_input": TEXT, "max_tokens": 200, "stream": True}).encode()
+    request = (f"POST /v2/models/{NAME}/generate_stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    sock = socket.create_connection((server.host, server.http_port), timeout=30)
+    sock.sendall(request)
+    assert b"data:" in sock.recv(4096)  # the stream started
+    sock.close()
+    # Others are served while (and after) the abandoned request ends.
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(generate(server.http_url, NAME, TEXT, max_tokens=6)))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 3 and len(set(results)) == 1
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "generator freed" not in server.log_path.read_text(errors="replace"):
+        time.sleep(0.5)
+    assert "request cancelled after" in server.log_path.read_text(errors="replace")
