@@ -178,3 +178,38 @@ def test_client_disconnect_mid_stream_frees_the_generator(server: LocalTriton) -
     while time.monotonic() < deadline and "generator freed" not in server.log_path.read_text(errors="replace"):
         time.sleep(0.5)
     assert "request cancelled after" in server.log_path.read_text(errors="replace")
+
+
+def test_generative_load_reports_ttft_itl_and_tokens_per_s(server: LocalTriton) -> None:
+    from transferkit.serve.genload import is_generative_model, run_generative_load
+
+    assert is_generative_model(server.http_url, NAME)
+    result = run_generative_load(server.http_url, NAME, concurrency=(1, 3), requests=6, max_tokens=16)
+    assert result.failed_requests == 0 and [lv.concurrency for lv in result.levels] == [1, 3]
+    for level in result.levels:
+        assert level.output_tokens == 6 * 16  # the tiny model emits one piece per token and never stops early
+        assert level.output_tokens_per_s > 0 and 0 < level.ttft_ms["p50"] <= level.ttft_ms["p95"]
+        assert level.itl_ms["p50"] >= 0
+
+
+def test_bench_serve_cli_detects_the_generative_model(server: LocalTriton, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from transferkit.cli.main import app
+
+    out = tmp_path / "load.json"
+    result = CliRunner().invoke(app, ["bench", "serve", "--model", NAME, "--http-url", server.http_url,
+                                      "--concurrency", "2", "--requests", "4", "--max-tokens", "8",
+                                      "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "TTFT p50" in result.output
+    payload = json.loads(out.read_text())
+    assert payload["failed_requests"] == 0 and payload["levels"][0]["output_tokens"] == 4 * 8
+
+
+def test_bad_requests_under_load_count_as_failed(server: LocalTriton) -> None:
+    from transferkit.serve.genload import run_generative_load
+
+    result = run_generative_load(server.http_url, NAME, concurrency=(2,), requests=2, max_tokens=4,
+                                 prompts=(" ".join(["parsing"] * 300),))
+    assert result.failed_requests == 2 and "exceeds the model's context" in result.levels[0].first_error

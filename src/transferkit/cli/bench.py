@@ -64,14 +64,19 @@ def serve(
                                     "(default: MODEL_onnx behind an ensemble, else MODEL)."),
     allow_remote: bool = typer.Option(False, help="Allow non-loopback targets."),
     output: Path = typer.Option(None, help="Write the JSON result here."),
+    max_tokens: int = typer.Option(32, help="Generative (decoupled) models: max_tokens of every streamed request."),
 ) -> None:
     """Sweep concurrency over HTTP/gRPC: req/s, p50/p95/p99, errors, server-side batch size.
 
     Hand-written because perf_analyzer is not available here; it stops after the request count or the
     time limit per level and only targets loopback unless --allow-remote is given.
     """
+    from transferkit.serve.genload import is_generative_model
     from transferkit.serve.loadgen import LoadConfig, run_load
 
+    if is_generative_model(http_url, model):
+        _serve_generative(model, http_url, _ints(concurrency), requests, max_tokens, allow_remote, output)
+        return
     config = LoadConfig(http_url=http_url, grpc_url=grpc_url, metrics_url=metrics_url or None, model=model,
                         batch_model=batch_model or None,
                         protocols=tuple(p.strip() for p in protocol.split(",") if p.strip()),
@@ -91,4 +96,29 @@ def serve(
         write_text_atomic(output, payload + "\n")
     console.print(payload, markup=False)
     if result.total_errors:
+        raise typer.Exit(1)
+
+
+def _serve_generative(model: str, http_url: str, levels: tuple[int, ...], requests: int, max_tokens: int,
+                      allow_remote: bool, output: Path | None) -> None:
+    """Streaming load on a decoupled generative model: TTFT, inter-token latency, output tokens/s, failures."""
+    from transferkit.errors import ConfigError
+    from transferkit.serve.genload import run_generative_load
+    from transferkit.serve.loadgen import _host_of, _is_loopback
+
+    if not allow_remote and not _is_loopback(_host_of(http_url)):
+        raise ConfigError(f"http_url: {http_url} is not loopback; pass --allow-remote to load a remote server")
+    result = run_generative_load(http_url, model, concurrency=levels, requests=requests, max_tokens=max_tokens)
+    console.print(f"{'conc':>4} {'tokens/s':>9} {'TTFT p50':>9} {'TTFT p95':>9} {'ITL p50':>8} {'ITL p95':>8} "
+                  f"{'failed':>6}")
+    for lv in result.levels:
+        console.print(f"{lv.concurrency:>4} {lv.output_tokens_per_s:>9.1f} {lv.ttft_ms['p50']:>9.1f} "
+                      f"{lv.ttft_ms['p95']:>9.1f} {lv.itl_ms['p50']:>8.2f} {lv.itl_ms['p95']:>8.2f} {lv.failed:>6}")
+    payload = json.dumps(result.to_dict(), sort_keys=True)
+    if output:
+        from transferkit.io import write_text_atomic
+
+        write_text_atomic(output, payload + "\n")
+    console.print(payload, markup=False)
+    if result.failed_requests:
         raise typer.Exit(1)
