@@ -26,6 +26,7 @@ from transferkit.export.config import (
     VariantResult,
     variant_plan,
 )
+from transferkit.export.generative import GENERATION_SPEC_FILE
 from transferkit.export.int8 import Int8Recipe, choose_int8_recipe
 from transferkit.export.io_spec import (
     AGREEMENT_SAMPLE_FILE,
@@ -122,11 +123,12 @@ def export_model(config: ExportConfig) -> ExportResult:
 
     """
     started = time.perf_counter()
+    # An earlier export of either kind may be replaced; a folder of the user's own files never is.
+    check_replaceable(config.out_dir, (IO_SPEC_FILE, GENERATION_SPEC_FILE))
     dataset = load_prepared(config.data_dir)
     own = get_task(dataset.task).export(config, dataset)
     if own is not None:
         return own
-    check_replaceable(config.out_dir, (IO_SPEC_FILE,))
     plan = variant_plan(dataset.task, config.target, config.gpu_prefer)
     _check_data(dataset, plan)
     threads = config.resolved_threads
