@@ -173,8 +173,10 @@ def main() -> int:
         print(f"prepare + train ({STRATEGY}): {time.perf_counter() - t0:.0f}s", flush=True)
         t0 = time.perf_counter()
         export = export_model(ExportConfig(model_dir=model, data_dir=data, out_dir=root / "onnx", threads=THREADS,
-                                           max_eval_samples=8 if not QUICK else 2, max_drop=1.0))
+                                           max_eval_samples=8 if not QUICK else 2, max_drop=100.0))
         print(f"export: {time.perf_counter() - t0:.0f}s; " + "; ".join(export.summary_lines()), flush=True)
+        # max_drop 100 keeps int4 so that it is measured; the 1-point goal is judged on the test prompts below
+        # (a real export with --max-drop 1 drops int4 when it misses it).
         prompts, messages, references = prompt_ids(model, data)
         torch_speed = pytorch_speed(model, prompts)
         from transformers import AutoTokenizer
