@@ -136,8 +136,8 @@ class GenerativeTask(Task):
 
     def export_side(self, config: Any, dataset: Any) -> Any:
         """Not used: :meth:`export` builds generative exports with the ONNX Runtime GenAI builder."""
-        raise ExportError(f"task {self.name}: generative models are exported by the ONNX Runtime GenAI path, not "
-                          "the single-graph classification export")
+        raise ExportError(f"task {self.name}: export of generative models goes through the ONNX Runtime GenAI "
+                          "path (Task.export), not the single-graph classification export")
 
     def report_parity(self, report: Any, result: Any, config: Any) -> None:
         """Not used (the generative export writes its own report)."""
