@@ -76,6 +76,8 @@ def build_pipeline(placement: PlacementConfig | None = None):
         prune: bool = False,
         prune_sparsity: float = 0.5,
         max_prune_drop: float = 1.0,
+        monitor_url: str = "",
+        monitor_sample_rate: float = 0.0,
     ) -> None:
         summary = run_summary(base_model=base_model, dataset_uri=dataset_uri, model_name=model_name)
         apply_placement(summary, "run_summary", placement)
@@ -129,7 +131,7 @@ def build_pipeline(placement: PlacementConfig | None = None):
                     onnx_model=exported.outputs["onnx_model"], model_name=model_name, mode=deploy_mode,
                     repository=repository, storage_uri=storage_uri, triton_url=triton_url,
                     instance_kind=instance_kind, git_repo=git_repo, values_file=values_file, namespace=namespace,
-                    min_agreement=min_agreement,
+                    min_agreement=min_agreement, monitor_url=monitor_url, monitor_sample_rate=monitor_sample_rate,
                 )
                 apply_placement(deployed, "deploy_triton", placement)
 
