@@ -140,3 +140,53 @@ def test_image_deployment_without_monitoring_keeps_the_ensemble(tmp_path):
     bundle = build_model_repository(shared_image_export().export_dir, "digits", tmp_path / "repository",
                                     options=RepositoryOptions(instance_kind="cpu"))
     assert not (bundle.root / "digits" / "configs").exists()
+
+
+def test_kserve_logged_triton_payloads_feed_the_monitor(tmp_path):
+    """The bodies KServe's agent logs are Triton's own: real request/response bytes, JSON and binary-data."""
+    import tritonclient.http as httpclient
+
+    from transferkit.monitor.events import CE_REQUEST, CE_RESPONSE, EventIngester
+
+    export = tmp_path / "export"
+    shutil.copytree(shared_export(), export)
+    write_baseline(export, write_movie_slice(tmp_path / "data", train=8, validation=40, test=8), size=40)
+    bundle = build_model_repository(export, NAME, tmp_path / "repository",
+                                    options=RepositoryOptions(instance_kind="cpu"))
+    texts = ["A gripping, beautifully acted film.", "Dull, overlong and forgettable.", "not bad"]
+    calls = []
+    with LocalTriton(bundle.root, models=[NAME], exit_timeout=3) as triton:
+        url = f"{triton.http_url}/v2/models/{NAME}/infer"
+
+        def call(body, headers):
+            request = urllib.request.Request(url, data=body, method="POST", headers=headers)
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.read()
+
+        plain = json.dumps({"id": "json-1", "parameters": {"group": "g"}, "inputs": [
+            {"name": "text", "shape": [2, 1], "datatype": "BYTES", "data": texts[:2]}]}).encode()
+        calls.append(("ce-json", plain, call(plain, {"Content-Type": "application/json"}), "application/json"))
+        tensor = httpclient.InferInput("text", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[texts[2].encode()]], dtype=object), binary_data=True)
+        outputs = [httpclient.InferRequestedOutput(n, binary_data=True) for n in ("probabilities", "label")]
+        binary, json_size = httpclient.InferenceServerClient.generate_request_body([tensor], outputs, request_id="")
+        headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(json_size)}
+        calls.append(("ce-bin", binary, call(binary, headers), "application/octet-stream"))
+    monitor = Monitor(load_baseline(export), DriftConfig(window_size=10), tmp_path / "reports", model=NAME)
+    graph = ServedGraph(export)
+    ingester = EventIngester(monitor, graph)
+    added = 0
+    for event_id, request, response, content_type in calls:
+        for kind, body in ((CE_REQUEST, request), (CE_RESPONSE, response)):
+            headers = {"ce-id": event_id, "ce-type": kind, "ce-specversion": "1.0", "ce-source": "http://x/",
+                       "content-type": content_type}
+            added += ingester.accept(headers, body)["records"]
+    assert added == 3
+    records = {r.request_id: r for r in monitor._open}
+    assert sorted(records) == ["ce-bin", "json-1-0", "json-1-1"]
+    offline = graph.run(texts)
+    for i, key in enumerate(["json-1-0", "json-1-1", "ce-bin"]):
+        np.testing.assert_allclose(records[key].embedding, offline["embeddings"][i], atol=1e-4)
+        assert records[key].prediction == offline["predictions"][i]
+        assert records[key].confidence == pytest.approx(offline["confidences"][i], abs=1e-4)
+    assert records["json-1-0"].group == "g" and records["ce-bin"].group is None

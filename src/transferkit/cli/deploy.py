@@ -26,7 +26,8 @@ def deploy(
     queue_delay_us: int = typer.Option(0, help="Dynamic batcher max queue delay (microseconds)."),
     local_threads: int = typer.Option(1, help="ONNX Runtime threads per local python-backend instance."),
     local_instances: int = typer.Option(2, help="Instances of the local python-backend variant."),
-    monitor_url: str = typer.Option("", help="`transferkit monitor serve` URL the local text model samples to."),
+    monitor_url: str = typer.Option("", help="`transferkit monitor serve` URL: the local model samples to it "
+                                    "(triton mode); KServe's payload logger posts to it (kserve mode)."),
     monitor_sample_rate: float = typer.Option(0.0, help="Fraction of request items sent to --monitor-url (0: off)."),
     s3_endpoint_url: str = typer.Option("", help="S3-compatible endpoint (else AWS_ENDPOINT_URL)."),
     triton_url: str = typer.Option("", help="Triton HTTP endpoint (mode triton), e.g. http://127.0.0.1:8000."),

@@ -183,6 +183,10 @@ class DeployConfig:
             if not str(self.storage_uri or self.repository).startswith(("s3://", "gs://", "pvc://", "https://")):
                 raise ConfigError("storage_uri: KServe needs s3://, gs://, pvc:// or https:// (set storage_uri when "
                                   "repository is a local mount)")
+            monitor_url = self.options.monitor_url
+            if monitor_url and not monitor_url.startswith(("http://", "https://")):
+                raise ConfigError(f"monitor_url: expected an http(s):// URL for KServe's payload logger, got "
+                                  f"{monitor_url!r}")
 
 
 @dataclass
@@ -365,6 +369,11 @@ def _deploy_gitops(config: DeployConfig, exported: ExportedModel, store: Reposit
     )
 
 
+def monitor_events_url(monitor_url: str) -> str | None:
+    """Where KServe's payload logger posts for a ``transferkit monitor`` at ``monitor_url`` (None: no logger)."""
+    return f"{monitor_url.rstrip('/')}/v1/events" if monitor_url else None
+
+
 def _deploy_kserve(config: DeployConfig, exported: ExportedModel, store: RepositoryStore) -> DeployResult:
     from transferkit.serve.kserve import KServeDeployer, KServeTarget, build_inference_service, endpoint_of
 
@@ -373,7 +382,7 @@ def _deploy_kserve(config: DeployConfig, exported: ExportedModel, store: Reposit
                           runtime=config.kserve_runtime, gpus=config.gpus, kubeconfig=config.kubeconfig,
                           context=config.kube_context, api_url=config.kube_api_url,
                           ready_timeout_s=config.ready_timeout_s, poll_s=config.ready_poll_s,
-                          attempts=config.attempts)
+                          attempts=config.attempts, logger_url=monitor_events_url(config.options.monitor_url))
     deployer = KServeDeployer(target)
     deployer.get()  # reachability and credentials before anything is published
     with store.lock(config.name), tempfile.TemporaryDirectory(prefix="tk-deploy-") as tmp:
