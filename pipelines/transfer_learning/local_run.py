@@ -177,8 +177,9 @@ def run_local(
 
     With ``serve_forever`` the deploy samples ``monitor_sample_rate`` of the served traffic to a
     ``transferkit monitor`` started on the export's baseline once the run has deployed (on ``monitor_port``;
-    reports in ``work_dir/monitor``), beside Triton until interrupted; both are stopped on the way out. Items the
-    deploy's own checks send before the monitor is up are dropped by the server, as for an absent monitor.
+    reports in ``work_dir/monitor``), beside Triton until interrupted; both are stopped on the way out. The sample
+    answer of the run is the monitor's first record; items the deploy's own checks sent before the monitor was up
+    were dropped by the server, as for an absent monitor.
 
     Args:
         params: Pipeline parameters overriding the defaults (see ``pipeline.py``).
@@ -246,29 +247,42 @@ def run_local(
             raise PipelineError(
                 f"local run failed at task(s) {', '.join(failed) or 'unknown'}; logs above, outputs in {run_dir}"
             )
-        if any(name.startswith("deploy-triton") for name in timer.tasks):
-            result.endpoint = f"{server.http_url}/v2/models/{result.model_name}/infer"
-            from transferkit.tasks import DEFAULT_TASK, get_task
-
-            if get_task(arguments.get("task") or DEFAULT_TASK).modality == "image":
-                image, expected, path = sample_image(result.outputs, work_dir)
-                result.sample = sample_inference(server.http_url, result.model_name, image=image)
-                result.sample.update(expected=expected, image=str(path))
-            else:
-                result.sample = sample_inference(server.http_url, result.model_name, text=sample_text)
-        if serve_forever:
-            _serve(server, result, outputs=result.outputs, monitor_port=monitor_port if monitor_url else None,
-                   report_dir=work_dir / "monitor", on_serving=on_serving, stop=stop or threading.Event())
+        deployed = any(name.startswith("deploy-triton") for name in timer.tasks)
+        # The monitor starts before the sample answer below, which is then its first record; the deploy's own
+        # checks ran before it was up and were dropped by the server.
+        monitor = None
+        if deployed and serve_forever and monitor_url:
+            monitor = start_monitor(result.outputs, str(result.model_name), port=monitor_port,
+                                    report_dir=work_dir / "monitor")
+            result.monitor_url = monitor.url if monitor is not None else None
+        try:
+            if deployed:
+                result.endpoint = f"{server.http_url}/v2/models/{result.model_name}/infer"
+                _sample(result, server.http_url, str(arguments.get("task") or ""), work_dir, sample_text)
+            if serve_forever:
+                _serve(server, result, report_dir=work_dir / "monitor", on_serving=on_serving,
+                       stop=stop or threading.Event())
+        finally:
+            if monitor is not None:
+                monitor.shutdown()
     return result
 
 
-def _serve(server: Any, result: LocalRunResult, *, outputs: dict[str, dict[str, Any]], monitor_port: int | None,
-           report_dir: Path, on_serving: Callable[[LocalRunResult], None] | None, stop: threading.Event) -> None:
-    """Keep Triton (and the monitor, when a port is given and a model was deployed) up until Ctrl-C or ``stop``."""
-    monitor = None
-    if monitor_port is not None and result.endpoint:
-        monitor = start_monitor(outputs, str(result.model_name), port=monitor_port, report_dir=report_dir)
-        result.monitor_url = monitor.url if monitor is not None else None
+def _sample(result: LocalRunResult, http_url: str, task: str, work_dir: Path, sample_text: str) -> None:
+    """Ask the deployed model once: a sentence, or the first test image for image tasks."""
+    from transferkit.tasks import DEFAULT_TASK, get_task
+
+    if get_task(task or DEFAULT_TASK).modality == "image":
+        image, expected, path = sample_image(result.outputs, work_dir)
+        result.sample = sample_inference(http_url, str(result.model_name), image=image)
+        result.sample.update(expected=expected, image=str(path))
+    else:
+        result.sample = sample_inference(http_url, str(result.model_name), text=sample_text)
+
+
+def _serve(server: Any, result: LocalRunResult, *, report_dir: Path,
+           on_serving: Callable[[LocalRunResult], None] | None, stop: threading.Event) -> None:
+    """Keep Triton up until Ctrl-C or ``stop`` (the caller stops the monitor afterwards)."""
     try:
         logger.info("Serving %s at %s%s; press Ctrl-C to stop", result.model_name, server.http_url,
                     f", monitor at {result.monitor_url} (reports in {report_dir})" if result.monitor_url else "")
@@ -277,7 +291,4 @@ def _serve(server: Any, result: LocalRunResult, *, outputs: dict[str, dict[str, 
         while server.running and not stop.wait(1.0):
             pass
     except KeyboardInterrupt:
-        logger.info("Stopping the local Triton server%s", " and the monitor" if monitor is not None else "")
-    finally:
-        if monitor is not None:
-            monitor.shutdown()
+        logger.info("Stopping the local Triton server%s", " and the monitor" if result.monitor_url else "")

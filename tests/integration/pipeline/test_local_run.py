@@ -67,7 +67,7 @@ def test_serve_runs_the_monitor_beside_triton_and_stops_both(repo_root, work_dir
                 with urllib.request.urlopen(f"{result.monitor_url}/metrics", timeout=10) as response:
                     metrics = response.read().decode()
                 line = next(x for x in metrics.splitlines() if x.startswith("transferkit_monitor_records_total{"))
-                if float(line.rsplit(" ", 1)[1]) >= len(texts):
+                if float(line.rsplit(" ", 1)[1]) >= len(texts) + 1:
                     break
                 time.sleep(0.3)
             seen.update(records=float(line.rsplit(" ", 1)[1]), triton=triton)
@@ -77,9 +77,9 @@ def test_serve_runs_the_monitor_beside_triton_and_stops_both(repo_root, work_dir
     result = run_local({**SMALL}, package=repo_root / "pipelines/transfer_learning/pipeline.yaml",
                        work_dir=work_dir, serve_forever=True, on_serving=on_serving, stop=stop)
     assert result.monitor_url and result.outputs["deploy-triton"]["version"] >= 1
-    # Every request sent while serving reached the monitor (sample rate 1; the deploy's own checks, sent before
-    # the monitor was up, are dropped by the server and do not count).
-    assert seen["records"] == 20
+    # The run's sample answer and every request sent while serving reached the monitor (sample rate 1); the deploy's
+    # own checks, sent before the monitor was up, were dropped by the server.
+    assert seen["records"] == 21
     config = (work_dir / "model_repository" / "movies" / "configs" / "local.pbtxt").read_text()
     assert json.dumps(result.monitor_url) in config and "monitor_sample_rate" in config
     for url in (result.monitor_url, seen["triton"]):
