@@ -103,3 +103,11 @@ class AuthError(ServingError):
 
 class PipelineError(TransferkitError):
     """Compiling, running or submitting the KFP pipeline failed."""
+
+
+class TuneError(TransferkitError):
+    """A hyperparameter search cannot run or produced no usable trial."""
+
+
+class RegistryError(TransferkitError):
+    """The Kubeflow Model Registry rejected a call, could not be reached, or has no such model/version."""

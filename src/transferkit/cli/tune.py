@@ -1,0 +1,58 @@
+"""`transferkit tune`: hyperparameter search over `train` with Optuna (resumable, pruned, parallel)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from transferkit.cli._common import console, handle_errors
+
+
+@handle_errors
+def tune(
+    data: Path = typer.Option(..., "--data", help="Prepared dataset directory (transferkit data prepare)."),
+    model: str = typer.Option(..., "--model", help="Base model: catalog name (minilm-l6) or model directory."),
+    space: Path = typer.Option(..., "--space", help="Search space YAML (objective, fixed options, params)."),
+    out: Path = typer.Option(..., "--out", help="Search directory: study.db, trials/, best_config.json. "
+                             "Run again with the same directory to resume."),
+    trials: int = typer.Option(12, "--trials", help="Trials to finish (completed or pruned), in total."),
+    jobs: int = typer.Option(1, "--jobs", help="Trials in parallel (worker processes on one machine)."),
+    pruner: str = typer.Option("median", "--pruner", help="median | hyperband | none (early stop from "
+                               "validation curves; single objective only)."),
+    seed: int = typer.Option(0, "--seed", help="Sampler seed."),
+    startup_trials: int = typer.Option(3, "--startup-trials", help="Trials before pruning/TPE start deciding."),
+    min_retention: float | None = typer.Option(None, "--min-retention",
+                                               help="With `retention: true`: pick the best metric on the Pareto "
+                                               "front among trials keeping this forgetting retention."),
+    forgetting_source: str | None = typer.Option(None, "--forgetting-source",
+                                                 help="Source set of the forgetting check (default: the model's)."),
+    keep_trial_models: bool = typer.Option(False, "--keep-trial-models/--no-keep-trial-models",
+                                           help="Keep every trial's model (default: the best/Pareto ones)."),
+    study_name: str = typer.Option("transferkit", "--study-name", help="Study name inside study.db."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Search train options; the best ones go to <out>/best_config.json."""
+    from transferkit.tune import TuneConfig, run_search
+
+    result = run_search(TuneConfig(
+        data_dir=data, model=model, space=space, out_dir=out, trials=trials, jobs=jobs, pruner=pruner, seed=seed,
+        startup_trials=startup_trials, min_retention=min_retention, forgetting_source=forgetting_source,
+        keep_trial_models=keep_trial_models, study_name=study_name,
+    ))
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    best = result.best
+    retention = "" if best["retention"] is None else f", retention {best['retention']:.3f}"
+    console.print(f"best trial {best['number']}: {result.objective} {best['value']:.4f}{retention} "
+                  f"({result.finished} finished, {result.pruned} pruned, {result.ran_now} run now, "
+                  f"{result.wall_seconds:.0f} s)")
+    for name, value in best["params"].items():
+        console.print(f"  {name} = {value}")
+    if result.pareto_front:
+        console.print(f"Pareto front (metric vs retention): trials {result.pareto_front}")
+    console.print(f"train with: transferkit train --data {data} --out MODEL_DIR "
+                  f"{' '.join(json.loads(Path(result.best_config_path).read_text())['train_args'])}")
+    console.print(f"best config: {result.best_config_path}")
