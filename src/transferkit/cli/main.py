@@ -6,6 +6,7 @@ import typer
 
 from transferkit import __version__
 from transferkit.cli import bench, data, deploy, evaluate, export, forgetting, models, pipeline, serve, train
+from transferkit.cli import registry as registry_cli
 from transferkit.cli import tune as tune_cli
 from transferkit.log import configure_logging
 
@@ -44,6 +45,7 @@ app.command("serve", help="Run a local Triton server over a model repository.")(
 app.add_typer(pipeline.app, name="pipeline", help="Compile, run locally, or submit the KFP pipeline.")
 app.add_typer(models.app, name="models", help="List and inspect the model catalog.")
 app.add_typer(bench.app, name="bench", help="Benchmarks (serving load generator).")
+app.add_typer(registry_cli.app, name="registry", help="Versions registered in the Kubeflow Model Registry.")
 app.command("tune", help="Hyperparameter search over train options with Optuna (resumable, pruned).")(tune_cli.tune)
 
 
