@@ -108,6 +108,11 @@ def test_deploys_register_versions_and_a_rollback_archives_its_version(server, r
     assert json.loads(shown.stdout)["metadata"]["kfp_run_id"] == "run-42"
     listed_cli = runner.invoke(app, ["registry", "list", *base, "--json"])
     assert listed_cli.exit_code == 0 and json.loads(listed_cli.stdout)[0]["name"] == NAME
+    # A manual rollback (e.g. a GitOps revert) marks the version by hand.
+    marked = runner.invoke(app, ["registry", "mark", NAME, str(result.version), "--reason", "git revert", *base])
+    assert marked.exit_code == 0, marked.output
+    assert registry_view.show(NAME, str(result.version))["metadata"]["transferkit.reason"] == "git revert"
+    assert registry_view.show(NAME, str(result.version))["state"] == "ARCHIVED"
     missing = runner.invoke(app, ["registry", "show", "nope", *base])
     assert missing.exit_code == 2 and "error: model registry" in missing.output
 

@@ -60,7 +60,7 @@ def test_the_pruning_callback_stops_a_real_run_before_anything_is_written(data, 
     with pytest.raises(optuna.TrialPruned, match=r"pruned at step 1 \(accuracy 0\.\d+\)"):
         run_training(config, [make_pruning_callback(trial, "accuracy")])
     assert not (tmp_path / "m").exists()
-    frozen = study._storage.get_trial(trial._trial_id)
+    frozen = study.trials[trial.number]
     assert list(frozen.intermediate_values) == [1] and frozen.user_attrs["pruned_at_step"] == 1
 
 

@@ -54,3 +54,21 @@ def show(name: str = typer.Argument(..., help="Registered model (the deployed na
     """One version: artifact URI, format, state and lineage metadata (JSON)."""
     record = _registry(registry_url, registry_token_env, registry_token_file).show(name, version)
     typer.echo(json.dumps(record, indent=2, sort_keys=True))
+
+
+@app.command("mark")
+@handle_errors
+def mark(name: str = typer.Argument(..., help="Registered model (the deployed name)."),
+         version: str = typer.Argument(..., help="Version to mark."),
+         status: str = typer.Option("rolled_back", "--status", help="transferkit.status to set (e.g. rolled_back)."),
+         reason: str = typer.Option(..., "--reason", help="Why (kept in the version's metadata)."),
+         archive: bool = typer.Option(True, "--archive/--no-archive", help="Also set the version ARCHIVED."),
+         registry_url: str = URL, registry_token_env: str = TOKEN_ENV, registry_token_file: Path = TOKEN_FILE) -> None:
+    """Mark a version by hand, e.g. after rolling a GitOps deployment back with a Git revert."""
+    from transferkit.errors import ConfigError
+
+    if not status.strip() or not reason.strip():
+        raise ConfigError("status and reason: must not be empty")
+    record = _registry(registry_url, registry_token_env, registry_token_file).mark(name, version, status, reason,
+                                                                                  archive=archive)
+    typer.echo(json.dumps(record, indent=2, sort_keys=True))

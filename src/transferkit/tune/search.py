@@ -277,7 +277,7 @@ def _retry_interrupted(study: Any) -> int:
 
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in stale:
-        study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        study.tell(trial.number, state=TrialState.FAIL)
         if trial.params:  # killed before its options were drawn: nothing to repeat
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
         logger.warning("Trial %d was interrupted; it runs again with the same options", trial.number)
