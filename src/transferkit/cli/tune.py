@@ -23,6 +23,10 @@ def tune(
                                "validation curves; single objective only)."),
     seed: int = typer.Option(0, "--seed", help="Sampler seed."),
     startup_trials: int = typer.Option(3, "--startup-trials", help="Trials before pruning/TPE start deciding."),
+    prune_warmup_steps: int = typer.Option(0, "--prune-warmup-steps",
+                                           help="Optimizer steps a trial runs before it can be pruned."),
+    enqueue_defaults: bool = typer.Option(True, "--enqueue-defaults/--no-enqueue-defaults",
+                                          help="First trial = the untuned (catalog default) configuration."),
     min_retention: float | None = typer.Option(None, "--min-retention",
                                                help="With `retention: true`: pick the best metric on the Pareto "
                                                "front among trials keeping this forgetting retention."),
@@ -38,7 +42,8 @@ def tune(
 
     result = run_search(TuneConfig(
         data_dir=data, model=model, space=space, out_dir=out, trials=trials, jobs=jobs, pruner=pruner, seed=seed,
-        startup_trials=startup_trials, min_retention=min_retention, forgetting_source=forgetting_source,
+        startup_trials=startup_trials, prune_warmup_steps=prune_warmup_steps, enqueue_defaults=enqueue_defaults,
+        min_retention=min_retention, forgetting_source=forgetting_source,
         keep_trial_models=keep_trial_models, study_name=study_name,
     ))
     if as_json:

@@ -60,6 +60,10 @@ class TuneConfig:
             trials keeping at least this source-task retention (as ``--preserve-source`` does).
         forgetting_source: Source set of the forgetting check (None: the base model's default).
         startup_trials: Trials run before the pruner and the TPE model start deciding.
+        prune_warmup_steps: Optimizer steps a trial runs before it can be pruned (early evaluations are noisy:
+            warmup and batch size dominate them).
+        enqueue_defaults: The first trial of a new study runs the untuned configuration (the model's catalog
+            defaults for the searched options) when it lies inside the space, so the search starts from it.
         keep_trial_models: Keep every trial's model directory (default: only the best trial's).
         study_name: Name of the study in the study file.
 
@@ -76,6 +80,8 @@ class TuneConfig:
     min_retention: float | None = None
     forgetting_source: str | None = None
     startup_trials: int = 3
+    prune_warmup_steps: int = 0
+    enqueue_defaults: bool = True
     keep_trial_models: bool = False
     study_name: str = "transferkit"
 
@@ -85,9 +91,10 @@ class TuneConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name}: expected an integer >= 1, got {value!r}")
-        if isinstance(self.startup_trials, bool) or not isinstance(self.startup_trials, int) \
-                or self.startup_trials < 0:
-            raise ConfigError(f"startup_trials: expected an integer >= 0, got {self.startup_trials!r}")
+        for name in ("startup_trials", "prune_warmup_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name}: expected an integer >= 0, got {value!r}")
         if self.pruner not in PRUNERS:
             raise ConfigError(f"pruner: unknown value {self.pruner!r}; expected one of {', '.join(PRUNERS)}")
         if self.min_retention is not None and not 0 <= self.min_retention <= 1.5:
@@ -242,9 +249,10 @@ def _sampler(optuna: Any, space: SearchSpace, config: TuneConfig) -> Any:
 
 def _pruner(optuna: Any, config: TuneConfig) -> Any:
     if config.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=config.startup_trials, n_warmup_steps=0)
+        return optuna.pruners.MedianPruner(n_startup_trials=config.startup_trials,
+                                           n_warmup_steps=config.prune_warmup_steps)
     if config.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner()
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, config.prune_warmup_steps))
     return optuna.pruners.NopPruner()
 
 
@@ -282,6 +290,46 @@ def _retry_interrupted(study: Any) -> int:
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
         logger.warning("Trial %d was interrupted; it runs again with the same options", trial.number)
     return len(stale)
+
+
+def default_params(config: TuneConfig, space: SearchSpace) -> dict[str, Any] | None:
+    """The untuned value of every searched option (catalog defaults, else TrainConfig's).
+
+    Returns:
+        ``{option: value}``, or None when one of the values lies outside the space.
+
+    """
+    import dataclasses
+
+    from transferkit.models.catalog import resolve_model
+    from transferkit.train import TrainConfig
+    from transferkit.train.side import resolve_hyperparameters
+
+    train_config = TrainConfig(data_dir=config.data_dir, model=config.model, out_dir=config.out_dir / "unused",
+                               **space.fixed)
+    entry = resolve_model(config.model).entry
+    resolved = resolve_hyperparameters(train_config, entry, model_limit=1 << 30)
+    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.init}
+    params: dict[str, Any] = {}
+    for param in space.params:
+        value = resolved.get(param.name, fields.get(param.name))
+        if param.kind == "categorical":
+            if value not in param.choices:
+                return None
+        elif value is None or not param.low <= value <= param.high or (
+                param.step and abs(round((value - param.low) / param.step) * param.step + param.low - value) > 1e-9):
+            return None
+        params[param.name] = int(value) if param.kind == "int" else value
+    return params
+
+
+def _enqueue_defaults(study: Any, config: TuneConfig, space: SearchSpace) -> None:
+    params = default_params(config, space)
+    if params is None:
+        logger.info("The untuned configuration lies outside the search space; not run as a trial")
+        return
+    study.enqueue_trial(params, user_attrs={"defaults": True})
+    logger.info("Trial 0 runs the untuned configuration: %s", ", ".join(f"{k}={v}" for k, v in params.items()))
 
 
 @contextlib.contextmanager
@@ -345,6 +393,8 @@ def run_search(config: TuneConfig) -> TuneResult:
     with _search_lock(config.out_dir):
         study = open_study(config, space)
         attempts_before = len(study.trials)
+        if attempts_before == 0 and config.enqueue_defaults:
+            _enqueue_defaults(study, config, space)
         _retry_interrupted(study)  # a queued retry is created now and counts as run now
         done_before, _ = _finished(study)
         missing = config.trials - done_before
@@ -382,6 +432,7 @@ def _trial_record(trial: Any) -> dict[str, Any]:
         "values": trial.values, "retention": trial.user_attrs.get("retention"),
         "pruned_at_step": trial.user_attrs.get("pruned_at_step"), "seconds": seconds,
         "retry_of": trial.user_attrs.get("retry_of"), "pid": trial.user_attrs.get("pid"),
+        "defaults": bool(trial.user_attrs.get("defaults", False)),
     }
 
 

@@ -42,3 +42,17 @@ def test_single_objective_takes_the_best_trial_and_refuses_an_empty_study():
                                      distributions={"llrd": FloatDistribution(0.5, 1)}))
     chosen, front = select_trial(space, study, None)
     assert chosen.value == 0.4 and front == []
+
+
+def test_the_untuned_configuration_is_the_catalog_defaults_when_inside_the_space(tmp_path):
+    from transferkit.tune.search import TuneConfig, default_params
+
+    config = TuneConfig(data_dir=tmp_path / "d", model="minilm-l6", space=tmp_path / "s.yaml", out_dir=tmp_path / "o")
+    space = parse_space({"fixed": {"strategy": "feature_extraction"}, "params": {
+        "head_learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}, "epochs": {"low": 2, "high": 12, "step": 1},
+        "batch_size": {"choices": [16, 32]}, "llrd": {"low": 0.5, "high": 1.0}}})
+    # minilm-l6's catalog entry: head lr 1e-3, batch 32; a frozen base trains 10 epochs; llrd's default is 1.0.
+    assert default_params(config, space) == {"head_learning_rate": 1e-3, "epochs": 10.0, "batch_size": 32,
+                                             "llrd": 1.0}
+    outside = parse_space({"fixed": {"strategy": "feature_extraction"}, "params": {"epochs": {"low": 1, "high": 2}}})
+    assert default_params(config, outside) is None
