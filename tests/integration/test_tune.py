@@ -127,3 +127,17 @@ def test_multi_objective_search_reports_the_pareto_front_with_retention(data, tm
         assert trial["values"][1] == trial["retention"] and 0 < trial["retention"] < 1.5
     assert result.pareto_front and result.best["number"] in result.pareto_front
     assert json.loads(result.best_config_path.read_text())["retention"] == result.best["retention"]
+
+
+def test_the_pipeline_tune_step_feeds_its_best_options_to_fine_tune(data, tmp_path):
+    from transferkit.train.step import config_from_parameters
+    from transferkit.tune.step import tune_step
+
+    result = tune_step(data, tmp_path / "step", base_model="minilm-l6", space=SPACE, trials=2, seed=0)
+    options = result["train_options"]
+    assert set(options) >= {"head_learning_rate", "epochs", "max_length"} and "strategy" not in options
+    assert (tmp_path / "step" / "best_config.json").is_file() and result["objective"] == "accuracy"
+    params = {"base_model": "minilm-l6", "strategy": "feature_extraction", "head_learning_rate": 0.0,
+              "tuned_options": json.dumps(options)}
+    config = config_from_parameters(data, tmp_path / "m", params)
+    assert config.head_learning_rate == options["head_learning_rate"] and config.max_length == 32
