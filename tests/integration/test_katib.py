@@ -223,3 +223,15 @@ def test_the_trial_function_survives_the_sdk_heredoc():
 
     source = inspect.getsource(transferkit_trial)
     assert not any(c in source for c in ("$", "`", "\\")), "the SDK embeds this source in an unquoted heredoc"
+
+
+def test_a_missing_runtime_is_one_line_naming_it(api, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    result = CliRunner().invoke(app, ["tune", "--katib", "--data", "/mnt/data", "--model", "minilm-l6", "--space",
+                                      str(space), "--out", str(tmp_path / "best"), "--trial-out", "/mnt/out",
+                                      "--runtime", "torch-missing"])
+    assert result.exit_code != 0
+    (line,) = [x for x in result.output.strip().splitlines() if x.startswith("error:")]
+    assert line.startswith("error: Katib Experiment not created:") and "torch-missing" in line, result.output
+    assert api.request("GET", EXPERIMENTS)[0] == 404

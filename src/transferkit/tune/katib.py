@@ -274,8 +274,10 @@ def submit_experiment(config: KatibConfig) -> dict[str, Any]:
                                search_space=parameters, objectives=objectives,
                                algorithm=RandomSearch(random_state=config.seed))
     except (RuntimeError, TimeoutError, ValueError) as exc:
-        cause = f" ({exc.__cause__})" if exc.__cause__ else ""
-        raise TuneError(f"Katib Experiment not created: {exc}{cause}".splitlines()[0]) from None
+        # The SDK wraps the API error (multi-line, e.g. "(404)\nReason: Not Found..."): keep its first line.
+        cause = str(exc.__cause__).strip().splitlines()[0].strip("() ") if exc.__cause__ else ""
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TuneError(f"Katib Experiment not created: {message}" + (f" ({cause})" if cause else "")) from None
     namespace = client.backend.namespace
     logger.info("Created Katib Experiment %s/%s: %d trials (%d at a time) of %s, objective %s %s", namespace, name,
                 config.trials, config.parallel, config.runtime, direction.value, space.objective)
