@@ -32,6 +32,7 @@ params:
   head_learning_rate: {low: 1.0e-4, high: 1.0e-1, log: true}
   epochs: {low: 1, high: 2, step: 1}
 """
+PARAMS = 2  # searched options in SPACE
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +44,11 @@ def _states(db):
     try:
         with sqlite3.connect(db) as conn:
             states = dict(conn.execute("SELECT number, state FROM trials").fetchall())
-            # A trial counts as running once its options are drawn (it is created a moment before).
+            # A trial counts as running once all its options are drawn (it is created a moment before, and they
+            # are drawn one by one: a kill in between would retry a partial set, the rest drawn anew).
             drawn = {n for (n,) in conn.execute(
-                "SELECT DISTINCT t.number FROM trials t JOIN trial_params p ON p.trial_id = t.trial_id")}
+                "SELECT t.number FROM trials t JOIN trial_params p ON p.trial_id = t.trial_id "
+                "GROUP BY t.number HAVING COUNT(p.param_id) = ?", (PARAMS,))}
             return {n: s if s != "RUNNING" or n in drawn else "CREATED" for n, s in states.items()}
     except sqlite3.OperationalError:  # the study file is being created
         return {}
