@@ -37,6 +37,7 @@ def fine_tune(
     seed: int = 42,
     checkpoint_root: str = "",
     nproc_per_node: int = 1,
+    tuned_options: str = "",
 ) -> NamedTuple("FineTuneOutputs", [("validation_metric", float), ("strategy", str)]):
     """Fine-tune ``base_model``; zero/negative numeric options and "" mean "the catalog default".
 
@@ -45,6 +46,7 @@ def fine_tune(
         checkpoint_root: Directory on a PVC for checkpoints; a retried task resumes from
             ``<checkpoint_root>/<digest of its inputs>``. "" keeps checkpoints next to the output.
         nproc_per_node: Training processes on this node (one per GPU) launched with torchrun.
+        tuned_options: JSON train options from the tune step; they override the parameters above ("" = none).
 
     Returns:
         The best validation metric and the strategy, for strategy selection and gating.
@@ -63,6 +65,7 @@ def fine_tune(
         image_size=image_size, warmup_ratio=warmup_ratio, weight_decay=weight_decay, scheduler=scheduler,
         unfreeze_top_layers=unfreeze_top_layers, early_stopping_patience=early_stopping_patience, augment=augment,
         class_weights=class_weights, preserve_source=preserve_source, min_retention=min_retention, seed=seed,
+        tuned_options=tuned_options,
     )
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,8 +91,13 @@ class RunContext:
         return self.side.pooling
 
 
-def run_training(config: TrainConfig) -> TrainResult:
+def run_training(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     """Run the fine-tune step end to end (see module docstring).
+
+    Args:
+        config: The run's configuration.
+        callbacks: Extra ``transformers.TrainerCallback`` objects (e.g. the hyperparameter search's pruning
+            reporter); an exception they raise ends the run before anything is written.
 
     Raises:
         ConfigError: Invalid option for this model (max_length, unfreeze_top_layers, precision...).
@@ -104,7 +110,7 @@ def run_training(config: TrainConfig) -> TrainResult:
     ctx = setup_run(config)
     if config.strategy == "off_the_shelf":
         return package_off_the_shelf(ctx)
-    return FineTuneRecipe(ctx).run()
+    return FineTuneRecipe(ctx, callbacks).run()
 
 
 def setup_run(config: TrainConfig) -> RunContext:
@@ -170,8 +176,9 @@ class _Data:
 class FineTuneRecipe:
     """Strategies ``full``, ``feature_extraction`` and ``scratch``: the named stages of one training run."""
 
-    def __init__(self, ctx: RunContext) -> None:
+    def __init__(self, ctx: RunContext, callbacks: Sequence[Any] = ()) -> None:
         self.ctx = ctx
+        self.extra_callbacks = list(callbacks)
         self.config = ctx.config
         self.world_size, self.rank = dist_info()
         self.device, self.precision = resolve_precision(ctx.config.precision)
@@ -336,7 +343,7 @@ class FineTuneRecipe:
         ctx, config, side = self.ctx, self.config, self.ctx.side
         _, total_steps = _steps(len(data.train), ctx.hp, self.world_size)
         callbacks: list[Any] = [ManifestCallback(), OverfittingWarningCallback(), EpochTimerCallback(),
-                                LoggingCallback(every=max(1, total_steps // 20))]
+                                LoggingCallback(every=max(1, total_steps // 20)), *self.extra_callbacks]
         if self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
 

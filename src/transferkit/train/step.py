@@ -43,16 +43,22 @@ def config_from_parameters(data_dir: str | Path, out_dir: str | Path, parameters
     """Build the :class:`TrainConfig` of component parameters (sentinels mean "the catalog default").
 
     ``preserve_source`` is dropped for tasks without a forgetting mitigation (image data), so one pipeline
-    definition serves every task.
+    definition serves every task. ``tuned_options`` (JSON from the pipeline's tune step, "" for none) overrides the
+    other parameters.
 
     Raises:
         ConfigError: An invalid option (from :class:`TrainConfig`).
         PreparedDataError: ``data_dir`` names an unknown task.
 
     """
+    from transferkit.tune.step import parse_tuned_options
+
     values = dict(parameters)
+    tuned = parse_tuned_options(str(values.pop("tuned_options", "") or ""))
     values["model"] = values.pop("base_model")
     values = from_kfp_parameters(TrainConfig, values)
+    # The tune step's best options win over the component's own parameters (the sweep's strategy is kept).
+    values.update(tuned)
     task = get_task(Path(data_dir))
     values["preserve_source"] = bool(values.get("preserve_source")) and task.forgetting_mitigation
     return TrainConfig(data_dir=Path(data_dir), out_dir=Path(out_dir), **values)
