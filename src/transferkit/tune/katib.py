@@ -166,12 +166,14 @@ def katib_parameters(space: SearchSpace) -> dict[str, Any]:
     from kubeflow.optimizer import Search
     from kubeflow_katib_api import models
 
-    from transferkit.train.config import CLI_FLAGS
+    from transferkit.options import value_flags
+    from transferkit.train import TrainConfig
 
+    flags = value_flags(TrainConfig)
     specs: dict[str, Any] = {}
     for param in space.params:
         where = f"{space.source}: params.{param.name}"
-        if param.name not in CLI_FLAGS:
+        if param.name not in flags:
             raise ConfigError(f"{where}: has no `transferkit train` flag, so a Katib trial cannot set it")
         if param.kind == "categorical":
             if any(isinstance(c, bool) for c in param.choices):
@@ -195,8 +197,8 @@ def katib_parameters(space: SearchSpace) -> dict[str, Any]:
 
 def trial_function_args(config: KatibConfig, space: SearchSpace) -> dict[str, Any]:
     """The fixed arguments of :func:`transferkit_trial` (the SDK adds one per searched parameter)."""
+    from transferkit.options import value_flags
     from transferkit.train import TrainConfig, config_to_cli_args
-    from transferkit.train.config import CLI_FLAGS
 
     cli = config_to_cli_args(TrainConfig(data_dir=Path("DATA"), model=config.model, out_dir=Path("OUT"),
                                          metric=space.objective, **space.fixed))
@@ -219,7 +221,7 @@ def trial_function_args(config: KatibConfig, space: SearchSpace) -> dict[str, An
             _check_shell_safe("forgetting_source", config.forgetting_source)
             forgetting += ["--source", config.forgetting_source]
     return {"train_args": train_args, "out_root": config.out_root,
-            "flags": {p.name: CLI_FLAGS[p.name] for p in space.params}, "forgetting_args": forgetting}
+            "flags": {p.name: value_flags(TrainConfig)[p.name] for p in space.params}, "forgetting_args": forgetting}
 
 
 def _client(config: KatibConfig) -> Any:
