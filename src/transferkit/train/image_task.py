@@ -436,6 +436,13 @@ def image_side_for(config: Any, dataset: PreparedDataset, resolved: Any) -> Imag
                           "--l2sp or --llrd to limit drift")
     if config.gradient_checkpointing:
         raise ConfigError("gradient_checkpointing: not supported for image models (CNN activations are small)")
+    if config.strategy == "lora":
+        from transferkit.train.lora import DEFAULT_TARGETS
+
+        if resolved.model_type not in DEFAULT_TARGETS:
+            kind = resolved.model_type if resolved.model_type != "unknown" else resolved.reference
+            raise ConfigError(f"strategy: lora adapts the attention projections of transformer bases (ViT); "
+                              f"{kind} is a CNN; use strategy full or feature_extraction")
     preprocessor = load_image_preprocessor(resolved)
     if config.image_size is not None:
         base = preprocessor.config

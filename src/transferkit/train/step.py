@@ -18,7 +18,7 @@ from typing import Any
 from transferkit.errors import TrainingError
 from transferkit.options import from_kfp_parameters
 from transferkit.tasks import get_task
-from transferkit.train.config import TrainConfig, config_to_cli_args
+from transferkit.train.config import LORA_DEFAULTS, TrainConfig, config_to_cli_args
 from transferkit.train.outputs import SUMMARY_FILE
 
 
@@ -43,7 +43,8 @@ def config_from_parameters(data_dir: str | Path, out_dir: str | Path, parameters
     """Build the :class:`TrainConfig` of component parameters (sentinels mean "the catalog default").
 
     ``preserve_source`` is dropped for tasks without a forgetting mitigation (image data), so one pipeline
-    definition serves every task.
+    definition serves every task; likewise a strategy sweep (``["lora", "full"]``) passes the LoRA options to
+    strategy ``lora`` only, and ``l2sp`` (meaningless on a frozen base) to every strategy but ``lora``.
 
     Raises:
         ConfigError: An invalid option (from :class:`TrainConfig`).
@@ -55,6 +56,11 @@ def config_from_parameters(data_dir: str | Path, out_dir: str | Path, parameters
     values = from_kfp_parameters(TrainConfig, values)
     task = get_task(Path(data_dir))
     values["preserve_source"] = bool(values.get("preserve_source")) and task.forgetting_mitigation
+    if values.get("strategy") == "lora":
+        values.pop("l2sp", None)
+    else:
+        for name in LORA_DEFAULTS:
+            values.pop(name, None)
     return TrainConfig(data_dir=Path(data_dir), out_dir=Path(out_dir), **values)
 
 
