@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
-from tests.helpers import write_movie_slice
+from tests.helpers import write_movie_slice, write_tiny_llama
 from transferkit.errors import ConfigError
 from transferkit.io import read_json
 from transferkit.models.catalog import resolve_model
@@ -80,19 +80,7 @@ def test_lora_target_that_does_not_exist_is_one_line_and_writes_nothing(data, tm
 
 @pytest.fixture(scope="module")
 def tiny_llama_dir(tmp_path_factory):
-    """A tiny random Llama with MiniLM's (real) tokenizer: a decoder classifier without a 500 MB download."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm-l6").path)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id,
-        max_position_embeddings=128))
-    path = tmp_path_factory.mktemp("llama") / "tiny-llama"
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return write_tiny_llama(tmp_path_factory.mktemp("llama") / "tiny-llama")
 
 
 def test_tiny_llama_lora_adapts_every_attention_projection(data, tiny_llama_dir, tmp_path, one_torch_thread):

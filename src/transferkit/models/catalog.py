@@ -163,6 +163,8 @@ CATALOG: dict[str, CatalogEntry] = {
                 "learning_rate": 2e-5, "lora_learning_rate": 5e-4, "head_learning_rate": 5e-4, "batch_size": 16,
                 "epochs": 1, "warmup_ratio": 0.06, "weight_decay": 0.01, "scheduler": "linear", "max_length": 64,
             },
+            forgetting_source="builtin:lee-similarity",
+            forgetting_mode="perplexity",
             pooling="cls",
             locate=_locate_smollm2,
             weights_note="stored as 4-bit GGUF (Q4_1) in the package and expanded to fp32 safetensors at setup "
