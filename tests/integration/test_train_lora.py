@@ -117,3 +117,21 @@ def test_adapter_directory_loads_with_peft_and_reproduces_the_merged_model(data,
     with torch.no_grad():
         expected, actual = merged(**batch).logits, adapted(**batch).logits
     assert torch.allclose(actual, expected, atol=1e-5)
+
+
+def test_lora_trained_llama_classifier_exports_with_parity(data, tiny_llama_dir, tmp_path, one_torch_thread):
+    """The merged decoder classifier written by strategy lora exports to ONNX like any other model."""
+    import onnxruntime as ort
+
+    from transferkit.export import ExportConfig, IOSpec, export_model
+
+    out = tmp_path / "model"
+    run_training(TrainConfig(data_dir=data, model=str(tiny_llama_dir), strategy="lora", out_dir=out, **TINY))
+    result = export_model(ExportConfig(out, data, tmp_path / "onnx", max_length=32, threads=1, max_drop=100,
+                                       latency_runs=0, throughput_runs=0))
+    assert result.parity_max_abs_diff <= 1e-4
+    assert all(c.labels_agree for c in result.parity_cases) and len(result.parity_cases) >= 4
+    spec = IOSpec.load(result.out_dir)
+    assert spec.model_type == "llama" and [t.name for t in spec.inputs] == ["input_ids", "attention_mask"]
+    session = ort.InferenceSession(str(result.out_dir / "model.int8.onnx"))
+    assert [o.name for o in session.get_outputs()] == ["logits"]
