@@ -130,8 +130,15 @@ class StageLayout:
         return len(self.names)
 
     def classify(self, name: str) -> tuple[str, int | None]:
-        """``("layer", i)``, ``("embeddings", None)`` or ``("head", None)`` for a parameter name."""
-        return self.kinds.get(name, ("head", None))
+        """``("layer", i)``, ``("embeddings", None)`` or ``("head", None)`` for a parameter name.
+
+        Names that strategy lora (peft) gives an adapted module (``...query.base_layer.weight``,
+        ``...query.lora_A.default.weight``) take the stage of the module they adapt.
+        """
+        if name in self.kinds:
+            return self.kinds[name]
+        module = name.split(".base_layer.", 1)[0].split(".lora_", 1)[0]
+        return self.kinds.get(f"{module}.weight", ("head", None)) if module != name else ("head", None)
 
 
 def stage_layout(model: Any) -> StageLayout:

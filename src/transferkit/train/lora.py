@@ -30,6 +30,7 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
     "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
     "gpt2": ["c_attn"],
 }
+_RENAMED = {"query": "q_proj", "key": "k_proj", "value": "v_proj"}
 
 
 def default_targets(model: Any) -> list[str]:
@@ -46,7 +47,12 @@ def default_targets(model: Any) -> list[str]:
     if model_type not in DEFAULT_TARGETS:
         raise ConfigError(f"lora_target: no default target modules for model type {model_type!r}; pass "
                           f"--lora-target names or {ALL_LINEAR}")
-    return list(DEFAULT_TARGETS[model_type])
+    defaults = list(DEFAULT_TARGETS[model_type])
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    if not present & set(defaults):
+        # transformers 5 renamed some architectures' projections (ViT: query/value -> q_proj/v_proj).
+        defaults = [_RENAMED.get(t, t) for t in defaults]
+    return defaults
 
 
 def _adaptable_linears(model: Any, classify: Any, excluded_prefix: str | None) -> list[str]:
@@ -104,7 +110,8 @@ def apply_lora(model: Any, config: Any, layout: Any) -> dict[str, Any]:
     """
     from peft import LoraConfig, inject_adapter_in_model
 
-    pooling_prefix = None if layout.pooling_layer is None else f"{layout.layers_prefix}.{layout.pooling_layer}."
+    pooling_layer = getattr(layout, "pooling_layer", None)  # image stage layouts have no pooling layer
+    pooling_prefix = None if pooling_layer is None else f"{layout.layers_prefix}.{pooling_layer}."
     targets = resolve_target_modules(model, config.lora_targets, layout.classify, pooling_prefix)
     lora_config = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                              target_modules=targets, use_dora=config.dora, bias="none")
