@@ -10,8 +10,8 @@ On ``builtin:movie-sentiment`` (seeded 80/10/10 split, seed 42, as the other ben
   the best setting is chosen on the **validation** split: highest validation accuracy among settings with
   Lee retention >= 0.7 (else the highest validation accuracy);
 - with ``--smollm2``: ``smollm2-135m`` ``lora`` (rank 8 on q/k/v/o, 1 epoch on the whole training split,
-  batch 16, max_length 64; ~25 min on 2 cores) and its perplexity retention when the forgetting check has a
-  perplexity mode for decoders (else null).
+  batch 16, max_length 64; ~25 min on 2 cores) and its perplexity retention (the forgetting check's
+  ``perplexity`` mode, the default for decoder bases: base LM head on the fine-tuned backbone, Lee texts).
 
 Every training runs in its own ``transferkit train`` process so that its peak RSS (``training_summary.json``
 ``memory.peak_rss_mb``) is its own. Test accuracy comes from the evaluate step, Lee retention from the
