@@ -67,6 +67,8 @@ def test_minilm_lora_writes_a_merged_model_and_its_adapter(minilm_lora, data):
     assert "validation_unscaled" in lora and summary["validation"] == minilm_lora.validation_metrics
     model = AutoModelForSequenceClassification.from_pretrained(out)
     assert type(model).__name__ == "BertForSequenceClassification"
+    report = (out / "training_report.md").read_text()
+    assert "| LoRA | rank 4, alpha 8 on 12 modules (query, value)" in report and "MB RSS" in report
 
 
 def test_lora_target_that_does_not_exist_is_one_line_and_writes_nothing(data, tmp_path):
