@@ -137,3 +137,12 @@ def test_lora_trained_llama_classifier_exports_with_parity(data, tiny_llama_dir,
     assert spec.model_type == "llama" and [t.name for t in spec.inputs] == ["input_ids", "attention_mask"]
     session = ort.InferenceSession(str(result.out_dir / "model.int8.onnx"))
     assert [o.name for o in session.get_outputs()] == ["logits"]
+
+
+def test_preserve_source_on_a_decoder_is_refused_before_training(data, tiny_llama_dir, tmp_path):
+    out = tmp_path / "model"
+    config = TrainConfig(data_dir=data, model=str(tiny_llama_dir), strategy="lora", out_dir=out,
+                         preserve_source=True, **TINY)
+    with pytest.raises(ConfigError, match=r"^preserve_source: .* is a decoder \(llama\): use --strategy lora") as info:
+        run_training(config)
+    assert "\n" not in str(info.value) and not out.exists()

@@ -76,3 +76,13 @@ def test_a_lora_and_full_sweep_shares_one_parameter_set(tmp_path: Path) -> None:
     assert lora.l2sp == 0.0  # meaningless on a frozen base
     full = config_from_parameters(data, tmp_path / "full", {**shared, "strategy": "full"})
     assert full.l2sp == 0.1 and full.lora_rank == 8 and full.dora is False and full.lora_scale == 1.0
+
+
+def test_preserve_source_is_dropped_for_a_decoder_base(tmp_path: Path) -> None:
+    from tests.helpers import write_tiny_llama
+
+    data = write_movie_slice(tmp_path / "movie", train=8, validation=4, test=4)
+    llama = write_tiny_llama(tmp_path / "llama")
+    params = {**COMPONENT_DEFAULTS, "preserve_source": True, "strategy": "lora", "base_model": str(llama)}
+    assert config_from_parameters(data, tmp_path / "a", params).preserve_source is False
+    assert config_from_parameters(data, tmp_path / "b", {**params, "base_model": "minilm-l6"}).preserve_source is True
