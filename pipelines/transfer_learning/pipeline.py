@@ -54,6 +54,12 @@ def build_pipeline(placement: PlacementConfig | None = None):
         image_size: int = 0,
         early_stopping_patience: int = 2,
         preserve_source: bool = True,
+        lora_rank: int = 8,
+        lora_alpha: float = 16.0,
+        lora_dropout: float = 0.05,
+        lora_target: str = "",
+        dora: bool = False,
+        lora_scale: float = 1.0,
         seed: int = 42,
         min_primary: float = 0.8,
         forgetting_source: str = "",
@@ -97,7 +103,8 @@ def build_pipeline(placement: PlacementConfig | None = None):
                     max_steps=max_steps, learning_rate=learning_rate, llrd=llrd, l2sp=l2sp, batch_size=batch_size,
                     max_length=max_length, image_size=image_size, early_stopping_patience=early_stopping_patience,
                     preserve_source=preserve_source, min_retention=forgetting_min_retention, seed=seed,
-                    checkpoint_root=checkpoint_root, nproc_per_node=nproc_per_node,
+                    lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_target=lora_target,
+                    dora=dora, lora_scale=lora_scale, checkpoint_root=checkpoint_root, nproc_per_node=nproc_per_node,
                     tuned_options=search.outputs["train_options"],
                 )
                 apply_placement(tune, "fine_tune", placement)
