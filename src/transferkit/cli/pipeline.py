@@ -21,7 +21,7 @@ from transferkit.errors import ConfigError, PipelineError
 app = typer.Typer(no_args_is_help=True)
 
 COMPONENTS = ("data_prep", "fine_tune", "evaluate", "forgetting_check", "onnx_quantize", "deploy_triton",
-              "select_strategy", "deploy_gate", "run_summary", "prune_model")
+              "select_strategy", "deploy_gate", "run_summary", "prune_model", "tune_search")
 PIPELINE_YAML = Path("pipelines/transfer_learning/pipeline.yaml")
 
 

@@ -62,8 +62,8 @@ def with_embedding_output(path: str | Path) -> tuple[bytes, str]:
     """The serialized graph of ``path`` with the head input added as output ``monitor_embedding``.
 
     The tensor is exposed under a stable name through a ``Cast`` to float32 (fp16 graphs compute the head in
-    float16), so servers and baselines ask for the same float32 output whatever the exporter named it. Returns
-    the bytes and the original tensor name.
+    float16), so servers and baselines ask for the same float32 output whatever the exporter named it.
+    Returns the bytes and the original tensor name.
 
     Raises:
         MonitorError: The file is not an ONNX graph or has no recognisable head.

@@ -30,6 +30,7 @@ from transferkit.serve.agreement import AgreementResult, check_agreement
 from transferkit.serve.control import DEFAULT_KEY_ENV, TritonControl, read_api_key, split_url
 from transferkit.serve.local import RESTRICTED_HEADER
 from transferkit.serve.publish import Publication, RepositoryStore, open_store
+from transferkit.serve.registry import RegistryConfig
 from transferkit.serve.repository import (
     ExportedModel,
     ModelBundle,
@@ -90,6 +91,10 @@ class DeployConfig:
         kube_api_url: Plain API URL (testing against a local API stand-in).
         ready_timeout_s: How long to wait for the InferenceService to become Ready.
         ready_poll_s: Poll interval while waiting.
+        registry: Kubeflow Model Registry to record every deployed (or rolled-back) version in; None = off.
+        registry_metadata: Extra version metadata (KFP run id, dataset URI, forgetting retention...).
+        training_summary: The fine-tuned model's ``training_summary.json``: base model, strategy, data digests and
+            primary metric for the registry.
     """
 
     onnx_dir: Path
@@ -127,6 +132,9 @@ class DeployConfig:
     kube_api_url: str | None = None
     ready_timeout_s: float = 600.0
     ready_poll_s: float = 2.0
+    registry: RegistryConfig | None = None
+    registry_metadata: dict[str, Any] = field(default_factory=dict)
+    training_summary: Path | None = None
 
     def __post_init__(self) -> None:
         self.onnx_dir = Path(self.onnx_dir)
@@ -206,6 +214,7 @@ class DeployResult:
     git_commit: str | None = None
     inference_service: str | None = None
     duration_s: float = 0.0
+    registry: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly view."""
@@ -432,8 +441,54 @@ def deploy_model(config: DeployConfig) -> DeployResult:
     store = open_store(config.repository, s3_endpoint_url=config.s3_endpoint_url)
     store.check_access()
     handler = {"triton": _deploy_triton, "gitops": _deploy_gitops, "kserve": _deploy_kserve}[config.mode]
-    result = handler(config, exported, store)
+    try:
+        result = handler(config, exported, store)
+    except DeploymentError as exc:
+        if config.registry is not None:
+            _register_rolled_back(config, exported, store, exc)
+        raise
     result.duration_s = round(time.monotonic() - started, 3)
     logger.info("Deployed %s version %d (%s mode) in %.1fs", result.model_name, result.version, result.mode,
                 result.duration_s)
+    if config.registry is not None:
+        result.registry = _register(config, exported, result.version, result.repository_uri, result.models)
     return result
+
+
+def _register(config: DeployConfig, exported: ExportedModel, version: int, uri: str, models: list[str],
+              rolled_back: str | None = None) -> dict[str, Any]:
+    """Record ``version`` in the Model Registry (archived with the reason when it was rolled back)."""
+    from transferkit.serve.registry import (
+        REASON_KEY,
+        ROLLED_BACK,
+        SERVING,
+        STATUS_KEY,
+        ModelRegistry,
+        deployment_metadata,
+    )
+
+    assert config.registry is not None
+    metadata = deployment_metadata(config.onnx_dir, exported.variant, config.options.instance_kind,
+                                   training_summary=config.training_summary, extra=config.registry_metadata)
+    metadata.update({"deploy_mode": config.mode, "triton_models": ",".join(models),
+                     STATUS_KEY: ROLLED_BACK if rolled_back else SERVING, REASON_KEY: rolled_back or ""})
+    registry = ModelRegistry(config.registry)
+    record = registry.register(config.name, str(version), uri, format_version=str(exported.spec.opset),
+                               description=f"{config.name} version {version} ({exported.variant}, {config.mode})",
+                               metadata=metadata, archived=rolled_back is not None)
+    logger.info("Registered %s version %d in the model registry (%s)", config.name, version, record["status"])
+    return record
+
+
+def _register_rolled_back(config: DeployConfig, exported: ExportedModel, store: RepositoryStore,
+                          error: DeploymentError) -> None:
+    """Record the version the deploy step just rolled back; never hides the deployment error."""
+    history = store.record(config.name).get("history") or []
+    if not history or history[-1].get("status") != "rolled_back":
+        return  # nothing was rolled out (the failure came before a version existed)
+    version = int(history[-1]["version"])
+    try:
+        _register(config, exported, version, config.storage_uri or store.uri, [], rolled_back=str(error)[:500])
+    except TransferkitError as exc:
+        logger.error("Could not record rolled-back %s version %d in the model registry: %s", config.name, version,
+                     exc)
