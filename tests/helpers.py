@@ -109,3 +109,24 @@ def write_tiny_transformers_image_model(kind: str, root: Path) -> Path:
                  else {"size": {"height": 32, "width": 32}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3})
     (model_dir / "preprocessor_config.json").write_text(json.dumps(processor))
     return model_dir
+
+
+def write_tiny_llama(out: Path, seed: int = 0) -> Path:
+    """A tiny random Llama causal LM with MiniLM's (real) tokenizer: a decoder base without a 500 MB download.
+
+    As in SmolLM2, the LM head is tied to the input embeddings.
+    """
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from transferkit.models.catalog import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm-l6").path)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id,
+        max_position_embeddings=128, tie_word_embeddings=True))
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -27,13 +27,17 @@ def deploy_triton(
     namespace: str = "transferkit",
     gpus: int = 1,
     min_agreement: float = 0.9,
+    monitor_url: str = "",
+    monitor_sample_rate: float = 0.0,
 ) -> NamedTuple("DeployOutputs", [("version", int), ("endpoint", str)]):
     """Publish version N+1 and roll it out in ``mode`` (``triton``, ``gitops`` or ``kserve``).
 
     In ``triton`` mode the new version is loaded through the model-control API, smoke-tested against
     ONNX Runtime, checked against the fp32 graph's labels on the export's validation sample (at least
     ``min_agreement`` must agree, so int8 kernels that misbehave on the serving node's CPU never go live) and
-    old versions are retired; on any failure the previous version keeps serving. The
+    old versions are retired; on any failure the previous version keeps serving. With ``monitor_url`` and
+    ``monitor_sample_rate`` > 0 the served model samples that fraction of its traffic to a ``transferkit monitor``
+    service (``triton`` mode); in ``kserve`` mode ``monitor_url`` receives KServe's payload-logger events. The
     restricted-API key is read from ``TRANSFERKIT_TRITON_API_KEY`` (mount it from a Secret), never a parameter.
 
     Returns:
@@ -48,7 +52,8 @@ def deploy_triton(
 
     result = deploy_model(DeployConfig(
         onnx_dir=Path(onnx_model.path), name=model_name, mode=mode, repository=repository,
-        storage_uri=storage_uri or None, options=RepositoryOptions(instance_kind=instance_kind),
+        storage_uri=storage_uri or None, options=RepositoryOptions(
+            instance_kind=instance_kind, monitor_url=monitor_url, monitor_sample_rate=monitor_sample_rate),
         keep_versions=keep_versions, triton_url=triton_url or None, git_repo=Path(git_repo) if git_repo else None,
         git_remote=git_remote or None, values_file=values_file, values_key=values_key, namespace=namespace, gpus=gpus,
         min_agreement=min_agreement,

@@ -34,17 +34,30 @@ def fine_tune(
     class_weights: str = "none",
     preserve_source: bool = False,
     min_retention: float = 0.5,
+    lora_rank: int = 8,
+    lora_alpha: float = 16.0,
+    lora_dropout: float = 0.05,
+    lora_target: str = "",
+    dora: bool = False,
+    lora_scale: float = 1.0,
+    quantize_base: str = "none",
     seed: int = 42,
     checkpoint_root: str = "",
     nproc_per_node: int = 1,
+    tuned_options: str = "",
 ) -> NamedTuple("FineTuneOutputs", [("validation_metric", float), ("strategy", str)]):
     """Fine-tune ``base_model``; zero/negative numeric options and "" mean "the catalog default".
 
     Args:
         preserve_source: Apply the forgetting mitigation (text models; skipped for image data).
+        lora_rank: Strategy lora (the other strategies ignore the lora_* options, dora and quantize_base): rank.
+        lora_target: Comma-separated module names or all-linear; "" = the architecture's default.
+        lora_scale: Multiplier in (0, 1] of the merged low-rank update (LoRA's preserve-source knob).
+        quantize_base: none | 4bit | 8bit (QLoRA, CUDA only).
         checkpoint_root: Directory on a PVC for checkpoints; a retried task resumes from
             ``<checkpoint_root>/<digest of its inputs>``. "" keeps checkpoints next to the output.
         nproc_per_node: Training processes on this node (one per GPU) launched with torchrun.
+        tuned_options: JSON train options from the tune step; they override the parameters above ("" = none).
 
     Returns:
         The best validation metric and the strategy, for strategy selection and gating.
@@ -63,6 +76,9 @@ def fine_tune(
         image_size=image_size, warmup_ratio=warmup_ratio, weight_decay=weight_decay, scheduler=scheduler,
         unfreeze_top_layers=unfreeze_top_layers, early_stopping_patience=early_stopping_patience, augment=augment,
         class_weights=class_weights, preserve_source=preserve_source, min_retention=min_retention, seed=seed,
+        tuned_options=tuned_options,
+        lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_target=lora_target, dora=dora,
+        lora_scale=lora_scale, quantize_base=quantize_base,
     )
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)

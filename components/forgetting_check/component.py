@@ -26,7 +26,7 @@ def forgetting_check(
 
     Args:
         source: Source-task set (``builtin:lee-similarity``, a pairs CSV...); "" = the catalog default.
-        mode: ``similarity``, ``source-task`` or ``representation-drift``; "" = from the source.
+        mode: ``similarity``, ``source-task``, ``representation-drift``, ``perplexity``; "" = by base and source.
         min_retention: Smallest allowed model/base score ratio (0 = no ratio budget).
         max_drop: Largest allowed absolute drop (negative = no drop budget).
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,7 @@ class LocalRunResult:
     endpoint: str | None = None
     model_name: str | None = None
     sample: dict[str, Any] | None = None
+    monitor_url: str | None = None
 
 
 def _latest_run_dir(pipeline_root: Path, before: set[Path]) -> Path:
@@ -137,6 +140,26 @@ def sample_image(outputs: dict[str, dict[str, Any]], work_dir: Path) -> tuple[by
     return data, str(label), path
 
 
+def start_monitor(outputs: dict[str, dict[str, Any]], model_name: str, *, port: int, report_dir: Path,
+                  host: str = "127.0.0.1") -> Any:
+    """Start ``transferkit monitor`` on the baseline of the run's export (the onnx-quantize output).
+
+    Returns:
+        The running :class:`~transferkit.monitor.service.MonitorServer` (call ``shutdown()``), or None when the
+        export has no baseline (a task without drift monitoring).
+    """
+    from transferkit.monitor import DriftConfig, load_baseline
+    from transferkit.monitor.service import MonitorServer
+    from transferkit.monitor.state import Monitor
+
+    uri = ((outputs.get("onnx-quantize") or {}).get("onnx_model") or {}).get("uri")
+    if not uri or not (Path(uri) / "monitor_baseline").is_dir():
+        logger.warning("No monitoring baseline in the run's export (%s); the monitor is not started", uri)
+        return None
+    server = MonitorServer(Monitor(load_baseline(uri), DriftConfig(), report_dir, model=model_name), host, port)
+    return server.__enter__()
+
+
 def run_local(
     params: dict[str, Any],
     *,
@@ -145,24 +168,49 @@ def run_local(
     caching: bool = True,
     serve_forever: bool = False,
     sample_text: str = "A warm, funny and beautifully acted film.",
+    monitor_sample_rate: float = 1.0,
+    monitor_port: int = 0,
+    on_serving: Callable[[LocalRunResult], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> LocalRunResult:
     """Run the compiled pipeline ``package`` with kfp.local and a local Triton for the deploy step.
+
+    With ``serve_forever`` the deploy samples ``monitor_sample_rate`` of the served traffic to a
+    ``transferkit monitor`` started on the export's baseline once the run has deployed (on ``monitor_port``;
+    reports in ``work_dir/monitor``), beside Triton until interrupted; both are stopped on the way out. The sample
+    answer of the run is the monitor's first record; items the deploy's own checks sent before the monitor was up
+    were dropped by the server, as for an absent monitor.
 
     Args:
         params: Pipeline parameters overriding the defaults (see ``pipeline.py``).
         package: The compiled ``pipeline.yaml``.
         work_dir: Holds ``pipeline_root/``, ``cache/`` and ``model_repository/`` across runs.
         caching: Reuse results of identical steps from earlier runs (deploy is never cached).
-        serve_forever: Keep Triton running after the run until interrupted.
+        serve_forever: Keep Triton (and the monitor) running after the run until interrupted or ``stop`` is set.
         sample_text: Sentence sent to a deployed text model at the end (image models get the first test image).
+        monitor_sample_rate: Fraction of served items sent to the monitor with ``serve_forever`` (0: no monitor;
+            ignored when ``params`` name a ``monitor_url`` of their own).
+        monitor_port: Monitor port (0 picks a free one).
+        on_serving: Called with the result once the model (and monitor) serve, before waiting.
+        stop: Ends serving when set (besides Ctrl-C).
 
     Raises:
         PipelineError: The package is missing or a step failed.
     """
     from kfp import components, local
 
-    from transferkit.serve.local import LocalTriton
+    from transferkit.errors import ConfigError
+    from transferkit.serve.local import LocalTriton, check_ports, check_ports_free, free_port
 
+    if not 0.0 <= monitor_sample_rate <= 1.0:
+        raise ConfigError(f"monitor_sample_rate: expected a fraction in [0, 1], got {monitor_sample_rate}")
+    monitor_url = None
+    if serve_forever and monitor_sample_rate > 0 and not params.get("monitor_url"):
+        check_ports(monitor_port=monitor_port)
+        check_ports_free("127.0.0.1", monitor_port=monitor_port)
+        monitor_port = monitor_port or free_port()
+        monitor_url = f"http://127.0.0.1:{monitor_port}"
+        params = {**params, "monitor_url": monitor_url, "monitor_sample_rate": float(monitor_sample_rate)}
     if not package.is_file():
         raise PipelineError(f"{package}: compiled pipeline not found; run `make compile`")
     pipeline_root, repository = work_dir / "pipeline_root", work_dir / "model_repository"
@@ -199,21 +247,48 @@ def run_local(
             raise PipelineError(
                 f"local run failed at task(s) {', '.join(failed) or 'unknown'}; logs above, outputs in {run_dir}"
             )
-        if any(name.startswith("deploy-triton") for name in timer.tasks):
-            result.endpoint = f"{server.http_url}/v2/models/{result.model_name}/infer"
-            from transferkit.tasks import DEFAULT_TASK, get_task
-
-            if get_task(arguments.get("task") or DEFAULT_TASK).modality == "image":
-                image, expected, path = sample_image(result.outputs, work_dir)
-                result.sample = sample_inference(server.http_url, result.model_name, image=image)
-                result.sample.update(expected=expected, image=str(path))
-            else:
-                result.sample = sample_inference(server.http_url, result.model_name, text=sample_text)
-        if serve_forever:
-            logger.info("Serving %s at %s; press Ctrl-C to stop", result.model_name, server.http_url)
-            try:
-                while server.running:
-                    time.sleep(1)
-            except KeyboardInterrupt:
-                logger.info("Stopping the local Triton server")
+        deployed = any(name.startswith("deploy-triton") for name in timer.tasks)
+        # The monitor starts before the sample answer below, which is then its first record; the deploy's own
+        # checks ran before it was up and were dropped by the server.
+        monitor = None
+        if deployed and serve_forever and monitor_url:
+            monitor = start_monitor(result.outputs, str(result.model_name), port=monitor_port,
+                                    report_dir=work_dir / "monitor")
+            result.monitor_url = monitor.url if monitor is not None else None
+        try:
+            if deployed:
+                result.endpoint = f"{server.http_url}/v2/models/{result.model_name}/infer"
+                _sample(result, server.http_url, str(arguments.get("task") or ""), work_dir, sample_text)
+            if serve_forever:
+                _serve(server, result, report_dir=work_dir / "monitor", on_serving=on_serving,
+                       stop=stop or threading.Event())
+        finally:
+            if monitor is not None:
+                monitor.shutdown()
     return result
+
+
+def _sample(result: LocalRunResult, http_url: str, task: str, work_dir: Path, sample_text: str) -> None:
+    """Ask the deployed model once: a sentence, or the first test image for image tasks."""
+    from transferkit.tasks import DEFAULT_TASK, get_task
+
+    if get_task(task or DEFAULT_TASK).modality == "image":
+        image, expected, path = sample_image(result.outputs, work_dir)
+        result.sample = sample_inference(http_url, str(result.model_name), image=image)
+        result.sample.update(expected=expected, image=str(path))
+    else:
+        result.sample = sample_inference(http_url, str(result.model_name), text=sample_text)
+
+
+def _serve(server: Any, result: LocalRunResult, *, report_dir: Path,
+           on_serving: Callable[[LocalRunResult], None] | None, stop: threading.Event) -> None:
+    """Keep Triton up until Ctrl-C or ``stop`` (the caller stops the monitor afterwards)."""
+    try:
+        logger.info("Serving %s at %s%s; press Ctrl-C to stop", result.model_name, server.http_url,
+                    f", monitor at {result.monitor_url} (reports in {report_dir})" if result.monitor_url else "")
+        if on_serving is not None:
+            on_serving(result)
+        while server.running and not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        logger.info("Stopping the local Triton server%s", " and the monitor" if result.monitor_url else "")

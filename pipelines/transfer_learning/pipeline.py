@@ -1,9 +1,9 @@
 """The transfer-learning pipeline: composition only (each step's logic lives in ``transferkit``).
 
-data_prep → fine_tune × strategies (each followed by its forgetting check) → select_strategy → prune_model
-(structured pruning + distillation when `prune` is on; else a pass-through) →
-(evaluate, onnx_quantize) → deploy_gate → deploy_triton only when every gate holds; an exit handler
-writes the run summary whatever happens.
+data_prep → tune_search (optional: off when ``tune_space`` is "") → fine_tune × strategies, taking the tuned
+options (each followed by its forgetting check) → select_strategy → prune_model (structured pruning +
+distillation when `prune` is on; else a pass-through) → (evaluate, onnx_quantize) → deploy_gate →
+deploy_triton only when every gate holds; an exit handler writes the run summary whatever happens.
 """
 
 
@@ -19,6 +19,7 @@ from components.onnx_quantize.component import onnx_quantize
 from components.prune_model.component import prune_model
 from components.run_summary.component import run_summary
 from components.select_strategy.component import select_strategy
+from components.tune_search.component import tune_search
 from pipelines.transfer_learning.apply_placement import apply_placement
 from transferkit.placement import PlacementConfig
 from transferkit.tasks import DEFAULT_TASK
@@ -53,6 +54,12 @@ def build_pipeline(placement: PlacementConfig | None = None):
         image_size: int = 0,
         early_stopping_patience: int = 2,
         preserve_source: bool = True,
+        lora_rank: int = 8,
+        lora_alpha: float = 16.0,
+        lora_dropout: float = 0.05,
+        lora_target: str = "",
+        dora: bool = False,
+        lora_scale: float = 1.0,
         seed: int = 42,
         min_primary: float = 0.8,
         forgetting_source: str = "",
@@ -76,6 +83,10 @@ def build_pipeline(placement: PlacementConfig | None = None):
         prune: bool = False,
         prune_sparsity: float = 0.5,
         max_prune_drop: float = 1.0,
+        monitor_url: str = "",
+        monitor_sample_rate: float = 0.0,
+        tune_space: str = "",
+        tune_trials: int = 12,
     ) -> None:
         summary = run_summary(base_model=base_model, dataset_uri=dataset_uri, model_name=model_name)
         apply_placement(summary, "run_summary", placement)
@@ -85,13 +96,18 @@ def build_pipeline(placement: PlacementConfig | None = None):
                 group_column=group_column, seed=seed, model=base_model, max_rows=max_rows,
             )
             apply_placement(prep, "data_prep", placement)
+            search = tune_search(dataset=prep.outputs["dataset"], base_model=base_model, space=tune_space,
+                                 trials=tune_trials, seed=seed)
+            apply_placement(search, "tune_search", placement)
             with dsl.ParallelFor(strategies, name="strategy-sweep") as strategy:
                 tune = fine_tune(
                     dataset=prep.outputs["dataset"], base_model=base_model, strategy=strategy, epochs=epochs,
                     max_steps=max_steps, learning_rate=learning_rate, llrd=llrd, l2sp=l2sp, batch_size=batch_size,
                     max_length=max_length, image_size=image_size, early_stopping_patience=early_stopping_patience,
                     preserve_source=preserve_source, min_retention=forgetting_min_retention, seed=seed,
-                    checkpoint_root=checkpoint_root, nproc_per_node=nproc_per_node,
+                    lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_target=lora_target,
+                    dora=dora, lora_scale=lora_scale, checkpoint_root=checkpoint_root, nproc_per_node=nproc_per_node,
+                    tuned_options=search.outputs["train_options"],
                 )
                 apply_placement(tune, "fine_tune", placement)
                 forgetting = forgetting_check(
@@ -129,7 +145,7 @@ def build_pipeline(placement: PlacementConfig | None = None):
                     onnx_model=exported.outputs["onnx_model"], model_name=model_name, mode=deploy_mode,
                     repository=repository, storage_uri=storage_uri, triton_url=triton_url,
                     instance_kind=instance_kind, git_repo=git_repo, values_file=values_file, namespace=namespace,
-                    min_agreement=min_agreement,
+                    min_agreement=min_agreement, monitor_url=monitor_url, monitor_sample_rate=monitor_sample_rate,
                 )
                 apply_placement(deployed, "deploy_triton", placement)
 

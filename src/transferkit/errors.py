@@ -107,3 +107,11 @@ class PipelineError(TransferkitError):
 
 class MonitorError(TransferkitError):
     """A monitoring baseline, record or feedback file is missing or malformed."""
+
+
+class TuneError(TransferkitError):
+    """A hyperparameter search cannot run or produced no usable trial."""
+
+
+class RegistryError(TransferkitError):
+    """The Kubeflow Model Registry rejected a call, could not be reached, or has no such model/version."""

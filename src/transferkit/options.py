@@ -98,6 +98,12 @@ def with_config_options(cls: type, extra: list[inspect.Parameter]) -> Any:
     return decorate
 
 
+def value_flags(cls: type) -> dict[str, str]:
+    """``{field: canonical CLI flag}`` of the options of ``cls`` that take a value (booleans left out)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: f.metadata[_FLAGS][0] for f in option_fields(cls) if not _is_bool(hints[f.name])}
+
+
 def split_options(cls: type, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(config fields, the rest)`` of a command's keyword arguments."""
     names = {f.name for f in option_fields(cls)}

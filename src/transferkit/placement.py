@@ -28,7 +28,7 @@ import yaml
 
 from transferkit.errors import ConfigError
 
-STEPS = ("data_prep", "fine_tune", "evaluate", "forgetting_check", "onnx_quantize", "deploy_triton",
+STEPS = ("data_prep", "tune_search", "fine_tune", "evaluate", "forgetting_check", "onnx_quantize", "deploy_triton",
          "select_strategy", "deploy_gate", "run_summary", "prune_model")
 NEVER_CACHED = ("deploy_triton",)
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")

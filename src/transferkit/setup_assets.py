@@ -38,6 +38,12 @@ def _base_models() -> None:
     resolve_model("efficientnet-lite0")
 
 
+def _smollm2() -> None:
+    from transferkit.models.gguf import prepare_smollm2
+
+    prepare_smollm2()
+
+
 def _local_triton() -> None:
     from transferkit.serve.install import install_triton
 
@@ -47,6 +53,7 @@ def _local_triton() -> None:
 STEPS: list[tuple[str, Callable[[], None]]] = [
     ("built-in datasets", _builtin_datasets),
     ("base models", _base_models),
+    ("smollm2-135m (GGUF converted once to fp32 safetensors)", _smollm2),
     ("local Triton server", _local_triton),
 ]
 

@@ -158,6 +158,15 @@ def test_built_inference_service_matches_the_schema():
     cpu = build_inference_service(KServeTarget(name="s", gpus=0, runtime=None), "s3://m/r", "s", 1)
     jsonschema.validate(cpu, SCHEMA)
     assert "nvidia.com/gpu" not in cpu["spec"]["predictor"]["model"]["resources"]["limits"]
+    logged = build_inference_service(KServeTarget(name="s", logger_url="http://monitor.ml:8008/v1/events"),
+                                     "s3://m/r", "s", 1)
+    jsonschema.validate(logged, SCHEMA)
+    assert logged["spec"]["predictor"]["logger"] == {"mode": "all", "url": "http://monitor.ml:8008/v1/events"}
+    assert "logger" not in body["spec"]["predictor"]
+    wrong = json.loads(json.dumps(logged))
+    wrong["spec"]["predictor"]["logger"]["mode"] = "both"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(wrong, SCHEMA)
     broken = json.loads(json.dumps(body))
     broken["spec"]["predictor"]["model"]["storageURI"] = broken["spec"]["predictor"]["model"].pop("storageUri")
     with pytest.raises(jsonschema.ValidationError):
@@ -204,3 +213,28 @@ def test_kserve_unreachable_api_fails_before_publishing(export_dir, s3, s3_endpo
         deploy_model(config)
     assert time.monotonic() - started < 30
     assert _keys(s3, "down/") == []
+
+
+def test_kserve_deploy_points_the_payload_logger_at_the_monitor(export_dir, s3, s3_endpoint):
+    import dataclasses
+
+    options = dataclasses.replace(INT8, monitor_url="http://transferkit-monitor.ml:8008/")
+    with KubeAPI() as kube:
+        controller = FakeController(kube)
+        controller.start()
+        try:
+            config = DeployConfig(onnx_dir=export_dir, name="sentiment", mode="kserve",
+                                  repository=f"s3://{BUCKET}/logged", s3_endpoint_url=s3_endpoint, namespace="ml",
+                                  kube_api_url=kube.url, ready_poll_s=0.3, ready_timeout_s=3, attempts=2,
+                                  options=options)
+            deploy_model(config)
+            stored = kube.api().get_namespaced_custom_object(GROUP, VERSION, "ml", PLURAL, "sentiment")
+            jsonschema.validate(stored, SCHEMA)
+            assert stored["spec"]["predictor"]["logger"] == {"mode": "all",
+                                                             "url": "http://transferkit-monitor.ml:8008/v1/events"}
+        finally:
+            controller.stop.set()
+            controller.join(5)
+    with pytest.raises(ConfigError, match="^monitor_url: expected an http\\(s\\):// URL for KServe's payload logger"):
+        DeployConfig(onnx_dir=export_dir, name="sentiment", mode="kserve", repository=f"s3://{BUCKET}/logged",
+                     options=dataclasses.replace(INT8, monitor_url="transferkit-monitor:8008"))

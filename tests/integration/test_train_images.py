@@ -143,6 +143,9 @@ def test_augmented_training_and_scratch(digits, tmp_path):
     ({"image_size": 8}, ConfigError, "image_size: 8 is below the minimum"),
     ({"strategy": "off_the_shelf"}, ModelError, "off_the_shelf needs a head whose labels match labels.json"),
     ({"unfreeze_top_layers": 9}, ModelError, "exceeds the model's 8 stages"),
+    ({"strategy": "lora"}, ConfigError, r"^strategy: lora adapts the attention projections of transformer "
+                                        r"bases \(ViT\); efficientnet-lite0 is a CNN; use strategy full or "
+                                        r"feature_extraction$"),
 ])
 def test_bad_options_for_images_are_named(digits, tmp_path, options, error, message):
     settings = {"strategy": "feature_extraction", **options}
@@ -218,3 +221,19 @@ def test_transformers_image_classifiers_train_by_stage_and_export(kind, digits, 
     exported = export_model(ExportConfig(model_dir=tmp_path / "full", data_dir=digits, out_dir=tmp_path / "onnx",
                                          max_drop=100.0))
     assert exported.parity_max_abs_diff < 1e-3 and "qdq" in exported.variants
+
+
+def test_lora_on_a_vit_adapts_its_query_and_value_projections_and_writes_a_merged_model(digits, tmp_path):
+    base = write_tiny_transformers_image_model("vit", tmp_path)
+    out = tmp_path / "lora"
+    result = run_training(TrainConfig(data_dir=digits, model=str(base), strategy="lora", max_steps=6, lora_rank=4,
+                                      out_dir=out))
+    lora = read_json(out / "training_summary.json")["lora"]
+    # transformers 5 names ViT's query/value projections q_proj/v_proj.
+    assert lora["target_modules"] in (["query", "value"], ["q_proj", "v_proj"]) and lora["adapted_modules"] == 2 * 2
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    # Only adapters and the new head trained: the adapted projections' own weights are the base's (+ B @ A).
+    summary = read_json(out / "training_summary.json")
+    assert summary["parameters"]["trainable"] < 0.2 * summary["parameters"]["total"]
+    # The merged model is a plain image classifier that reproduces the validation accuracy of the run.
+    assert _validation_accuracy(out, digits) == pytest.approx(result.validation_metrics["accuracy"], abs=1e-9)

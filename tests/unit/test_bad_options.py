@@ -42,6 +42,24 @@ def test_pipeline_parameters_of_the_wrong_type(tmp_path: Path, content: str, mes
              tmp_path, message)
 
 
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--monitor-sample-rate", "1.5"], "monitor_sample_rate: expected a fraction in [0, 1], got 1.5"),
+    (["--monitor-port", "70000"], "monitor_port: 70000 is not a TCP port; expected 1-65535"),
+])
+def test_pipeline_serve_monitor_options(tmp_path: Path, extra: list[str], message: str) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("monitor_url: ''\n")
+    _refused(["pipeline", "run", "--local", "--serve", "--params", str(params), "--work-dir", str(tmp_path / "work"),
+              *extra], tmp_path, message)
+
+
+def test_pipeline_monitor_sample_rate_parameter_range(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("monitor_sample_rate: 2.0\n")
+    _refused(["pipeline", "run", "--local", "--params", str(params), "--work-dir", str(tmp_path / "work")],
+             tmp_path, "pipeline parameter monitor_sample_rate: 2.0 is outside [0, 1]")
+
+
 @pytest.mark.parametrize(("url", "message"), [
     ("127.0.0.1:notaport", "triton_url: '127.0.0.1:notaport' has no valid port; expected an integer in 1-65535"),
     ("http://127.0.0.1:99999", "has no valid port"),

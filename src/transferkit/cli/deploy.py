@@ -26,7 +26,8 @@ def deploy(
     queue_delay_us: int = typer.Option(0, help="Dynamic batcher max queue delay (microseconds)."),
     local_threads: int = typer.Option(1, help="ONNX Runtime threads per local python-backend instance."),
     local_instances: int = typer.Option(2, help="Instances of the local python-backend variant."),
-    monitor_url: str = typer.Option("", help="`transferkit monitor serve` URL the local text model samples to."),
+    monitor_url: str = typer.Option("", help="`transferkit monitor serve` URL: the local model samples to it "
+                                    "(triton mode); KServe's payload logger posts to it (kserve mode)."),
     monitor_sample_rate: float = typer.Option(0.0, help="Fraction of request items sent to --monitor-url (0: off)."),
     s3_endpoint_url: str = typer.Option("", help="S3-compatible endpoint (else AWS_ENDPOINT_URL)."),
     triton_url: str = typer.Option("", help="Triton HTTP endpoint (mode triton), e.g. http://127.0.0.1:8000."),
@@ -52,12 +53,21 @@ def deploy(
     kube_context: str = typer.Option("", help="Kubeconfig context."),
     ready_timeout: float = typer.Option(600.0, help="Seconds to wait for the InferenceService to be Ready."),
     output: Path = typer.Option(None, help="Write the deployment record (JSON) here; Markdown next to it."),
+    registry_url: str = typer.Option("", help="Kubeflow Model Registry http(s)://host:port: register every "
+                                     "deployed (or rolled-back) version ('' = off)."),
+    registry_token_env: str = typer.Option("TRANSFERKIT_REGISTRY_TOKEN", help="Env var with the registry token."),
+    registry_token_file: Path = typer.Option(None, help="Mounted Secret file with the registry token."),
+    registry_metadata: list[str] = typer.Option([], help="KEY=VALUE version metadata (repeatable): kfp_run_id, "
+                                                "dataset_uri, forgetting_retention..."),
+    training_summary: Path = typer.Option(None, help="The model's training_summary.json (base model, strategy, "
+                                          "data digests, primary metric for the registry)."),
 ) -> None:
     """Publish version N+1 and roll it out; roll back if anything fails.
 
     The restricted model-control key is read from --api-key-env or --api-key-file only.
     """
     from transferkit.serve.deploy import DeployConfig, deploy_model
+    from transferkit.serve.registry import RegistryConfig, parse_metadata
     from transferkit.serve.repository import RepositoryOptions
 
     options = RepositoryOptions(max_batch_size=max_batch_size, max_queue_delay_us=queue_delay_us,
@@ -76,6 +86,10 @@ def deploy(
         git_branch=git_branch or None, namespace=namespace, isvc_name=isvc_name or None,
         kserve_runtime=runtime or None, gpus=gpus, kubeconfig=kubeconfig or None,
         kube_context=kube_context or None, ready_timeout_s=ready_timeout,
+        registry=RegistryConfig(url=registry_url, token_env=registry_token_env or None,
+                                token_file=str(registry_token_file) if registry_token_file else None)
+        if registry_url else None,
+        registry_metadata=parse_metadata(registry_metadata), training_summary=training_summary,
     )
     result = deploy_model(config)
     payload = json.dumps(result.to_dict(), indent=2, sort_keys=True)

@@ -49,10 +49,13 @@ def forgetting(
     ),
     mode: str | None = typer.Option(
         None, "--mode",
-        help="similarity | source-task | representation-drift (default: from the source set; image models: "
-             "source-task when the base head knows the source labels, else representation-drift).",
+        help="similarity | source-task | representation-drift | perplexity (default: perplexity for decoder bases "
+             "such as smollm2-135m, else from the source set; image models: source-task when the base head knows "
+             "the source labels, else representation-drift).",
     ),
-    metric: str | None = typer.Option(None, "--metric", help="pearson|spearman, accuracy|macro_f1, cka."),
+    metric: str | None = typer.Option(
+        None, "--metric", help="pearson|spearman, accuracy|macro_f1, cka, inverse_perplexity."
+    ),
     max_drop: float | None = typer.Option(None, "--max-drop", help="Fail when base - model score exceeds this."),
     min_retention: float | None = typer.Option(
         None, "--min-retention", help="Fail when model score / base score is below this."

@@ -16,8 +16,10 @@ from transferkit.cli import (
     monitor,
     pipeline,
     prune,
+    registry,
     serve,
     train,
+    tune,
 )
 from transferkit.cli._common import OneLineErrors
 from transferkit.log import configure_logging
@@ -60,6 +62,8 @@ app.add_typer(pipeline.app, name="pipeline", help="Compile, run locally, or subm
 app.add_typer(models.app, name="models", help="List and inspect the model catalog.")
 app.add_typer(bench.app, name="bench", help="Benchmarks (serving load generator).")
 app.add_typer(monitor.app, name="monitor", help="Drift monitoring of served traffic (service, baseline, feedback).")
+app.add_typer(registry.app, name="registry", help="Versions registered in the Kubeflow Model Registry.")
+app.command("tune", help="Hyperparameter search over train options with Optuna (resumable, pruned).")(tune.tune)
 
 
 def main() -> None:

@@ -48,15 +48,25 @@ def serve(
     permutations: int = typer.Option(500, help="Permutations of the MMD embedding test."),
     report_dir: Path = typer.Option(Path("monitor-reports"), help="Where window-<n>.html/.json are written."),
     model_name: str = typer.Option("model", "--model", help="Model name on the metrics."),
+    event_sample_rate: float = typer.Option(1.0, help="Fraction of KServe payload-logger requests monitored "
+                                            "(POST /v1/events; needs --baseline to be the export directory)."),
 ) -> None:
     """Run the monitor service until interrupted."""
+    from transferkit.errors import ConfigError
     from transferkit.monitor import DriftConfig, load_baseline
+    from transferkit.monitor.baseline import ServedGraph
+    from transferkit.monitor.events import EventIngester
     from transferkit.monitor.service import MonitorServer
     from transferkit.monitor.state import Monitor
 
+    if not 0.0 < event_sample_rate <= 1.0:
+        raise ConfigError(f"event_sample_rate: expected a fraction in (0, 1], got {event_sample_rate}")
     config = DriftConfig(window_size=window_size, alpha=alpha, permutations=permutations)
     reference = load_baseline(baseline)
-    server = MonitorServer(Monitor(reference, config, report_dir, model_name), host, port)
+    monitor = Monitor(reference, config, report_dir, model_name)
+    # KServe's logged payloads hold no embedding: the served graph of the export computes it (export dirs only).
+    graph = ServedGraph(baseline) if (baseline / "io_spec.json").is_file() else None
+    server = MonitorServer(monitor, host, port, events=EventIngester(monitor, graph, event_sample_rate))
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

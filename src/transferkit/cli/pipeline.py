@@ -21,7 +21,7 @@ from transferkit.errors import ConfigError, PipelineError
 app = typer.Typer(no_args_is_help=True)
 
 COMPONENTS = ("data_prep", "fine_tune", "evaluate", "forgetting_check", "onnx_quantize", "deploy_triton",
-              "select_strategy", "deploy_gate", "run_summary", "prune_model")
+              "select_strategy", "deploy_gate", "run_summary", "prune_model", "tune_search")
 PIPELINE_YAML = Path("pipelines/transfer_learning/pipeline.yaml")
 
 
@@ -104,7 +104,8 @@ def _value_problem(name: str, value: Any) -> str | None:
               "image_size": (0, None), "early_stopping_patience": (0, None), "seed": (0, None),
               "nproc_per_node": (1, None), "epochs": (1e-9, None), "learning_rate": (0, None), "llrd": (1e-9, 1),
               "l2sp": (0, None), "min_primary": (0, 1), "forgetting_min_retention": (0, 1.5),
-              "min_agreement": (0, 1), "max_quantization_drop": (0, 100)}
+              "min_agreement": (0, 1), "max_quantization_drop": (0, 100),
+              "monitor_sample_rate": (0, 1)}
     if name in choices and value not in choices[name]:
         return f"is not one of {', '.join(choices[name])}"
     if name in ranges:
@@ -162,7 +163,11 @@ def run(
     package: Path | None = typer.Option(None, "--package", help="Compiled pipeline (default: the checked-in one)."),
     work_dir: Path = typer.Option(Path("runs/local"), "--work-dir", help="Outputs, cache and model repository."),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse identical steps from earlier runs."),
-    serve: bool = typer.Option(False, "--serve", help="Keep Triton serving after the run until Ctrl-C."),
+    serve: bool = typer.Option(False, "--serve", help="Keep Triton serving after the run until Ctrl-C, with "
+                               "`transferkit monitor` beside it."),
+    monitor_sample_rate: float = typer.Option(1.0, help="With --serve: fraction of served items sent to the monitor "
+                                              "(0: no monitor)."),
+    monitor_port: int = typer.Option(0, help="With --serve: the monitor's port (0 picks a free one)."),
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
 ) -> None:
     """Run the whole pipeline locally, ending with the model live in a local Triton server."""
@@ -177,8 +182,18 @@ def run(
         check_params(params, pipeline_file)
     if work_dir.exists() and not work_dir.is_dir():
         raise ConfigError(f"work_dir: {work_dir} exists and is not a directory")
+    printed: list[Any] = []
+
+    def serving(result: Any) -> None:  # with --serve: the summary while it serves, not after Ctrl-C
+        if not as_json:
+            _print_summary(result)
+            printed.append(result)
+
     result = run_local(params, package=pipeline_file, work_dir=work_dir.absolute(), caching=cache,
-                       serve_forever=serve)
+                       serve_forever=serve, monitor_sample_rate=monitor_sample_rate, monitor_port=monitor_port,
+                       on_serving=serving)
+    if printed:
+        return
     if as_json:
         typer.echo(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(result).items()},
                               default=str))
@@ -220,6 +235,9 @@ def _print_summary(result: Any) -> None:
         expected = f" (true label {sample['expected']}, image {sample['image']})" if "expected" in sample else ""
         console.print(f"Triton answer from {result.endpoint}: {sample['input']!r} -> "
                       f"{sample['label']} {sample['probabilities']}{expected}")
+        if result.monitor_url:
+            url = result.monitor_url
+            console.print(f"Monitor of the served traffic: {url}/metrics, {url}/v1/windows")
     else:
         console.print("Deploy was skipped: a gate did not pass (see the deploy-gate decision in the run outputs).")
 

@@ -32,11 +32,13 @@ from transferkit.evaluate.sources import SourceSet
 
 logger = logging.getLogger(__name__)
 
-MODES = ("similarity", "source-task", "representation-drift")
+MODES = ("similarity", "source-task", "representation-drift", "perplexity")
 METRICS = {
     "similarity": ("pearson", "spearman"),
     "source-task": ("accuracy", "macro_f1"),
     "representation-drift": ("cka",),
+    # Decoder bases (transferkit.evaluate.forgetting_lm): 1 / perplexity, so retention = base ppl / fine-tuned ppl.
+    "perplexity": ("inverse_perplexity",),
 }
 MODE_FOR_KIND = {"pairs": "similarity", "labelled": "source-task", "texts": "representation-drift"}
 DEFAULT_SOURCE = "builtin:lee-similarity"
@@ -57,10 +59,12 @@ class ForgettingConfig:
             None = the base model's catalog default (``builtin:lee-similarity`` for ``minilm-l6``,
             ``builtin:fashion-mnist`` for ``efficientnet-lite0``), else ``builtin:lee-similarity`` for text
             models (image model directories need an explicit source).
-        mode: ``similarity``, ``source-task`` or ``representation-drift``; None = from the source set's kind
-            (images: the catalog default, else ``source-task`` when the base head knows the source labels,
-            else ``representation-drift``).
-        metric: Score of the mode (``pearson``/``spearman``, ``accuracy``/``macro_f1``, ``cka``); None = first.
+        mode: ``similarity``, ``source-task``, ``representation-drift`` or ``perplexity`` (decoder bases: the
+            base LM head on the fine-tuned backbone); None = ``perplexity`` for decoder bases, else from the
+            source set's kind (images: the catalog default, else ``source-task`` when the base head knows the
+            source labels, else ``representation-drift``).
+        metric: Score of the mode (``pearson``/``spearman``, ``accuracy``/``macro_f1``, ``cka``,
+            ``inverse_perplexity``); None = first.
         max_drop: Gate: fail when ``base_score - model_score`` exceeds this.
         min_retention: Gate: fail when ``model_score / base_score`` is below this.
         max_length: Truncation length; None = the base model's limit capped at 256 tokens.
@@ -438,6 +442,10 @@ def check_forgetting(config: ForgettingConfig) -> ForgettingResult:
         )
     if "image" in (base_modality, model_modality_):
         return _check_forgetting_images(cfg)
+    from transferkit.evaluate.forgetting_lm import check_forgetting_lm, wants_perplexity
+
+    if wants_perplexity(cfg):
+        return check_forgetting_lm(cfg)
     probe = build_probe(
         cfg.base, cfg.source, mode=cfg.mode, metric=cfg.metric, max_length=cfg.max_length,
         batch_size=cfg.batch_size, probe_size=cfg.probe_size, seed=cfg.seed, allow_pickle=cfg.allow_pickle,

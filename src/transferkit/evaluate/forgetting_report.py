@@ -14,6 +14,12 @@ if TYPE_CHECKING:
     from transferkit.evaluate.forgetting import ForgettingProbe, Measurement
 
 _EXPLAIN = {
+    "perplexity": (
+        "The source skill of a language model is language modelling. The base model's own LM head is put on "
+        "the fine-tuned backbone and the token-level perplexity of both models is computed on the reference "
+        "texts; the score is 1 / perplexity, so retention is base perplexity / fine-tuned perplexity "
+        "(1 = nothing forgotten)."
+    ),
     "similarity": (
         "Each text of the source set is embedded by mean-pooling the encoder's last hidden state (the last "
         "pre-trained layer: the fixed read-out layer that transferkit adds to mean-pooling classifiers is "
@@ -74,8 +80,8 @@ def write_forgetting_report(
         report.paragraph(
             f"Base model: {details['base']}. Fine-tuned model: {details['model']}. Source set: "
             f"{details['source_description']}. Texts were truncated at {details['max_length']} tokens "
-            f"(the base model's limit, capped at 256); {details['truncated_texts']} of {details['n_texts']} texts "
-            "were longer.", "note",
+            f"(the base model's limit, capped at {details.get('length_cap', 256)}); {details['truncated_texts']} of "
+            f"{details['n_texts']} texts were longer.", "note",
         )
     report.heading("Before / after")
     names = list(details["scores"])
@@ -92,6 +98,10 @@ def write_forgetting_report(
           (details["scores"][n]["model"] / details["scores"][n]["base"]) if details["scores"][n]["base"] else "n/a",
           details["scores"][n]["base"] - details["scores"][n]["model"]] for n in names],
     )
+    if "perplexity" in details:
+        ppl = details["perplexity"]
+        report.paragraph(f"Perplexity on the reference texts: base {ppl['base']:.3f}, fine-tuned backbone under the "
+                         f"base LM head {ppl['model']:.3f} (lower is better).")
     gates = []
     if payload["max_drop"] is not None:
         gates.append(f"max_drop {payload['max_drop']:g}")

@@ -28,7 +28,7 @@ from transferkit.models.catalog import ResolvedModel, resolve_model
 logger = logging.getLogger(__name__)
 
 # Architectures whose sequence classifiers are exported and parity-tested (tests/unit/export).
-SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "gpt2")
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "gpt2", "llama")
 INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "logits"
 DEFAULT_MAX_LENGTH = 128

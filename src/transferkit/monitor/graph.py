@@ -61,8 +61,9 @@ def _float_source(name: str, producers: dict[str, Any]) -> str:
 def with_embedding_output(path: str | Path) -> tuple[bytes, str]:
     """The serialized graph of ``path`` with the head input added as output ``monitor_embedding``.
 
-    The tensor is exposed under a stable name through an ``Identity`` node, so servers and baselines ask for
-    the same output whatever the exporter named it. Returns the bytes and the original tensor name.
+    The tensor is exposed under a stable name through a ``Cast`` to float32 (fp16 graphs compute the head in
+    float16), so servers and baselines ask for the same float32 output whatever the exporter named it.
+    Returns the bytes and the original tensor name.
 
     Raises:
         MonitorError: The file is not an ONNX graph or has no recognisable head.
@@ -77,6 +78,7 @@ def with_embedding_output(path: str | Path) -> tuple[bytes, str]:
     if any(o.name == EMBEDDING_OUTPUT for o in model.graph.output):
         return model.SerializeToString(), EMBEDDING_OUTPUT
     source = find_embedding_tensor(model)
-    model.graph.node.append(helper.make_node("Identity", [source], [EMBEDDING_OUTPUT], name="monitor_embedding"))
+    model.graph.node.append(helper.make_node("Cast", [source], [EMBEDDING_OUTPUT], name="monitor_embedding",
+                                           to=onnx.TensorProto.FLOAT))
     model.graph.output.append(helper.make_tensor_value_info(EMBEDDING_OUTPUT, onnx.TensorProto.FLOAT, None))
     return model.SerializeToString(), source

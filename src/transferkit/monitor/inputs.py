@@ -51,7 +51,8 @@ class TextMonitorInputs:
         """``(feed, features)`` per batch of ``BATCH`` items, each batch padded to its longest sequence."""
         fields = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
         for start in range(0, len(items), BATCH):
-            chunk = [tuple(i) if isinstance(i, list | tuple) else i for i in items[start : start + BATCH]]
+            chunk = [tuple(_text(v) for v in i) if isinstance(i, list | tuple) else _text(i)
+                     for i in items[start : start + BATCH]]
             encodings = self.tokenizer.encode_batch(chunk)
             width = max(len(e.ids) for e in encodings)
             feed = {}
@@ -64,6 +65,11 @@ class TextMonitorInputs:
                     array[row, : len(values)] = values
                 feed[name] = array
             yield feed, text_features(encodings, self.unk_id)
+
+
+def _text(value: Any) -> Any:
+    """Text as ``str`` (a payload logged with the binary-data extension holds UTF-8 bytes)."""
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
 
 
 def text_features(encodings: Sequence[Any], unk_id: int | None) -> dict[str, np.ndarray]:

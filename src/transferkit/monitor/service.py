@@ -2,6 +2,7 @@
 
 - ``POST /v1/records``: ``{"records": [...]}`` sampled by the serving side (:mod:`transferkit.monitor.records`);
 - ``POST /v1/feedback``: ``{"labels": [{"request_id": ..., "label": ...}, ...]}`` late labels;
+- ``POST /v1/events``: CloudEvents of KServe's payload logger (:mod:`transferkit.monitor.events`);
 - ``GET /metrics``: Prometheus exposition; ``GET /v1/windows``: every window as JSON;
 - ``GET /reports/window-<n>.html``: the report of a window; ``GET /healthz``.
 
@@ -21,6 +22,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from transferkit.errors import MonitorError
+from transferkit.monitor.events import EventIngester
 from transferkit.monitor.state import Monitor
 
 logger = logging.getLogger(__name__)
@@ -31,6 +33,7 @@ _REPORT = re.compile(r"^/reports/(window-\d+\.(?:html|json|md))$")
 
 class _Handler(BaseHTTPRequestHandler):
     monitor: Monitor
+    events: EventIngester | None
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -46,12 +49,16 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, payload: Any) -> None:
         self._send(status, json.dumps(payload).encode())
 
-    def _body(self) -> Any:
+    def _raw(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
         if length <= 0 or length > MAX_BODY:
-            raise MonitorError(f"body: expected a JSON body of 1 to {MAX_BODY} bytes, got {length}")
+            raise MonitorError(f"body: expected a body of 1 to {MAX_BODY} bytes, got {length}")
+        return self.rfile.read(length)
+
+    def _body(self) -> Any:
+        raw = self._raw()
         try:
-            return json.loads(self.rfile.read(length))
+            return json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise MonitorError(f"body: not valid JSON ({exc})") from None
 
@@ -74,6 +81,11 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         path = self.path.split("?", 1)[0]
         try:
+            if path == "/v1/events":
+                if self.events is None:
+                    raise MonitorError("events: this monitor does not accept KServe payload-logger events")
+                self._json(200, self.events.accept(dict(self.headers.items()), self._raw()))
+                return
             body = self._body()
             if path == "/v1/records":
                 records = body.get("records") if isinstance(body, dict) else body
@@ -103,10 +115,12 @@ class MonitorServer:
         monitor: The state.
         host: Bind address.
         port: Port (0 picks a free one; see :attr:`url`).
+        events: Accepts KServe payload-logger CloudEvents on ``POST /v1/events`` (None: refused with HTTP 400).
     """
 
-    def __init__(self, monitor: Monitor, host: str = "127.0.0.1", port: int = 8008) -> None:
-        handler = type("Handler", (_Handler,), {"monitor": monitor})
+    def __init__(self, monitor: Monitor, host: str = "127.0.0.1", port: int = 8008,
+                 events: EventIngester | None = None) -> None:
+        handler = type("Handler", (_Handler,), {"monitor": monitor, "events": events})
         self.monitor = monitor
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True

@@ -30,6 +30,7 @@ from transferkit.serve.agreement import AgreementResult, check_agreement
 from transferkit.serve.control import DEFAULT_KEY_ENV, TritonControl, read_api_key, split_url
 from transferkit.serve.local import RESTRICTED_HEADER
 from transferkit.serve.publish import Publication, RepositoryStore, open_store
+from transferkit.serve.registry import RegistryConfig
 from transferkit.serve.repository import (
     ExportedModel,
     ModelBundle,
@@ -90,6 +91,10 @@ class DeployConfig:
         kube_api_url: Plain API URL (testing against a local API stand-in).
         ready_timeout_s: How long to wait for the InferenceService to become Ready.
         ready_poll_s: Poll interval while waiting.
+        registry: Kubeflow Model Registry to record every deployed (or rolled-back) version in; None = off.
+        registry_metadata: Extra version metadata (KFP run id, dataset URI, forgetting retention...).
+        training_summary: The fine-tuned model's ``training_summary.json``: base model, strategy, data digests and
+            primary metric for the registry.
     """
 
     onnx_dir: Path
@@ -127,6 +132,9 @@ class DeployConfig:
     kube_api_url: str | None = None
     ready_timeout_s: float = 600.0
     ready_poll_s: float = 2.0
+    registry: RegistryConfig | None = None
+    registry_metadata: dict[str, Any] = field(default_factory=dict)
+    training_summary: Path | None = None
 
     def __post_init__(self) -> None:
         self.onnx_dir = Path(self.onnx_dir)
@@ -183,6 +191,10 @@ class DeployConfig:
             if not str(self.storage_uri or self.repository).startswith(("s3://", "gs://", "pvc://", "https://")):
                 raise ConfigError("storage_uri: KServe needs s3://, gs://, pvc:// or https:// (set storage_uri when "
                                   "repository is a local mount)")
+            monitor_url = self.options.monitor_url
+            if monitor_url and not monitor_url.startswith(("http://", "https://")):
+                raise ConfigError(f"monitor_url: expected an http(s):// URL for KServe's payload logger, got "
+                                  f"{monitor_url!r}")
 
 
 @dataclass
@@ -202,6 +214,7 @@ class DeployResult:
     git_commit: str | None = None
     inference_service: str | None = None
     duration_s: float = 0.0
+    registry: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly view."""
@@ -365,6 +378,11 @@ def _deploy_gitops(config: DeployConfig, exported: ExportedModel, store: Reposit
     )
 
 
+def monitor_events_url(monitor_url: str) -> str | None:
+    """Where KServe's payload logger posts for a ``transferkit monitor`` at ``monitor_url`` (None: no logger)."""
+    return f"{monitor_url.rstrip('/')}/v1/events" if monitor_url else None
+
+
 def _deploy_kserve(config: DeployConfig, exported: ExportedModel, store: RepositoryStore) -> DeployResult:
     from transferkit.serve.kserve import KServeDeployer, KServeTarget, build_inference_service, endpoint_of
 
@@ -373,7 +391,7 @@ def _deploy_kserve(config: DeployConfig, exported: ExportedModel, store: Reposit
                           runtime=config.kserve_runtime, gpus=config.gpus, kubeconfig=config.kubeconfig,
                           context=config.kube_context, api_url=config.kube_api_url,
                           ready_timeout_s=config.ready_timeout_s, poll_s=config.ready_poll_s,
-                          attempts=config.attempts)
+                          attempts=config.attempts, logger_url=monitor_events_url(config.options.monitor_url))
     deployer = KServeDeployer(target)
     deployer.get()  # reachability and credentials before anything is published
     with store.lock(config.name), tempfile.TemporaryDirectory(prefix="tk-deploy-") as tmp:
@@ -423,8 +441,54 @@ def deploy_model(config: DeployConfig) -> DeployResult:
     store = open_store(config.repository, s3_endpoint_url=config.s3_endpoint_url)
     store.check_access()
     handler = {"triton": _deploy_triton, "gitops": _deploy_gitops, "kserve": _deploy_kserve}[config.mode]
-    result = handler(config, exported, store)
+    try:
+        result = handler(config, exported, store)
+    except DeploymentError as exc:
+        if config.registry is not None:
+            _register_rolled_back(config, exported, store, exc)
+        raise
     result.duration_s = round(time.monotonic() - started, 3)
     logger.info("Deployed %s version %d (%s mode) in %.1fs", result.model_name, result.version, result.mode,
                 result.duration_s)
+    if config.registry is not None:
+        result.registry = _register(config, exported, result.version, result.repository_uri, result.models)
     return result
+
+
+def _register(config: DeployConfig, exported: ExportedModel, version: int, uri: str, models: list[str],
+              rolled_back: str | None = None) -> dict[str, Any]:
+    """Record ``version`` in the Model Registry (archived with the reason when it was rolled back)."""
+    from transferkit.serve.registry import (
+        REASON_KEY,
+        ROLLED_BACK,
+        SERVING,
+        STATUS_KEY,
+        ModelRegistry,
+        deployment_metadata,
+    )
+
+    assert config.registry is not None
+    metadata = deployment_metadata(config.onnx_dir, exported.variant, config.options.instance_kind,
+                                   training_summary=config.training_summary, extra=config.registry_metadata)
+    metadata.update({"deploy_mode": config.mode, "triton_models": ",".join(models),
+                     STATUS_KEY: ROLLED_BACK if rolled_back else SERVING, REASON_KEY: rolled_back or ""})
+    registry = ModelRegistry(config.registry)
+    record = registry.register(config.name, str(version), uri, format_version=str(exported.spec.opset),
+                               description=f"{config.name} version {version} ({exported.variant}, {config.mode})",
+                               metadata=metadata, archived=rolled_back is not None)
+    logger.info("Registered %s version %d in the model registry (%s)", config.name, version, record["status"])
+    return record
+
+
+def _register_rolled_back(config: DeployConfig, exported: ExportedModel, store: RepositoryStore,
+                          error: DeploymentError) -> None:
+    """Record the version the deploy step just rolled back; never hides the deployment error."""
+    history = store.record(config.name).get("history") or []
+    if not history or history[-1].get("status") != "rolled_back":
+        return  # nothing was rolled out (the failure came before a version existed)
+    version = int(history[-1]["version"])
+    try:
+        _register(config, exported, version, config.storage_uri or store.uri, [], rolled_back=str(error)[:500])
+    except TransferkitError as exc:
+        logger.error("Could not record rolled-back %s version %d in the model registry: %s", config.name, version,
+                     exc)

@@ -2,8 +2,9 @@
 
 The predictor uses the ``triton`` model format with ``storageUri`` pointing at the model repository
 root; the published version is put into the predictor's annotations so that every new version is a
-spec change and KServe rolls out a new revision. Readiness means the ``Ready`` condition is ``True``
-for the current generation.
+spec change and KServe rolls out a new revision. With a monitor URL the predictor gets KServe's payload
+``logger`` (mode ``all``) posting CloudEvents to ``<monitor>/v1/events``. Readiness means the ``Ready``
+condition is ``True`` for the current generation.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class KServeTarget:
     ready_timeout_s: float = 600.0
     poll_s: float = 2.0
     attempts: int = 5
+    logger_url: str | None = None  # KServe payload logger: CloudEvents of requests and responses to this URL
+    logger_mode: str = "all"
 
 
 def build_inference_service(target: KServeTarget, storage_uri: str, model_name: str, version: int) -> dict[str, Any]:
@@ -76,6 +79,9 @@ def build_inference_service(target: KServeTarget, storage_uri: str, model_name: 
     }
     if target.service_account:
         predictor["serviceAccountName"] = target.service_account
+    if target.logger_url:
+        # Both halves of every call: the monitor pairs them by ce-id (transferkit.monitor.events).
+        predictor["logger"] = {"mode": target.logger_mode, "url": target.logger_url}
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "InferenceService",

@@ -115,8 +115,10 @@ class RepositoryOptions:
         local_fast_path: Text models: the local config of the entry model runs tokenizer, graph and
             postprocess in one python model instead of the ensemble's three (see ``local_text.py``).
         monitor_url: Base URL of a ``transferkit monitor`` service. With ``monitor_sample_rate`` > 0 the local
-            fast path posts that fraction of request items (pooled embedding, prediction, confidence, token
-            length; in the background, never failing a request) to ``<monitor_url>/v1/records``.
+            entry model (the text fast path; for image models a one-model local config written by the task's
+            ``write_serving_monitor`` hook) posts that fraction of request items (pooled embedding, prediction,
+            confidence, input features; in the background, never failing a request) to
+            ``<monitor_url>/v1/records``. In KServe mode it also receives the payload logger's events.
         monitor_sample_rate: Fraction of request items sent to the monitor (0: none; custom metrics of every
             request are reported either way).
         serving_metrics: The local fast path reports every request's predictions, confidences and token lengths
@@ -440,6 +442,9 @@ def write_model_tree(exported: ExportedModel, name: str, root: Path, version: in
     # The drift-monitoring baseline travels with the version: the monitor beside Triton reads it from here.
     if (exported.directory / "monitor_baseline").is_dir():
         shutil.copytree(exported.directory / "monitor_baseline", ens / v / "monitor_baseline", dirs_exist_ok=True)
+    task = find_task(exported.spec.task)
+    if options.monitor_sample_rate > 0 and task is not None:
+        task.write_serving_monitor(exported, name, root, version, options)
     return names
 
 

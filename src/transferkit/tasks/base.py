@@ -166,6 +166,18 @@ class Task(ABC):
 
         raise MonitorError(f"task {self.name}: drift monitoring is not available for this task")
 
+    def write_serving_monitor(self, exported: Any, name: str, root: Path, version: int, options: Any) -> bool:
+        """Add what samples served traffic to the monitor to a deployment's model tree (``monitor_sample_rate`` > 0).
+
+        Called by the repository builder after it wrote every model of deployment ``name``. A task whose local
+        serving path already samples (text: the fast path of ``serve/local_text.py``) or that has no drift
+        monitoring writes nothing.
+
+        Returns:
+            Whether anything was written.
+        """
+        return False
+
     def describe_model(self, path: Path | str) -> str:
         """``Text model PATH``, ``Image model PATH``: how reports introduce a model of this task."""
         return f"{self.modality.capitalize()} model {path}"

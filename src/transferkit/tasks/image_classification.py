@@ -130,5 +130,12 @@ class ImageClassification(Task):
 
         return ImageMonitorInputs(export_dir)
 
+    def write_serving_monitor(self, exported: Any, name: str, root: Any, version: int, options: Any) -> bool:
+        """The local entry model that decodes, classifies and samples embeddings and image features."""
+        from transferkit.serve.local_image import write_image_entry_local
+
+        write_image_entry_local(exported, name, root, version, options)
+        return True
+
 
 TASK = ImageClassification()

@@ -130,8 +130,15 @@ class StageLayout:
         return len(self.names)
 
     def classify(self, name: str) -> tuple[str, int | None]:
-        """``("layer", i)``, ``("embeddings", None)`` or ``("head", None)`` for a parameter name."""
-        return self.kinds.get(name, ("head", None))
+        """``("layer", i)``, ``("embeddings", None)`` or ``("head", None)`` for a parameter name.
+
+        Names that strategy lora (peft) gives an adapted module (``...query.base_layer.weight``,
+        ``...query.lora_A.default.weight``) take the stage of the module they adapt.
+        """
+        if name in self.kinds:
+            return self.kinds[name]
+        module = name.split(".base_layer.", 1)[0].split(".lora_", 1)[0]
+        return self.kinds.get(f"{module}.weight", ("head", None)) if module != name else ("head", None)
 
 
 def stage_layout(model: Any) -> StageLayout:
@@ -436,6 +443,13 @@ def image_side_for(config: Any, dataset: PreparedDataset, resolved: Any) -> Imag
                           "--l2sp or --llrd to limit drift")
     if config.gradient_checkpointing:
         raise ConfigError("gradient_checkpointing: not supported for image models (CNN activations are small)")
+    if config.strategy == "lora":
+        from transferkit.train.lora import DEFAULT_TARGETS
+
+        if resolved.model_type not in DEFAULT_TARGETS:
+            kind = resolved.model_type if resolved.model_type != "unknown" else resolved.reference
+            raise ConfigError(f"strategy: lora adapts the attention projections of transformer bases (ViT); "
+                              f"{kind} is a CNN; use strategy full or feature_extraction")
     preprocessor = load_image_preprocessor(resolved)
     if config.image_size is not None:
         base = preprocessor.config

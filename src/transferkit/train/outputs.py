@@ -12,6 +12,7 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,7 @@ class RunOutcome:
         overfitting: Overfitting episodes found in the curves.
         preserve_source: Summary of the forgetting mitigation, if it ran.
         validation_before_preserve: Validation metrics before the mitigation.
+        lora: Strategy lora: rank, alpha, targets, adapter parameters, merge scale.
     """
 
     trainable: int
@@ -156,6 +158,7 @@ class RunOutcome:
     overfitting: list[Any] = field(default_factory=list)
     preserve_source: dict[str, Any] | None = None
     validation_before_preserve: dict[str, float] | None = None
+    lora: dict[str, Any] | None = None
 
 
 def build_result(ctx: Any, outcome: RunOutcome, *, written: bool, checkpoint_dir: Path | None,
@@ -231,8 +234,12 @@ def write_reports(directory: Path, ctx: Any, outcome: RunOutcome, curves: Any, *
 
 
 def write_outputs(ctx: Any, model: Any, outcome: RunOutcome, *, checkpoint_dir: Path | None,
-                  tensorboard_dir: Path | None) -> TrainResult:
-    """Write the model directory of a trained model atomically and return the result (rank 0 only)."""
+                  tensorboard_dir: Path | None, before_reports: Callable[[Path], None] | None = None
+                  ) -> TrainResult:
+    """Write the model directory of a trained model atomically and return the result (rank 0 only).
+
+    ``before_reports`` writes strategy-specific files (the LoRA adapter) into the not-yet-published directory.
+    """
     from transferkit.train.diagnostics import curves_from_history, detect_overfitting, overfitting_message
 
     config = ctx.config
@@ -241,6 +248,8 @@ def write_outputs(ctx: Any, model: Any, outcome: RunOutcome, *, checkpoint_dir: 
     outcome.warnings = [overfitting_message(e) for e in outcome.overfitting]
     with atomic_output_dir(config.out_dir) as tmp:
         ctx.side.save(tmp, model, ctx.labels)
+        if before_reports is not None:
+            before_reports(tmp)
         if outcome.log_history:
             write_json(tmp / HISTORY_FILE, outcome.log_history)
         tensorboard = tensorboard_dir is not None and tensorboard_dir.is_dir()
@@ -289,6 +298,8 @@ def build_summary(ctx: Any, outcome: RunOutcome) -> dict[str, Any]:
         "resolved": outcome.resolved,
         "parameters": {"trainable": trainable, "total": total,
                        "trainable_fraction": round(trainable / total, 6) if total else 0.0},
+        "lora": outcome.lora,
+        "memory": peak_memory(),
         "best": {"metric": ctx.metric, "value": outcome.validation.get(ctx.metric),
                  "step": outcome.best_step},
         "validation": outcome.validation,
@@ -315,6 +326,17 @@ def build_summary(ctx: Any, outcome: RunOutcome) -> dict[str, Any]:
         "warnings": outcome.warnings,
         "preserve_source": outcome.preserve_source,
     }
+
+
+def peak_memory() -> dict[str, float | None]:
+    """Peak resident memory of this process (MiB) and, on CUDA, peak allocated GPU memory (MiB)."""
+    import resource
+
+    import torch
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    return {"peak_rss_mb": round(rss, 1), "cuda_peak_allocated_mb": None if cuda is None else round(cuda, 1)}
 
 
 def _grad_norm_stats(history: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -84,6 +84,19 @@ def write_training_report(
         ["train samples/s", outcome.train_metrics.get("train_samples_per_second", "n/a")],
         ["resumed from", outcome.resumed_from or "-"],
     ]
+    from transferkit.train.outputs import peak_memory
+
+    memory = peak_memory()
+    peak = f"{memory['peak_rss_mb']:,.0f} MB RSS"
+    if memory["cuda_peak_allocated_mb"] is not None:
+        peak += f", {memory['cuda_peak_allocated_mb']:,.0f} MB CUDA allocated"
+    rows.insert(5, ["peak memory (this process)", peak])
+    if outcome.lora:
+        lora = outcome.lora
+        rows.insert(1, ["LoRA", f"rank {lora['rank']}, alpha {lora['alpha']:g}{', DoRA' if lora['dora'] else ''} on "
+                                f"{lora['adapted_modules']} modules ({', '.join(lora['target_modules'])}), "
+                                f"{lora['adapter_parameters']:,} adapter parameters, merged at scale "
+                                f"{lora['scale']:g}"])
     report.table(["field", "value"], rows)
     report.heading("Validation metrics (selected model)")
     report.table(["metric", "value"], [[k, v] for k, v in sorted(validation.items())])

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,8 +91,13 @@ class RunContext:
         return self.side.pooling
 
 
-def run_training(config: TrainConfig) -> TrainResult:
+def run_training(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     """Run the fine-tune step end to end (see module docstring).
+
+    Args:
+        config: The run's configuration.
+        callbacks: Extra ``transformers.TrainerCallback`` objects (e.g. the hyperparameter search's pruning
+            reporter); an exception they raise ends the run before anything is written.
 
     Raises:
         ConfigError: Invalid option for this model (max_length, unfreeze_top_layers, precision...).
@@ -104,7 +110,7 @@ def run_training(config: TrainConfig) -> TrainResult:
     ctx = setup_run(config)
     if config.strategy == "off_the_shelf":
         return package_off_the_shelf(ctx)
-    return FineTuneRecipe(ctx).run()
+    return FineTuneRecipe(ctx, callbacks).run()
 
 
 def setup_run(config: TrainConfig) -> RunContext:
@@ -170,12 +176,18 @@ class _Data:
 class FineTuneRecipe:
     """Strategies ``full``, ``feature_extraction`` and ``scratch``: the named stages of one training run."""
 
-    def __init__(self, ctx: RunContext) -> None:
+    def __init__(self, ctx: RunContext, callbacks: Sequence[Any] = ()) -> None:
         self.ctx = ctx
+        self.extra_callbacks = list(callbacks)
         self.config = ctx.config
         self.world_size, self.rank = dist_info()
         self.device, self.precision = resolve_precision(ctx.config.precision)
         self.parameters = (0, 0)  # (trainable, total), counted once the model is frozen
+        self.lora: dict[str, Any] | None = None
+        if ctx.config.strategy == "lora":
+            from transferkit.train.lora import check_quantize_base
+
+            check_quantize_base(ctx.config.quantize_base, self.device)
 
     def run(self) -> TrainResult:
         """Run every stage; rank 0 writes the model directory."""
@@ -192,8 +204,28 @@ class FineTuneRecipe:
         if self.rank != 0:
             return build_result(self.ctx, outcome, written=False, checkpoint_dir=checkpoint_dir)
         model.eval()
+        outcome.lora = self.lora
+        before_reports = self._merge_lora(model, outcome, frozen) if self.lora is not None else None
         return write_outputs(self.ctx, model, outcome, checkpoint_dir=checkpoint_dir,
-                             tensorboard_dir=checkpoint_dir / TENSORBOARD_DIR)
+                             tensorboard_dir=checkpoint_dir / TENSORBOARD_DIR, before_reports=before_reports)
+
+    def _merge_lora(self, model: Any, outcome: RunOutcome, frozen: dict[str, Any]) -> Any:
+        """Merge the adapters into the model; return the writer of ``adapter/`` (and re-measure a scaled merge)."""
+        from transferkit.train.lora import ADAPTER_DIR, adapter_state, merge_lora, save_adapter
+
+        config = self.config
+        state, lora_config = adapter_state(model, frozen["layout"].classify)
+        merge_lora(model, config.lora_scale)
+
+        def write_adapter(directory: Path) -> None:
+            save_adapter(directory / ADAPTER_DIR, state, lora_config, str(self.ctx.resolved.reference),
+                         config.lora_scale)
+            if config.lora_scale != 1.0:
+                # The merged update was scaled down: what is saved is no longer the model trained and validated.
+                outcome.lora = {**(outcome.lora or {}), "validation_unscaled": outcome.validation}
+                outcome.validation = self.ctx.side.validation_metrics(self.ctx, directory)
+
+        return write_adapter
 
     # ------------------------------------------------------------------------------------------ stages
 
@@ -203,8 +235,15 @@ class FineTuneRecipe:
         from transferkit.train.modeling import count_parameters
 
         model = self.ctx.side.build_model(self.ctx)
-        frozen = self.ctx.side.freeze(model, config.strategy, config.unfreeze_top_layers)
-        if config.gradient_checkpointing and config.strategy == "feature_extraction":
+        if config.strategy == "lora":
+            from transferkit.train.lora import apply_lora
+
+            # Nothing pinned to eval mode (LoRA dropout stays active); apply_lora freezes all but adapters + head.
+            frozen = self.ctx.side.freeze(model, "full", 0)
+            self.lora = apply_lora(model, config, frozen["layout"])
+        else:
+            frozen = self.ctx.side.freeze(model, config.strategy, config.unfreeze_top_layers)
+        if config.gradient_checkpointing and config.strategy in ("feature_extraction", "lora"):
             # Checkpointed segments need an input that requires grad when the embeddings are frozen.
             model.enable_input_require_grads()
         self.parameters = count_parameters(model)
@@ -297,7 +336,8 @@ class FineTuneRecipe:
     def setup_checkpoints(self, data: _Data, schedule: dict[str, Any]) -> Path | None:
         """Guard the checkpoint directory with the run identity; return the checkpoint to resume from."""
         ctx, config = self.ctx, self.config
-        keys = ("strategy", "llrd", "unfreeze_top_layers", "early_stopping_patience", "early_stopping_min_delta",
+        keys = ("strategy", "lora_rank", "lora_alpha", "lora_dropout", "lora_target", "dora", "quantize_base",
+                "llrd", "unfreeze_top_layers", "early_stopping_patience", "early_stopping_min_delta",
                 "metric", "seed", "augment", "augment_prob", "class_weights", "l2sp", "group_by_length",
                 "label_descriptions")
         identity = {k: getattr(config, k) for k in keys}
@@ -336,7 +376,7 @@ class FineTuneRecipe:
         ctx, config, side = self.ctx, self.config, self.ctx.side
         _, total_steps = _steps(len(data.train), ctx.hp, self.world_size)
         callbacks: list[Any] = [ManifestCallback(), OverfittingWarningCallback(), EpochTimerCallback(),
-                                LoggingCallback(every=max(1, total_steps // 20))]
+                                LoggingCallback(every=max(1, total_steps // 20)), *self.extra_callbacks]
         if self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
 

@@ -20,6 +20,7 @@ from transferkit.train.config import (
     DEFAULT_FEATURE_EXTRACTION_HEAD_LR,
     DEFAULT_FROZEN_EPOCHS,
     DEFAULT_HYPERPARAMETERS,
+    DEFAULT_LORA_LEARNING_RATE,
     TrainConfig,
 )
 
@@ -151,6 +152,9 @@ def resolve_hyperparameters(config: TrainConfig, entry: Any, model_limit: int) -
         return value if value is not None else defaults.get(key or name)
 
     learning_rate = float(pick("learning_rate"))
+    if config.strategy == "lora" and config.learning_rate is None:
+        # Low-rank adapters start at zero and need a much larger step size than full fine-tuning.
+        learning_rate = float(defaults.get("lora_learning_rate", DEFAULT_LORA_LEARNING_RATE))
     head_default = defaults.get("head_learning_rate")
     if head_default is None:
         head_default = DEFAULT_FEATURE_EXTRACTION_HEAD_LR if config.strategy == "feature_extraction" else learning_rate

@@ -18,7 +18,7 @@ from typing import Any
 from transferkit.errors import TrainingError
 from transferkit.options import from_kfp_parameters
 from transferkit.tasks import get_task
-from transferkit.train.config import TrainConfig, config_to_cli_args
+from transferkit.train.config import LORA_DEFAULTS, TrainConfig, config_to_cli_args
 from transferkit.train.outputs import SUMMARY_FILE
 
 
@@ -43,19 +43,42 @@ def config_from_parameters(data_dir: str | Path, out_dir: str | Path, parameters
     """Build the :class:`TrainConfig` of component parameters (sentinels mean "the catalog default").
 
     ``preserve_source`` is dropped for tasks without a forgetting mitigation (image data), so one pipeline
-    definition serves every task.
+    definition serves every task, and for decoder bases (measured by perplexity, not by the similarity skill
+    the mitigation keeps); likewise a strategy sweep (``["lora", "full"]``) passes the LoRA options to
+    strategy ``lora`` only, and ``l2sp`` (meaningless on a frozen base) to every strategy but ``lora``.
+    ``tuned_options`` (JSON from the pipeline's tune step, "" for none) overrides the other parameters.
 
     Raises:
         ConfigError: An invalid option (from :class:`TrainConfig`).
         PreparedDataError: ``data_dir`` names an unknown task.
 
     """
+    from transferkit.tune.step import parse_tuned_options
+
     values = dict(parameters)
+    tuned = parse_tuned_options(str(values.pop("tuned_options", "") or ""))
     values["model"] = values.pop("base_model")
     values = from_kfp_parameters(TrainConfig, values)
+    # The tune step's best options win over the component's own parameters (the sweep's strategy is kept).
+    values.update(tuned)
     task = get_task(Path(data_dir))
     values["preserve_source"] = bool(values.get("preserve_source")) and task.forgetting_mitigation
+    if values["preserve_source"] and _is_decoder(str(values["model"])):
+        # The mitigation keeps an encoder's similarity skill; decoders are measured by perplexity instead.
+        values["preserve_source"] = False
+    if values.get("strategy") == "lora":
+        values.pop("l2sp", None)
+    else:
+        for name in LORA_DEFAULTS:
+            values.pop(name, None)
     return TrainConfig(data_dir=Path(data_dir), out_dir=Path(out_dir), **values)
+
+
+def _is_decoder(model: str) -> bool:
+    from transferkit.evaluate.forgetting_lm import DECODER_MODEL_TYPES
+    from transferkit.models.catalog import resolve_model
+
+    return resolve_model(model).model_type in DECODER_MODEL_TYPES
 
 
 def fine_tune_step(data_dir: str | Path, out_dir: str | Path, *, checkpoint_root: str = "", nproc_per_node: int = 1,

@@ -36,6 +36,13 @@ def text_side_for(config: Any, dataset: Any, resolved: Any) -> TextSide:
     if config.augment in IMAGE_ONLY_AUGMENTATIONS or config.image_size is not None:
         raise ConfigError(f"{'augment' if config.image_size is None else 'image_size'}: applies to image data; "
                           f"the data in {dataset.path} is for {dataset.task}")
+    if config.preserve_source:
+        from transferkit.evaluate.forgetting_lm import DECODER_MODEL_TYPES
+
+        if resolved.model_type in DECODER_MODEL_TYPES:
+            raise ConfigError(f"preserve_source: the mitigation keeps an encoder's sentence-similarity skill; "
+                              f"{resolved.reference} is a decoder ({resolved.model_type}): use --strategy lora with "
+                              "--lora-scale < 1, and `transferkit forgetting` measures its perplexity retention")
     train_split = read_split(dataset, "train")
     validation_split = read_split(dataset, "validation")
     tokenizer = load_tokenizer(resolved, trust_remote_code=config.trust_remote_code)

@@ -43,6 +43,51 @@ def test_local_run_deploys_and_triton_answers(repo_root, work_dir):
     assert result.outputs["evaluate"]["classification_metrics"]["confusionMatrix"]["annotationSpecs"]
 
 
+@pytest.mark.timeout(2400)  # alone (without the first test's cache) it runs the whole pipeline on shared cores
+def test_serve_runs_the_monitor_beside_triton_and_stops_both(repo_root, work_dir):
+    """`pipeline run --local --serve`: served traffic is sampled to the monitor; stopping ends both servers."""
+    import json
+    import socket
+    import threading
+    import time
+    import urllib.request
+
+    from pipelines.transfer_learning.local_run import run_local
+    from transferkit.monitor.replay import replay_triton
+
+    stop, seen = threading.Event(), {}
+
+    def on_serving(result):
+        try:
+            triton = result.endpoint.split("/v2/")[0]
+            texts = ["A warm and funny film.", "Dull and far too long.", "The cast is wonderful.", "A mess."] * 5
+            replay_triton(triton, result.model_name, texts, [f"serve-{i}" for i in range(len(texts))])
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                with urllib.request.urlopen(f"{result.monitor_url}/metrics", timeout=10) as response:
+                    metrics = response.read().decode()
+                line = next(x for x in metrics.splitlines() if x.startswith("transferkit_monitor_records_total{"))
+                if float(line.rsplit(" ", 1)[1]) >= len(texts) + 1:
+                    break
+                time.sleep(0.3)
+            seen.update(records=float(line.rsplit(" ", 1)[1]), triton=triton)
+        finally:
+            stop.set()
+
+    result = run_local({**SMALL}, package=repo_root / "pipelines/transfer_learning/pipeline.yaml",
+                       work_dir=work_dir, serve_forever=True, on_serving=on_serving, stop=stop)
+    assert result.monitor_url and result.outputs["deploy-triton"]["version"] >= 1
+    # The run's sample answer and every request sent while serving reached the monitor (sample rate 1); the deploy's
+    # own checks, sent before the monitor was up, were dropped by the server.
+    assert seen["records"] == 21
+    config = (work_dir / "model_repository" / "movies" / "configs" / "local.pbtxt").read_text()
+    assert json.dumps(result.monitor_url) in config and "monitor_sample_rate" in config
+    for url in (result.monitor_url, seen["triton"]):
+        host, port = url.removeprefix("http://").split(":")
+        with socket.socket() as probe:
+            assert probe.connect_ex((host, int(port))) != 0, f"{url} still listening after stop"
+
+
 def test_failed_forgetting_gate_skips_deploy(repo_root, work_dir):
     # Same training inputs as above, so data prep and fine-tune come from the local cache.
     result = _run(repo_root, work_dir, forgetting_max_drop=1e-6)

@@ -1,4 +1,4 @@
-"""Small real models for export tests, built offline (packaged MiniLM, tiny random GPT-2/RoBERTa/T5)."""
+"""Small real models for export tests, built offline (packaged MiniLM, tiny random GPT-2/Llama/RoBERTa/T5)."""
 
 from __future__ import annotations
 
@@ -104,6 +104,21 @@ def tiny_gpt2(data_dir: Path, out: Path) -> Path:
                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                         bos_token_id=tokenizer.bos_token_id, **_label_kwargs(dataset.labels))
     return _save(GPT2ForSequenceClassification(config).eval(), tokenizer, dataset.labels, out)
+
+
+def tiny_llama(data_dir: Path, out: Path) -> Path:
+    """Randomly initialised 2-layer Llama sequence classifier (GQA, rotary, pad = EOS) with a byte-level BPE."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    dataset = load_prepared(data_dir)
+    tokenizer = _bpe_tokenizer(dataset.texts("train"), "gpt2")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         bos_token_id=tokenizer.bos_token_id, **_label_kwargs(dataset.labels))
+    return _save(LlamaForSequenceClassification(config).eval(), tokenizer, dataset.labels, out)
 
 
 def tiny_roberta(data_dir: Path, out: Path) -> Path:

@@ -1,4 +1,4 @@
-"""Parity for other architectures: a tiny random GPT-2 and RoBERTa classifier (byte-level BPE built offline)."""
+"""Parity for other architectures: tiny random GPT-2, Llama and RoBERTa classifiers (byte-level BPE built offline)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from tests.unit.export.conftest import quick
 from transferkit.export import ExportConfig, IOSpec, export_model
 
 
-@pytest.mark.parametrize(("build", "model_type"), [(models.tiny_gpt2, "gpt2"), (models.tiny_roberta, "roberta")])
+@pytest.mark.parametrize(("build", "model_type"), [(models.tiny_gpt2, "gpt2"), (models.tiny_llama, "llama"),
+                                                  (models.tiny_roberta, "roberta")])
 def test_decoder_and_roberta_classifiers_export_with_parity(build, model_type: str, movie_dir: Path,
                                                             tmp_path: Path) -> None:
     model_dir = build(movie_dir, tmp_path / "model")
@@ -23,11 +24,13 @@ def test_decoder_and_roberta_classifiers_export_with_parity(build, model_type: s
     assert all(c.labels_agree for c in result.parity_cases) and len(result.parity_cases) >= 4
     spec = IOSpec.load(result.out_dir)
     assert spec.model_type == model_type
-    # Neither architecture takes segment ids from its tokenizer.
+    # None of these architectures takes segment ids from its tokenizer.
     assert [t.name for t in spec.inputs] == ["input_ids", "attention_mask"]
     session = ort.InferenceSession(str(result.out_dir / "model.int8.onnx"))
     assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
     assert spec.preprocessing["pad_token_id"] == (2 if model_type == "roberta" else 0)
+    if model_type == "llama":  # the last non-padding token classifies: padding must be on the right
+        assert spec.preprocessing.get("padding_side", "right") == "right"
 
 
 def test_text_pair_dataset_exports_with_parity(movie_dir: Path, tmp_path: Path) -> None:

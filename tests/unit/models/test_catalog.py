@@ -76,7 +76,7 @@ def test_models_list_and_show_cli():
     result = runner.invoke(app, ["models", "list", "--json"])
     assert result.exit_code == 0, result.output
     names = [entry["name"] for entry in json.loads(result.output)]
-    assert names == ["minilm-l6", "efficientnet-lite0"]
+    assert names == ["minilm-l6", "efficientnet-lite0", "smollm2-135m"]
     result = runner.invoke(app, ["models", "show", "minilm-l6", "--json"])
     assert result.exit_code == 0
     shown = json.loads(result.output)
@@ -89,3 +89,42 @@ def test_models_show_unknown_exits_nonzero_with_one_line():
     assert result.exit_code == 2
     assert result.output.strip().count("\n") == 0
     assert "nope" in result.output
+
+
+def test_smollm2_show_says_the_weights_were_4bit_and_expanded():
+    result = runner.invoke(app, ["models", "show", "smollm2-135m", "--json"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    assert "4-bit" in shown["weights_note"] and "fp32" in shown["weights_note"]
+    assert shown["task"] == "text-classification" and shown["pooling"] == "cls"
+
+
+def test_missing_or_truncated_gguf_is_one_line(tmp_path):
+    from transferkit.models.gguf import SMOLLM2_GGUF, check_gguf, find_smollm2_gguf
+
+    with pytest.raises(ModelError, match="GGUF file is missing"):
+        check_gguf(tmp_path / SMOLLM2_GGUF)
+    not_gguf = tmp_path / "x.gguf"
+    not_gguf.write_bytes(b"PK\x03\x04" + b"0" * 64)
+    with pytest.raises(ModelError, match="not a GGUF file"):
+        check_gguf(not_gguf)
+    real = find_smollm2_gguf()
+    truncated = tmp_path / SMOLLM2_GGUF
+    with real.open("rb") as source:
+        truncated.write_bytes(source.read(real.stat().st_size // 2))
+    with pytest.raises(ModelError, match=r"truncated GGUF") as info:
+        check_gguf(truncated)
+    assert "\n" not in str(info.value)
+    check_gguf(real)
+
+
+def test_convert_refuses_a_truncated_gguf_and_writes_nothing(tmp_path):
+    from transferkit.models.gguf import SMOLLM2_GGUF, convert_gguf, find_smollm2_gguf
+
+    real = find_smollm2_gguf()
+    truncated = tmp_path / SMOLLM2_GGUF
+    with real.open("rb") as source:
+        truncated.write_bytes(source.read(4096))
+    with pytest.raises(ModelError, match="GGUF"):
+        convert_gguf(truncated, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))

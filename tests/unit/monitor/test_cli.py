@@ -10,6 +10,8 @@ from transferkit.monitor.records import read_feedback
 
 @pytest.mark.parametrize(("args", "message"), [
     (["monitor", "serve", "--baseline", "/nonexistent"], "expected a monitoring baseline"),
+    (["monitor", "serve", "--baseline", "/nonexistent", "--event-sample-rate", "0"],
+     "event_sample_rate: expected a fraction in (0, 1], got 0.0"),
     (["monitor", "replay", "--corpus", "reddit"], "corpus: 'reddit' is not one of"),
     (["monitor", "baseline", "--export", "x", "--data", "y", "--size", "3"], "size: expected an integer >= 10"),
 ])

@@ -144,3 +144,18 @@ def test_runtime_library_never_imports_kfp(repo_root):
             "transferkit.serve.deploy, transferkit.cli.main; print('kfp' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_optional_tune_step_feeds_fine_tune_and_is_off_by_default(repo_root):
+    spec = _docs(repo_root / "pipelines/transfer_learning/pipeline.yaml")[0]
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    assert inputs["tune_space"]["defaultValue"] == "" and inputs["tune_trials"]["defaultValue"] == 12
+    dag = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    search = dag["tune-search"]
+    assert search["inputs"]["parameters"]["space"] == {"componentInputParameter": "pipelinechannel--tune_space"}
+    assert search["inputs"]["artifacts"]["dataset"]["taskOutputArtifact"]["producerTask"] == "data-prep"
+    sweep = spec["components"][dag["for-loop-2"]["componentRef"]["name"]]["dag"]["tasks"]
+    assert sweep["fine-tune"]["inputs"]["parameters"]["tuned_options"] == {
+        "componentInputParameter": "pipelinechannel--tune-search-train_options"}
+    assert dag["for-loop-2"]["inputs"]["parameters"]["pipelinechannel--tune-search-train_options"] == {
+        "taskOutputParameter": {"outputParameterKey": "train_options", "producerTask": "tune-search"}}

@@ -70,6 +70,14 @@ def _assert_nothing_written(out):
         pytest.param("--strategy full --precision fp16", "error: precision: fp16 needs a CUDA GPU",
                      marks=pytest.mark.skipif(_has_cuda(), reason="fp16 is valid on a CUDA machine")),
         ("--strategy full --nproc-per-node 0", "error: nproc_per_node: expected an integer >= 1, got 0"),
+        ("--strategy full --lora-rank 4", "error: lora_rank: only applies to strategy lora, not full"),
+        ("--strategy feature_extraction --dora", "error: dora: only applies to strategy lora, not feature_extraction"),
+        ("--strategy lora --lora-rank 0", "error: lora_rank: expected an integer >= 1, got 0"),
+        ("--strategy lora --lora-rank -8", "error: lora_rank: expected an integer >= 1, got -8"),
+        ("--strategy lora --lora-target q_proj",
+         "error: lora_target: no linear module 'q_proj' in BertForSequenceClassification; its modules"),
+        pytest.param("--strategy lora --quantize-base 4bit", "error: quantize_base: 4bit (QLoRA) needs a CUDA GPU",
+                     marks=pytest.mark.skipif(_has_cuda(), reason="QLoRA is valid on a CUDA machine")),
     ],
 )
 def test_bad_options(data, tmp_path, extra, expected):
@@ -176,4 +184,15 @@ def test_trainjob_launcher_gets_the_train_options_without_launcher_options(data,
                  "--no-wait", "--nproc-per-node"):
         assert flag not in args
     assert json.loads(result.output.strip().splitlines()[-1])["name"] == "tk-train-1"
+    _assert_nothing_written(out)
+
+
+def test_smollm2_without_its_converted_weights_is_one_line(data, tmp_path, monkeypatch):
+    """A cache where setup never converted the GGUF file: the error says how to get the weights."""
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "empty-cache"))
+    out = tmp_path / "model"
+    result = _run(["--data", str(data), "--model", "smollm2-135m", "--strategy", "lora", "--out", str(out)])
+    assert result.exit_code != 0
+    line = _error_line(result)
+    assert line.startswith("error: smollm2-135m: converted weights not found in ") and "run `make setup`" in line
     _assert_nothing_written(out)

@@ -63,3 +63,26 @@ def test_step_result_reads_the_summary(tmp_path: Path) -> None:
     assert result.metrics == {"validation_accuracy": 0.75, "wall_time_s": 2.5, "trainable_params": 10.0}
     assert result.report_html == config.out_dir / "training_report.html"
     assert result.metadata == {"strategy": "full", "base_model": "minilm-l6", "framework": "transformers"}
+
+
+def test_a_lora_and_full_sweep_shares_one_parameter_set(tmp_path: Path) -> None:
+    """``strategies: ["lora", "full"]``: the same component parameters configure both runs."""
+    data = write_movie_slice(tmp_path / "movie", train=8, validation=4, test=4)
+    shared = {**COMPONENT_DEFAULTS, "l2sp": 0.1, "lora_rank": 4, "lora_alpha": 8.0, "lora_dropout": 0.1,
+              "lora_target": "all-linear", "dora": True, "lora_scale": 0.7}
+    lora = config_from_parameters(data, tmp_path / "lora", {**shared, "strategy": "lora"})
+    assert (lora.lora_rank, lora.lora_alpha, lora.lora_targets, lora.dora, lora.lora_scale) == (
+        4, 8.0, ["all-linear"], True, 0.7)
+    assert lora.l2sp == 0.0  # meaningless on a frozen base
+    full = config_from_parameters(data, tmp_path / "full", {**shared, "strategy": "full"})
+    assert full.l2sp == 0.1 and full.lora_rank == 8 and full.dora is False and full.lora_scale == 1.0
+
+
+def test_preserve_source_is_dropped_for_a_decoder_base(tmp_path: Path) -> None:
+    from tests.helpers import write_tiny_llama
+
+    data = write_movie_slice(tmp_path / "movie", train=8, validation=4, test=4)
+    llama = write_tiny_llama(tmp_path / "llama")
+    params = {**COMPONENT_DEFAULTS, "preserve_source": True, "strategy": "lora", "base_model": str(llama)}
+    assert config_from_parameters(data, tmp_path / "a", params).preserve_source is False
+    assert config_from_parameters(data, tmp_path / "b", {**params, "base_model": "minilm-l6"}).preserve_source is True
