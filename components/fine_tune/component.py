@@ -3,7 +3,7 @@
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
 from transferkit.images import RUNTIME_IMAGE
 
@@ -45,6 +45,7 @@ def fine_tune(
     checkpoint_root: str = "",
     nproc_per_node: int = 1,
     tuned_options: str = "",
+    tuned_config: Input[Artifact] = None,
 ) -> NamedTuple("FineTuneOutputs", [("validation_metric", float), ("strategy", str)]):
     """Fine-tune ``base_model``; zero/negative numeric options and "" mean "the catalog default".
 
@@ -57,7 +58,8 @@ def fine_tune(
         checkpoint_root: Directory on a PVC for checkpoints; a retried task resumes from
             ``<checkpoint_root>/<digest of its inputs>``. "" keeps checkpoints next to the output.
         nproc_per_node: Training processes on this node (one per GPU) launched with torchrun.
-        tuned_options: JSON train options from the tune step; they override the parameters above ("" = none).
+        tuned_options: JSON train options (e.g. a Katib result); they override the parameters above ("" = none).
+        tuned_config: The tune step's best_config artifact; its options override all of the above.
 
     Returns:
         The best validation metric and the strategy, for strategy selection and gating.
@@ -76,7 +78,7 @@ def fine_tune(
         image_size=image_size, warmup_ratio=warmup_ratio, weight_decay=weight_decay, scheduler=scheduler,
         unfreeze_top_layers=unfreeze_top_layers, early_stopping_patience=early_stopping_patience, augment=augment,
         class_weights=class_weights, preserve_source=preserve_source, min_retention=min_retention, seed=seed,
-        tuned_options=tuned_options,
+        tuned_options=tuned_options, tuned_config=tuned_config.path if tuned_config else "",
         lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_target=lora_target, dora=dora,
         lora_scale=lora_scale, quantize_base=quantize_base,
     )

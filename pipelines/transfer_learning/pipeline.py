@@ -107,7 +107,7 @@ def build_pipeline(placement: PlacementConfig | None = None):
                     preserve_source=preserve_source, min_retention=forgetting_min_retention, seed=seed,
                     lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_target=lora_target,
                     dora=dora, lora_scale=lora_scale, checkpoint_root=checkpoint_root, nproc_per_node=nproc_per_node,
-                    tuned_options=search.outputs["train_options"],
+                    tuned_config=search.outputs["best_config"],
                 )
                 apply_placement(tune, "fine_tune", placement)
                 forgetting = forgetting_check(

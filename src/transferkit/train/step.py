@@ -46,17 +46,19 @@ def config_from_parameters(data_dir: str | Path, out_dir: str | Path, parameters
     definition serves every task, and for decoder bases (measured by perplexity, not by the similarity skill
     the mitigation keeps); likewise a strategy sweep (``["lora", "full"]``) passes the LoRA options to
     strategy ``lora`` only, and ``l2sp`` (meaningless on a frozen base) to every strategy but ``lora``.
-    ``tuned_options`` (JSON from the pipeline's tune step, "" for none) overrides the other parameters.
+    ``tuned_options`` (JSON train options, "" for none) and then ``tuned_config`` (the path of the tune step's
+    ``best_config`` artifact) override the other parameters.
 
     Raises:
         ConfigError: An invalid option (from :class:`TrainConfig`).
         PreparedDataError: ``data_dir`` names an unknown task.
 
     """
-    from transferkit.tune.step import parse_tuned_options
+    from transferkit.tune.step import parse_tuned_options, read_tuned_config
 
     values = dict(parameters)
     tuned = parse_tuned_options(str(values.pop("tuned_options", "") or ""))
+    tuned.update(read_tuned_config(str(values.pop("tuned_config", "") or "")))
     values["model"] = values.pop("base_model")
     values = from_kfp_parameters(TrainConfig, values)
     # The tune step's best options win over the component's own parameters (the sweep's strategy is kept).

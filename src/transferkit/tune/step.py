@@ -78,3 +78,25 @@ def parse_tuned_options(text: str) -> dict[str, Any]:
     if owned:
         raise ConfigError(f"tuned_options.{owned[0]}: set by the pipeline, not by the search")
     return options
+
+
+def read_tuned_config(path: str | Path) -> dict[str, Any]:
+    """The train options of the tune step's ``best_config`` artifact (``""`` = none).
+
+    The pipeline passes the artifact rather than the ``train_options`` string output: inside a ``ParallelFor``,
+    kfp.local resolves a string output of a task outside the loop to the loop item.
+
+    Raises:
+        ConfigError: The file is not a ``best_config`` written by the tune step.
+
+    """
+    if not str(path):
+        return {}
+    try:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a tune step's best_config ({exc})") from None
+    options = payload.get("train_options") if isinstance(payload, dict) else None
+    if not isinstance(options, dict):
+        raise ConfigError(f"{path}: train_options: expected a JSON object of train options")
+    return parse_tuned_options(json.dumps(options)) if options else {}

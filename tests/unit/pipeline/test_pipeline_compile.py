@@ -155,7 +155,9 @@ def test_the_optional_tune_step_feeds_fine_tune_and_is_off_by_default(repo_root)
     assert search["inputs"]["parameters"]["space"] == {"componentInputParameter": "pipelinechannel--tune_space"}
     assert search["inputs"]["artifacts"]["dataset"]["taskOutputArtifact"]["producerTask"] == "data-prep"
     sweep = spec["components"][dag["for-loop-2"]["componentRef"]["name"]]["dag"]["tasks"]
-    assert sweep["fine-tune"]["inputs"]["parameters"]["tuned_options"] == {
-        "componentInputParameter": "pipelinechannel--tune-search-train_options"}
-    assert dag["for-loop-2"]["inputs"]["parameters"]["pipelinechannel--tune-search-train_options"] == {
-        "taskOutputParameter": {"outputParameterKey": "train_options", "producerTask": "tune-search"}}
+    # The best options reach the sweep as the best_config artifact (kfp.local resolves a string output of a task
+    # outside a ParallelFor to the loop item).
+    assert sweep["fine-tune"]["inputs"]["artifacts"]["tuned_config"] == {
+        "componentInputArtifact": "pipelinechannel--tune-search-best_config"}
+    assert dag["for-loop-2"]["inputs"]["artifacts"]["pipelinechannel--tune-search-best_config"] == {
+        "taskOutputArtifact": {"outputArtifactKey": "best_config", "producerTask": "tune-search"}}

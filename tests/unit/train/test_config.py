@@ -122,7 +122,7 @@ def test_component_parameters_map_to_options_with_their_unset_values():
     defaults = {name: p.default for name, p in signature.parameters.items()
                 if p.default is not inspect.Parameter.empty}
     defaults["model"] = defaults.pop("base_model")
-    for launch_only in ("checkpoint_root", "nproc_per_node", "tuned_options"):
+    for launch_only in ("checkpoint_root", "nproc_per_node", "tuned_options", "tuned_config"):
         defaults.pop(launch_only)
     values = from_kfp_parameters(TrainConfig, defaults)
     # Every "catalog default" sentinel of the component is left out (None in TrainConfig); the rest keep the

@@ -7,7 +7,7 @@ import pytest
 from tests.helpers import write_movie_slice
 from transferkit.errors import ConfigError
 from transferkit.train.step import config_from_parameters
-from transferkit.tune.step import parse_tuned_options, tune_step
+from transferkit.tune.step import parse_tuned_options, read_tuned_config, tune_step
 
 
 def test_an_empty_space_turns_the_step_off(tmp_path):
@@ -53,3 +53,22 @@ def test_the_component_shim_returns_no_options_when_off(tmp_path, repo_root):
     assert outputs.train_options == ""
     assert json.loads((tmp_path / "best_config").read_text())["train_options"] == {}
     assert best.metadata == {"objective": "", "value": 0.0}
+
+
+def test_the_best_config_artifact_overrides_the_parameters_and_bad_files_are_one_line_errors(tmp_path):
+    data = write_movie_slice(tmp_path / "data", train=8, validation=4, test=4)
+    params = {"base_model": "minilm-l6", "strategy": "full", "llrd": 1.0, "epochs": 3.0}
+    best = tmp_path / "best_config"
+    best.write_text(json.dumps({"train_options": {"llrd": 0.7}, "value": 0.8, "objective": "accuracy"}))
+    config = config_from_parameters(data, tmp_path / "m", {**params, "tuned_options": '{"llrd": 0.9}',
+                                                           "tuned_config": str(best)})
+    assert config.llrd == 0.7 and config.strategy == "full"
+    off = tmp_path / "off"
+    off.write_text(json.dumps({"train_options": {}, "value": None, "objective": None}))
+    assert read_tuned_config(off) == {} and read_tuned_config("") == {}
+    (tmp_path / "bad").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"bad: not a tune step's best_config \("):
+        read_tuned_config(tmp_path / "bad")
+    (tmp_path / "list").write_text(json.dumps({"train_options": [1]}))
+    with pytest.raises(ConfigError, match=r"list: train_options: expected a JSON object of train options$"):
+        read_tuned_config(tmp_path / "list")
