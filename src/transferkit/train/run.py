@@ -365,8 +365,9 @@ class FineTuneRecipe:
                             "seconds": round(time.perf_counter() - cache_started, 3)}
             trainer = TransferTrainer(
                 model=side.head_model(model), args=args,
-                train_dataset=FeatureDataset(features["train"], ctx.train_split.labels),
-                eval_dataset=FeatureDataset(features["validation"], ctx.validation_split.labels),
+                train_dataset=FeatureDataset(features["train"], getattr(data.train, "labels", ctx.train_split.labels)),
+                eval_dataset=FeatureDataset(features["validation"],
+                                            getattr(data.eval, "labels", ctx.validation_split.labels)),
                 data_collator=default_data_collator, classify=None, l2sp=None, **common,
             )
         else:
