@@ -45,12 +45,20 @@ def test_auto_max_length_is_measured_on_the_training_split_and_saved(data, tmp_p
     assert summary["resolved"]["max_length"] == expected and summary["resolved"]["max_length_source"] == "auto"
 
 
-def test_chunked_training_uses_every_window_with_the_document_label(chunk_run, data):
+def test_chunked_training_uses_every_window_with_the_document_label(chunk_run, data, tmp_path):
     summary = json.loads((chunk_run.out_dir / "training_summary.json").read_text())
     assert summary["resolved"]["long_documents"] == "chunk" and summary["resolved"]["stride"] == 6
     assert summary["resolved"]["aggregation"] == "max"
     saved = json.loads((chunk_run.out_dir / "text_inputs.json").read_text())
     assert saved["long_documents"] == "chunk" and saved["max_length"] == 32
+    # The selected model's validation metrics are per document (the window ones are kept beside them), the same
+    # number as the evaluate step on the validation split.
+    validation = summary["validation"]
+    assert "window_accuracy" in validation
+    evaluate_model(EvaluateConfig(model_dir=chunk_run.out_dir, data_dir=data, out_dir=tmp_path / "val",
+                                  split="validation", progress=False))
+    metrics = json.loads((tmp_path / "val" / "metrics.json").read_text())
+    assert validation["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-9)
 
 
 def test_evaluation_aggregates_window_logits_per_document(chunk_run, data, tmp_path):

@@ -58,6 +58,13 @@ class TrainingSide(ABC):
         """Validation metrics completed from the Trainer's (e.g. perplexity from the loss); unchanged by default."""
         return metrics
 
+    def document_metrics(self, eval_dataset: Any, predictions: Any, metrics: dict[str, float]) -> dict[str, float]:
+        """The selected model's validation metrics per input; unchanged by default.
+
+        Text sides with chunked documents aggregate the windows' predictions (given in ``eval_dataset`` order).
+        """
+        return metrics
+
     def start_training(self, ctx: Any) -> None:  # noqa: B027 - optional hook
         """Settle what training (not off_the_shelf) needs before the model is built."""
 

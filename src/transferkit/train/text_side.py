@@ -175,6 +175,25 @@ class TextSide(TrainingSide):
                                  augment_prob=config.augment_prob, seed=config.seed, text_inputs=spec),
                 TokenizedDataset(self.validation_split, self.tokenizer, max_length, text_inputs=spec))
 
+    def document_metrics(self, eval_dataset: Any, predictions: Any, metrics: dict[str, float]) -> dict[str, float]:
+        """Chunked documents: the windows' logits aggregated per document (window metrics kept as ``window_*``)."""
+        from transferkit.data.long_text import aggregate
+        from transferkit.train.side import probability_metrics
+
+        if not self.spec.chunked:
+            return metrics
+        dataset = getattr(eval_dataset, "dataset", eval_dataset)
+        order = getattr(eval_dataset, "order", range(len(eval_dataset)))
+        windows = getattr(dataset, "doc_index", None)
+        if windows is None:  # cached features: the text dataset is not at hand; keep the window metrics
+            return metrics
+        logits = np.asarray(predictions[0] if isinstance(predictions, tuple) else predictions, dtype=np.float64)
+        docs = np.asarray([windows[i] for i in order], dtype=np.int64)
+        aggregated = aggregate(logits, docs, len(self.validation_split.labels), self.spec.aggregation)
+        shifted = np.exp(aggregated - aggregated.max(axis=1, keepdims=True))
+        per_document = probability_metrics(shifted / shifted.sum(axis=1, keepdims=True), self.validation_split.labels)
+        return {**per_document, **{f"window_{k}": v for k, v in metrics.items()}}
+
     def supports_feature_cache(self, model: Any) -> bool:
         """Whether the fast path knows where this model's head starts."""
         from transferkit.train.features import supports_feature_cache
