@@ -113,3 +113,15 @@ def test_kept_fractions():
     fractions = kept_fractions([10, 100], 20)
     assert fractions["head"] == pytest.approx((1.0 + 0.2) / 2)
     assert fractions["chunk"] == 1.0
+
+
+def test_data_prep_max_length_auto_zero_and_tasks_without_auto(tmp_path):
+    from transferkit.data.prepare import AUTO_FALLBACK_MAX_LENGTH, DataPrepConfig
+
+    assert DataPrepConfig(dataset="x.csv", out=tmp_path / "o").max_length == "auto"
+    assert DataPrepConfig(dataset="x.csv", out=tmp_path / "o", max_length=0).max_length == "auto"  # KFP unset
+    assert DataPrepConfig(dataset="x.csv", out=tmp_path / "o", max_length="96").max_length == 96
+    generative = DataPrepConfig(dataset="x.csv", out=tmp_path / "o", task="summarization")
+    assert generative.max_length == AUTO_FALLBACK_MAX_LENGTH == 64
+    with pytest.raises(ConfigError, match="^max_length: expected a number of tokens or 'auto', got 'many'$"):
+        DataPrepConfig(dataset="x.csv", out=tmp_path / "o", max_length="many")
