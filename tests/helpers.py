@@ -130,3 +130,67 @@ def write_tiny_llama(out: Path, seed: int = 0) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def filler_sentences() -> list[str]:
+    """Neutral news sentences: the Lee background corpus (300 documents) bundled with gensim 4.4.0's test data."""
+    import re
+    import zipfile
+
+    from transferkit.assets import fetch_distribution
+
+    with zipfile.ZipFile(fetch_distribution("gensim==4.4.0")) as archive:
+        corpus = archive.read("gensim/test/test_data/lee_background.cor").decode("utf-8", errors="replace")
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", corpus) if len(s.split()) >= 5]
+    return sentences
+
+
+def long_document_rows(count: int, *, seed: int, min_tokens: int = 300, max_tokens: int = 1500,
+                       offset: int = 0) -> list[tuple[str, str]]:
+    """``(document, label)`` pairs: filler sentences around ONE labelled movie sentence at a random position.
+
+    Documents are about ``min_tokens``-``max_tokens`` MiniLM tokens long (1.3 tokens per word); the movie
+    sentences are rows ``offset`` to ``offset + count`` of a seeded shuffle of ``builtin:movie-sentiment``,
+    so disjoint offsets give disjoint splits.
+    """
+    table = load_builtin("builtin:movie-sentiment")
+    movie = list(zip(table.column("text").to_pylist(), table.column("label").to_pylist(), strict=True))
+    random.Random(1234).shuffle(movie)
+    filler = filler_sentences()
+    rng = random.Random(seed)
+    rows = []
+    for text, label in movie[offset: offset + count]:
+        budget = rng.randint(min_tokens, max_tokens) / 1.3
+        start = rng.randrange(len(filler))
+        body: list[str] = []
+        words = 0
+        while words < budget:
+            sentence = filler[(start + len(body)) % len(filler)]
+            body.append(sentence)
+            words += len(sentence.split())
+        body.insert(rng.randint(0, len(body)), text)
+        rows.append((" ".join(body), label))
+    return rows
+
+
+def write_long_document_slice(out: Path, train: int = 48, validation: int = 16, test: int = 16, seed: int = 0,
+                              min_tokens: int = 60, max_tokens: int = 160) -> Path:
+    """A prepared-dataset directory of :func:`long_document_rows` (short documents by default: quick tests)."""
+    out.mkdir(parents=True, exist_ok=True)
+    offset = 0
+    for index, (split, count) in enumerate((("train", train), ("validation", validation), ("test", test))):
+        rows = long_document_rows(count, seed=seed + index, min_tokens=min_tokens, max_tokens=max_tokens,
+                                  offset=offset)
+        offset += count
+        pq.write_table(pa.table({
+            "text": [t for t, _ in rows],
+            "label": pa.array([MOVIE_LABELS.index(lbl) for _, lbl in rows], pa.int64()),
+            "label_name": [lbl for _, lbl in rows],
+        }), out / f"{split}.parquet")
+    (out / "labels.json").write_text(json.dumps(MOVIE_LABELS))
+    (out / "schema.json").write_text(json.dumps({
+        "task": "text-classification", "source": "long documents", "text_column": "text",
+        "text_pair_column": None, "label_column": "label", "group_column": None, "format_version": 1,
+    }))
+    (out / "stats.json").write_text(json.dumps({"rows": {"train": train, "validation": validation, "test": test}}))
+    return out

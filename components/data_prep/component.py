@@ -23,7 +23,7 @@ def data_prep(
     test_fraction: float = 0.1,
     seed: int = 42,
     model: str = "minilm-l6",
-    max_length: int = 64,
+    max_length: int = 0,
     max_rows: int = 0,
 ) -> int:
     """Prepare ``dataset_uri`` (path, ``s3://`` or ``builtin:NAME``) into train/validation/test Parquet.
@@ -40,7 +40,8 @@ def data_prep(
         test_fraction: Test share for the stratified split.
         seed: Split seed.
         model: Model whose tokenizer measures token lengths.
-        max_length: Sequence length for the truncation rate.
+        max_length: Sequence length for the truncation rate and the tokens kept per long-document choice
+            (0 = auto: the 95th percentile of the training split, as fine-tune resolves it).
         max_rows: Seeded sample size for quick runs (0 = all rows).
 
     Returns:

@@ -139,6 +139,8 @@ def test_augmented_training_and_scratch(digits, tmp_path):
 
 @pytest.mark.parametrize(("options", "error", "message"), [
     ({"max_length": 64}, ConfigError, "max_length: applies to text models only"),
+    ({"long_documents": "chunk"}, ConfigError, "^long_documents: applies to text models only; the data is for "
+     "image-classification$"),
     ({"augment": "word_dropout"}, ConfigError, "augment: 'word_dropout' is a text augmentation"),
     ({"image_size": 8}, ConfigError, "image_size: 8 is below the minimum"),
     ({"strategy": "off_the_shelf"}, ModelError, "off_the_shelf needs a head whose labels match labels.json"),

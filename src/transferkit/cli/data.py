@@ -43,7 +43,9 @@ def prepare(
     test_fraction: float = typer.Option(0.1, "--test-fraction", help="Test share (stratified)."),
     seed: int = typer.Option(42, "--seed", help="Seed for splitting, sampling and shuffling."),
     model: str = typer.Option("minilm-l6", "--model", help="Model whose tokenizer measures token lengths."),
-    max_length: int = typer.Option(64, "--max-length", help="Sequence length for the truncation rate."),
+    max_length: str = typer.Option("auto", "--max-length", help="Tokens per input for the truncation rate and "
+                                   "the tokens kept per long-document choice, or auto (text classification: the 95th "
+                                   "percentile of the training split, as training resolves it)."),
     max_rows: int | None = typer.Option(None, "--max-rows", help="Use a seeded sample of this many rows."),
     min_class_count: int = typer.Option(10, "--min-class-count", help="Smallest class size for stratifying."),
     source_column: str | None = typer.Option(None, "--source-column", help="Summarization: document column "

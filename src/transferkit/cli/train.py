@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -99,5 +100,24 @@ def train(**options: Any) -> None:
         f"stop {result.stop_reason}, {result.trainable_params:,}/{result.total_params:,} params trained, "
         f"{result.wall_time_s:.1f}s on {result.device}"
     )
+    inputs = _text_inputs_line(result.out_dir)
+    if inputs:
+        console.print(inputs)
     for warning in result.warnings:
         console.print(f"warning: {warning}")
+
+
+def _text_inputs_line(out_dir: Path) -> str | None:
+    """``inputs: max_length 96 (auto ...), head_tail truncation`` from a text model's training summary."""
+    summary = Path(out_dir) / "training_summary.json"
+    if not summary.is_file():
+        return None
+    resolved = json.loads(summary.read_text(encoding="utf-8")).get("resolved") or {}
+    if "long_documents" not in resolved:
+        return None
+    from transferkit.data.long_text import TextInputs
+
+    source = " (auto: 95th percentile of the training texts' token lengths)" if resolved.get(
+        "max_length_source") == "auto" else ""
+    spec = TextInputs.from_dict(resolved)
+    return f"inputs: max_length {spec.max_length}{source}; {spec.describe()}"

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from transferkit.data import splits as splitting
 from transferkit.data import stats as statistics
+from transferkit.data.long_text import AUTO, parse_max_length
 from transferkit.data.prepared import FORMAT_VERSION, SPLITS
 from transferkit.data.sources import SourceFile, iter_batches, open_source, source_size
 from transferkit.data.validate import (
@@ -41,6 +42,8 @@ logger = logging.getLogger(__name__)
 # A previous data-prep output always holds these: --out is replaced only when it does (or is empty).
 OWNED_FILES = ("schema.json", "stats.json")
 # Options of the generative tasks (summarization, instruction); the classification tasks reject them.
+# max_length of data prep for tasks without an automatic length (Task.auto_max_length False).
+AUTO_FALLBACK_MAX_LENGTH = 64
 GENERATIVE_PREP_FIELDS = ("source_column", "target_column", "prompt_column", "response_column",
                           "instruction_column", "instruction")
 
@@ -67,7 +70,10 @@ class DataPrepConfig:
         test_fraction: Share of rows for test (stratified split).
         seed: Seed for sampling, splitting, shuffling and the token-statistics sample.
         model: Model whose tokenizer measures token lengths (catalog name or model directory; text only).
-        max_length: Sequence length at which the truncation rate is measured (text only).
+        max_length: Sequence length at which the truncation rate and the tokens kept per choice are measured,
+            or ``auto`` (text classification: the 95th percentile of the training split's token lengths,
+            rounded up to a multiple of 8, capped by the model's limit, as training resolves it; tasks
+            without an automatic length take 64). 0 (the KFP component's unset value) means auto.
         max_rows: Use a seeded random sample of this many rows (quick runs); None or 0 = all rows.
         imbalance_warning_ratio: Warn when largest/smallest class count reaches this ratio.
         min_class_count: Smallest class size accepted for a stratified split.
@@ -95,7 +101,7 @@ class DataPrepConfig:
     test_fraction: float = 0.1
     seed: int = 42
     model: str = "minilm-l6"
-    max_length: int = 64
+    max_length: int | str = "auto"
     max_rows: int | None = None
     imbalance_warning_ratio: float = 10.0
     min_class_count: int = 10
@@ -149,8 +155,12 @@ class DataPrepConfig:
             raise ConfigError(f"seed: expected a non-negative integer, got {self.seed!r}")
         if not str(self.model).strip():
             raise ConfigError("model: expected a catalog name or model directory for token statistics")
-        if not isinstance(self.max_length, int) or self.max_length < 1:
-            raise ConfigError(f"max_length: expected a positive integer, got {self.max_length!r}")
+        if self.max_length == 0 and not isinstance(self.max_length, bool):
+            self.max_length = AUTO
+        parsed = parse_max_length(self.max_length)
+        if parsed is None:
+            raise ConfigError(f"max_length: expected a positive integer or 'auto', got {self.max_length!r}")
+        self.max_length = parsed if parsed != AUTO or task.auto_max_length else AUTO_FALLBACK_MAX_LENGTH
         if self.max_rows == 0:
             self.max_rows = None
         if self.max_rows is not None and (not isinstance(self.max_rows, int) or self.max_rows < 1):
@@ -186,6 +196,7 @@ class DataPrepResult:
     duplicates_removed: int
     token_length: dict[str, float] = field(default_factory=dict)  # text only
     truncation_rate: float = 0.0  # text only
+    long_documents: dict[str, Any] = field(default_factory=dict)  # text only: statistics.long_document_stats
     warnings: list[str] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     task: str = DEFAULT_TASK
@@ -333,7 +344,7 @@ def prepare_texts(config: DataPrepConfig) -> DataPrepResult:
     schema = _schema(config, names, tables, len(files))
     return write_prepared(config, tables, names, schema, stats, report, started, source_rows, leakage.total,
                           unit="rows", metrics=_metrics(stats), token_length=dict(stats["token_length"]),
-                          truncation_rate=stats["truncation_rate"])
+                          truncation_rate=stats["truncation_rate"], long_documents=dict(stats["long_documents"]))
 
 
 def write_prepared(config: DataPrepConfig, tables: dict[str, pa.Table], names: list[str], schema: dict[str, Any],
@@ -395,13 +406,18 @@ def _statistics(config: DataPrepConfig, model: Any, tables: dict[str, pa.Table],
     tokenizer = load_tokenizer(model)
     tokens = statistics.token_lengths(tokenizer, sample)
     token_summary = {"sample_size": len(tokens), **statistics.summarize(tokens)}
-    truncation = round(float(np.mean(tokens > config.max_length)), 6) if len(tokens) else 0.0
+    train_tokens = statistics.token_lengths(tokenizer, statistics.sample_table(tables["train"],
+                                                                               config.token_sample_size, config.seed))
+    long_documents = statistics.long_document_stats(tokenizer, train_tokens, config.max_length)
+    max_length = long_documents["max_length"]
+    truncation = round(float(np.mean(tokens > max_length)), 6) if len(tokens) else 0.0
     ratio = statistics.imbalance_ratio(balance)
     warning = statistics.imbalance_warning(balance, names, ratio, config.imbalance_warning_ratio, "rows")
     warnings = [warning] if warning else []
     if truncation > 0.05:
-        warnings.append(f"{truncation * 100:.1f}% of examples exceed max_length={config.max_length} tokens and "
-                        f"will be truncated (p99 = {token_summary['p99']:g} tokens)")
+        warnings.append(f"{truncation * 100:.1f}% of examples exceed max_length={max_length} tokens and "
+                        f"will be truncated (p99 = {token_summary['p99']:g} tokens); --long-documents chunk "
+                        "reads them whole (see the data report's 'Long documents')")
     warnings += statistics.absent_class_warnings(balance, names, "rows")
     for warning in warnings:
         logger.warning("%s: %s", config.dataset, warning)
@@ -412,7 +428,8 @@ def _statistics(config: DataPrepConfig, model: Any, tables: dict[str, pa.Table],
         "text_length_chars": statistics.summarize(chars),
         "text_length_words": {"sample_size": len(words), **statistics.summarize(words)},
         "model": config.model,
-        "max_length": config.max_length,
+        "max_length": max_length,
+        "long_documents": long_documents,
         "token_length": token_summary,
         "truncation_rate": truncation,
         "suggested_max_length": statistics.suggest_max_length(token_summary["p99"],
@@ -463,4 +480,6 @@ def _metrics(stats: dict[str, Any]) -> dict[str, float]:
         "token_length_p99": float(tokens["p99"]),
         "token_length_max": float(tokens["max"]),
         "truncation_rate": float(stats["truncation_rate"]),
+        "max_length": float(stats["max_length"]),
+        "tokens_kept_head": float(stats["long_documents"]["kept_fraction"]["head"]),
     }

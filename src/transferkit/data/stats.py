@@ -54,6 +54,46 @@ def sample_rows(tables: dict[str, pa.Table], sample_size: int, seed: int) -> pa.
     return combined
 
 
+def sample_table(table: pa.Table, sample_size: int, seed: int) -> pa.Table:
+    """A seeded sample of at most ``sample_size`` rows of one table."""
+    if table.num_rows > sample_size:
+        rows = np.sort(np.random.default_rng(seed).choice(table.num_rows, size=sample_size, replace=False))
+        table = table.take(pa.array(rows))
+    return table
+
+
+def long_document_stats(tokenizer: Any, train_tokens: np.ndarray, requested: int | str) -> dict[str, Any]:
+    """``max_length`` (``auto`` resolved as training resolves it) and what each long-document choice keeps.
+
+    Returns:
+        ``max_length``, ``max_length_source`` (auto/given), ``special_tokens``, ``kept_fraction`` (mean share
+        of a training document's tokens seen per choice), ``documents_whole`` (share that fits one window)
+        and ``chunk_windows`` (windows per document at the default stride, a quarter of the window).
+    """
+    from transferkit.data.long_text import AUTO, auto_max_length, kept_fractions, special_token_count, window_starts
+
+    specials = special_token_count(tokenizer)
+    limit = getattr(tokenizer, "model_max_length", None)
+    limit = int(limit) if isinstance(limit, int) and 0 < limit < 100_000 else 512
+    max_length = auto_max_length(train_tokens, limit) if requested == AUTO else int(requested)
+    window = max(max_length - specials, 1)
+    content = np.maximum(np.asarray(train_tokens, dtype=np.int64) - specials, 0)
+    stride = window // 4
+    windows = np.asarray([len(window_starts(int(n), window, stride)) for n in content], dtype=np.float64)
+    return {
+        "max_length": max_length,
+        "max_length_source": "auto" if requested == AUTO else "given",
+        "model_max_length": limit,
+        "special_tokens": specials,
+        "sample_size": len(content),
+        "kept_fraction": {k: round(v, 6) for k, v in kept_fractions(content, window).items()},
+        "documents_whole": round(float(np.mean(content <= window)), 6) if len(content) else 1.0,
+        "chunk_windows": {"stride": stride, "mean": round(float(windows.mean()), 3) if len(windows) else 0.0,
+                          "p95": float(np.percentile(windows, 95)) if len(windows) else 0.0,
+                          "max": float(windows.max()) if len(windows) else 0.0},
+    }
+
+
 def word_lengths(sample: pa.Table) -> np.ndarray:
     """Whitespace-separated words per text of the sample (a regex count: too slow for every row)."""
     return np.asarray(pc.count_substring_regex(sample["text"], r"\S+").to_numpy())
@@ -229,8 +269,32 @@ def build_report(stats: dict[str, Any], tokens: np.ndarray, words: np.ndarray) -
     ])
     report.figure("lengths.png", _length_figure(tokens, words, stats["max_length"]),
                   "Histogram of token and word lengths")
+    if "long_documents" in stats:
+        add_long_documents(report, stats["long_documents"])
     if stats["warnings"]:
         report.heading("Warnings")
         for warning in stats["warnings"]:
             report.paragraph(warning, css_class="fail")
     return report
+
+
+def add_long_documents(report: Any, info: dict[str, Any]) -> None:
+    """The 'Long documents' section: what each choice of ``--truncation`` / ``--long-documents`` keeps."""
+    source = ("auto: the 95th percentile of the training split's token lengths, rounded up to a multiple of 8, "
+              f"capped at the model's {info['model_max_length']}") if info["max_length_source"] == "auto" else "given"
+    kept, chunk = info["kept_fraction"], info["chunk_windows"]
+    report.heading("Long documents")
+    report.paragraph(
+        f"max_length {info['max_length']} ({source}). On {info['sample_size']} training documents, "
+        f"{info['documents_whole'] * 100:.1f}% fit in one window of {info['max_length'] - info['special_tokens']} "
+        "text tokens. Share of each document's tokens the model sees, per choice:"
+    )
+    report.table(["choice", "tokens seen per document (mean)", "which tokens"], [
+        ["--truncation head", f"{kept['head'] * 100:.1f}%", "the first ones"],
+        ["--truncation tail", f"{kept['tail'] * 100:.1f}%", "the last ones"],
+        ["--truncation head_tail", f"{kept['head_tail'] * 100:.1f}%", "the first quarter and last three quarters "
+         "of the budget"],
+        ["--long-documents chunk", f"{kept['chunk'] * 100:.1f}%",
+         f"all, in {chunk['mean']:g} windows per document on average (p95 {chunk['p95']:g}, max "
+         f"{chunk['max']:g}) at stride {chunk['stride']}"],
+    ])

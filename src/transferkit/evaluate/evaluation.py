@@ -7,6 +7,7 @@ dataset's task (:mod:`transferkit.tasks`) supplies the rows and the prediction
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from transferkit.data.long_text import check_long_document_options, read_text_inputs
 from transferkit.errors import ConfigError, EvaluationError, GateFailedError, PreparedDataError
 from transferkit.evaluate.metrics import (
     LOWER_IS_BETTER,
@@ -278,8 +280,11 @@ def _align_labels(
 def _predict_with(
     ref: str | Path, texts: list[str], pairs: list[str] | None, data_labels: list[str], y_data: list[int],
     where: str, cfg: EvaluateConfig, *, require_head: bool,
-) -> tuple[np.ndarray, np.ndarray, list[str], str, int]:
-    """Load a model, align labels and return (y_true, probs, model_labels, mode, max_length)."""
+) -> tuple[np.ndarray, np.ndarray, list[str], str, dict[str, Any]]:
+    """Load a model, align labels and return (y_true, probs, model_labels, mode, inputs).
+
+    ``inputs``: ``max_length`` and, for a model trained by transferkit, ``text_inputs`` (truncation or chunking).
+    """
     from transferkit.evaluate.inference import predict_proba
     from transferkit.models.catalog import resolve_model
     from transferkit.models.loading import load_encoder, load_sequence_classifier, load_tokenizer
@@ -296,7 +301,7 @@ def _predict_with(
         y_true = _align_labels(data_labels, y_data, data_labels, where, str(ref))
         probs = _zero_shot_proba(encoder, tokenizer, texts, data_labels, batch_size=cfg.batch_size,
                                  max_length=max_length, progress=cfg.progress)
-        return y_true, probs, list(data_labels), "zero-shot", max_length
+        return y_true, probs, list(data_labels), "zero-shot", {"max_length": max_length}
     labels = model_labels(model_dir, resolved.config)
     y_true = _align_labels(data_labels, y_data, labels, where, str(ref))
     model = load_sequence_classifier(resolved, allow_pickle=cfg.allow_pickle,
@@ -304,9 +309,16 @@ def _predict_with(
     if int(model.config.num_labels) != len(labels):
         raise EvaluationError(f"{model_dir}: head has {model.config.num_labels} outputs but {len(labels)} labels")
     max_length = resolve_max_length(model_dir, tokenizer, model.config, cfg.max_length)
+    spec = read_text_inputs(model_dir)
+    if spec is not None:
+        spec = dataclasses.replace(spec, max_length=max_length).check()
+        check_long_document_options(spec, pairs=pairs is not None, where=where)
     probs = predict_proba(model, tokenizer, texts, pairs, batch_size=cfg.batch_size, max_length=max_length,
-                          desc=f"evaluate {Path(str(ref)).name}", progress=cfg.progress)
-    return y_true, probs, labels, "classifier", max_length
+                          desc=f"evaluate {Path(str(ref)).name}", progress=cfg.progress, text_inputs=spec)
+    inputs: dict[str, Any] = {"max_length": max_length}
+    if spec is not None:
+        inputs["text_inputs"] = spec.to_dict()
+    return y_true, probs, labels, "classifier", inputs
 
 
 def model_modality(ref: str | Path) -> str | None:
@@ -463,6 +475,7 @@ def evaluate_model(config: EvaluateConfig) -> EvaluateResult:
         pq.write_table(pa.table(table), tmp / "predictions.parquet")
         write_evaluation_report(tmp, cfg, computed, slices, baseline_metrics, baseline_info, mistakes,
                                 n_examples=n_examples, max_length=inputs.get("max_length"),
+                                text_inputs=inputs.get("text_inputs"),
                                 image_size=inputs.get("image_size"),
                                 thumbnails=thumbnails)
     out = cfg.out_dir

@@ -70,14 +70,17 @@ class _Batches:
         *,
         max_length: int,
         batch_size: int,
+        features: list[dict[str, list[int]]] | None = None,
     ) -> None:
         from transformers import DataCollatorWithPadding
 
-        encoded = tokenizer(
-            list(texts), list(text_pairs) if text_pairs is not None else None,
-            truncation=True, max_length=max_length,
-        )
-        self.features = [{key: encoded[key][i] for key in encoded} for i in range(len(texts))]
+        if features is None:
+            encoded = tokenizer(
+                list(texts), list(text_pairs) if text_pairs is not None else None,
+                truncation=True, max_length=max_length,
+            )
+            features = [{key: encoded[key][i] for key in encoded} for i in range(len(texts))]
+        self.features = features
         self.lengths = [len(f["input_ids"]) for f in self.features]
         self.order = np.argsort(self.lengths, kind="stable")
         self.batch_size = batch_size
@@ -109,8 +112,12 @@ def predict_proba(
     device: Any = None,
     desc: str = "predict",
     progress: bool = True,
+    text_inputs: Any = None,
 ) -> np.ndarray:
     """Class probabilities (softmax of the logits) of a sequence classifier, in input order.
+
+    With ``text_inputs`` (:class:`transferkit.data.long_text.TextInputs`) other than head truncation, texts are
+    cut (tail, head_tail) or split into windows whose logits are aggregated per text before the softmax.
 
     Args:
         model: A ``*ForSequenceClassification`` model.
@@ -122,6 +129,7 @@ def predict_proba(
         device: Torch device (default: :func:`select_device`).
         desc: Progress-bar label.
         progress: Show a tqdm progress bar.
+        text_inputs: How long texts are cut or windowed (None: head truncation at ``max_length``).
 
     Returns:
         Array of shape (len(texts), num_labels), float64.
@@ -131,12 +139,33 @@ def predict_proba(
 
     device = device or select_device()
     model.to(device).eval()
+    if text_inputs is not None and not text_inputs.plain:
+        from transferkit.data.long_text import aggregate, encode_documents
+
+        features, doc_index = encode_documents(tokenizer, texts, text_inputs)
+        batches = _Batches(tokenizer, texts, None, max_length=text_inputs.max_length, batch_size=batch_size,
+                           features=features)
+        logits = aggregate(_logits(model, batches, device, desc, progress), doc_index, len(texts),
+                           text_inputs.aggregation)
+        return torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
     batches = _Batches(tokenizer, texts, text_pairs, max_length=max_length, batch_size=batch_size)
     out = np.zeros((len(texts), int(model.config.num_labels)), dtype=np.float64)
     with torch.inference_mode(), _progress(len(batches), desc, progress) as bar:
         for index, batch in batches:
             logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
             out[index] = torch.softmax(logits.double(), dim=-1).cpu().numpy()
+            bar.update(1)
+    return out
+
+
+def _logits(model: Any, batches: _Batches, device: Any, desc: str, progress: bool) -> np.ndarray:
+    """Raw logits of every feature of ``batches``, in feature order (float64)."""
+    import torch
+
+    out = np.zeros((len(batches.features), int(model.config.num_labels)), dtype=np.float64)
+    with torch.inference_mode(), _progress(len(batches), desc, progress) as bar:
+        for index, batch in batches:
+            out[index] = model(**{k: v.to(device) for k, v in batch.items()}).logits.double().cpu().numpy()
             bar.update(1)
     return out
 

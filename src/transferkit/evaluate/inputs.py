@@ -105,11 +105,11 @@ class TextInputs(EvalInputs):
         """A classifier's probabilities; a baseline without a head scores zero-shot by label embeddings."""
         from transferkit.evaluate.evaluation import _predict_with
 
-        y_true, probs, labels, mode, max_length = _predict_with(
+        y_true, probs, labels, mode, inputs = _predict_with(
             ref, self.texts, self.pairs, self.dataset.labels, self.dataset.label_ids(self.split), self.where, cfg,
             require_head=role == "model",
         )
-        return Prediction(y_true, probs, labels, mode, {"max_length": max_length})
+        return Prediction(y_true, probs, labels, mode, inputs)
 
     def mistake_fields(self, row: int) -> dict[str, Any]:
         """The text (and pair) of the row."""

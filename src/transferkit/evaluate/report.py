@@ -38,6 +38,7 @@ def write_evaluation_report(
     max_length: int | None,
     image_size: int | None = None,
     thumbnails: Sequence[np.ndarray] | None = None,
+    text_inputs: dict[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     """Write ``report.md`` / ``report.html`` (+ PNGs) into ``out``; return their paths.
 
@@ -48,6 +49,10 @@ def write_evaluation_report(
     primary = computed.scalars[cfg.primary_metric]
     inputs = (f"images preprocessed to {image_size}x{image_size} pixels" if image_size is not None
               else f"inputs truncated at {max_length} tokens")
+    if text_inputs is not None:
+        from transferkit.data.long_text import TextInputs
+
+        inputs = TextInputs.from_dict(text_inputs).describe()
     report.paragraph(
         f"Model {cfg.model_dir} on the {cfg.split} split of {cfg.data_dir} ({n_examples} examples, "
         f"{inputs}). Primary metric {cfg.primary_metric} = {primary:.4f}."

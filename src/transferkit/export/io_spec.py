@@ -82,6 +82,11 @@ class IOSpec:
     # (transferkit.export.int8.Int8Recipe: its serving_node_labels say which nodes may serve them).
     export_cpu: dict[str, Any] = field(default_factory=dict)
     int8_recipe: dict[str, Any] = field(default_factory=dict)
+    # Text models: how long texts become inputs (transferkit.data.long_text.TextInputs.to_dict(): max_length,
+    # truncation head|tail|head_tail, long_documents truncate|chunk, stride, aggregation mean|max,
+    # special_tokens). Chunk: the server splits a text into windows and returns ONE row of logits per text,
+    # aggregated over its windows. Empty: head truncation at max_length (older exports).
+    text_inputs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.recommended_variant not in self.variants:

@@ -167,3 +167,28 @@ def _compare(expected: np.ndarray, got: np.ndarray, where: str, atol: float) -> 
 def _log_passed(results: list[ParityCase], atol: float) -> None:
     logger.info("Parity passed: max |logit diff| %.3g over %d shapes (atol %g)",
                 max(c.max_abs_diff for c in results), len(results), atol)
+
+
+def check_document_parity(model: Any, session: Any, tokenizer: Any, texts: Sequence[str], input_names: Sequence[str],
+                          text_inputs: Any, atol: float, documents: int = 16) -> ParityCase:
+    """PyTorch vs ONNX Runtime on whole documents: cut or windowed by ``text_inputs``, logits aggregated per text.
+
+    Returns:
+        A :class:`ParityCase` with padding ``documents`` (batch = documents compared, seq_len = windows).
+
+    Raises:
+        ParityError: A difference beyond ``atol`` or a different document label.
+    """
+    from transferkit.data.long_text import encode_documents
+    from transferkit.export.runtime import predict_document_logits
+
+    batch = list(texts[:documents])
+    _, doc_index = encode_documents(tokenizer, batch, text_inputs)
+    expected = predict_document_logits(lambda feeds: torch_logits(model, input_names, feeds), tokenizer, batch,
+                                       input_names, text_inputs, 8)
+    got = predict_document_logits(lambda feeds: session.run(["logits"], feeds)[0], tokenizer, batch, input_names,
+                                  text_inputs, 8)
+    where = f"{len(batch)} whole documents ({len(doc_index)} windows, {text_inputs.describe()})"
+    diff, agree = _compare(expected, got, where, atol)
+    logger.info("Parity on whole documents passed: max |logit diff| %.3g over %s", diff, where)
+    return ParityCase(len(batch), len(doc_index), "documents", diff, agree, [len(doc_index), text_inputs.max_length])

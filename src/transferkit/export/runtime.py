@@ -91,6 +91,55 @@ def iter_batches(
         yield rows, encode(tokenizer, [texts[i] for i in rows], batch_pairs, input_names, max_length)
 
 
+def window_feeds(features: Sequence[dict[str, list[int]]], input_names: Sequence[str], pad_id: int
+                 ) -> dict[str, np.ndarray]:
+    """Right-padded int64 feeds of already encoded windows (``transferkit.data.long_text.encode_documents``)."""
+    width = max(len(f["input_ids"]) for f in features)
+    feeds = {}
+    for name in input_names:
+        pad = pad_id if name == "input_ids" else 0
+        array = np.full((len(features), width), pad, dtype=np.int64)
+        for row, feature in enumerate(features):
+            array[row, : len(feature[name])] = feature[name]
+        feeds[name] = array
+    return feeds
+
+
+def predict_document_logits(
+    run: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    input_names: Sequence[str],
+    text_inputs: Any,
+    batch_size: int,
+) -> np.ndarray:
+    """Per-text logits under ``text_inputs`` (tail/head_tail cut, or windows aggregated per text).
+
+    Args:
+        run: ``feeds -> logits`` (an ONNX Runtime session's run, or the PyTorch model for the parity gate).
+        tokenizer: The model's tokenizer.
+        texts: Texts.
+        input_names: Graph inputs.
+        text_inputs: :class:`transferkit.data.long_text.TextInputs`.
+        batch_size: Windows per call.
+    """
+    from transferkit.data.long_text import aggregate, encode_documents
+
+    features, doc_index = encode_documents(tokenizer, texts, text_inputs)
+    order = np.argsort([len(f["input_ids"]) for f in features], kind="stable")
+    window_logits: np.ndarray | None = None
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        out = np.asarray(run(window_feeds([features[i] for i in rows], input_names, int(tokenizer.pad_token_id))),
+                         dtype=np.float32)
+        if window_logits is None:
+            window_logits = np.empty((len(features), out.shape[1]), dtype=np.float32)
+        window_logits[rows] = out
+    if window_logits is None:
+        raise ExportError("evaluation: no texts to predict")
+    return aggregate(window_logits, doc_index, len(texts), text_inputs.aggregation).astype(np.float32)
+
+
 def predict_logits(
     session: Any,
     tokenizer: Any,
@@ -99,9 +148,14 @@ def predict_logits(
     input_names: Sequence[str],
     max_length: int,
     batch_size: int,
+    text_inputs: Any = None,
 ) -> np.ndarray:
-    """Logits for every text, in input order."""
+    """Logits for every text, in input order (per document under ``text_inputs`` other than head truncation)."""
     from tqdm.auto import tqdm
+
+    if text_inputs is not None and not text_inputs.plain:
+        return predict_document_logits(lambda feeds: session.run(["logits"], feeds)[0], tokenizer, texts,
+                                       input_names, text_inputs, batch_size)
 
     logits: np.ndarray | None = None
     batches = iter_batches(tokenizer, texts, pairs, input_names, max_length, batch_size)

@@ -330,6 +330,7 @@ def _io_spec(config: ExportConfig, task: Task, variants: dict[str, VariantResult
         tokenizer_dir=assets["tokenizer_dir"],
         tokenizer_files=assets["tokenizer_files"],
         preprocessing=assets["preprocessing"],
+        text_inputs=assets.get("text_inputs") or {},
         target=config.target,
         primary_metric_name="accuracy",
     )

@@ -73,6 +73,8 @@ class TextTask(_ExportTask):
         self.max_length = max_length
         self._val_texts = dataset.texts("validation")
         self._val_pairs = dataset.text_pairs("validation")
+        # How long texts become windows (text_inputs.json of the trained model, at the export max_length).
+        self.text_inputs = _text_inputs(exportable, max_length, self._val_pairs is not None, str(dataset.path))
 
     @property
     def model_type(self) -> str:
@@ -123,11 +125,15 @@ class TextTask(_ExportTask):
 
     def parity(self, session: Any, atol: float) -> list[ParityCase]:
         """PyTorch vs ONNX Runtime on validation texts over several batch sizes and lengths."""
-        from transferkit.export.parity import check_parity
+        from transferkit.export.parity import check_document_parity, check_parity
 
         exportable = self.exportable
-        return check_parity(exportable.model, session, exportable.tokenizer, self._val_texts, self._val_pairs,
-                            exportable.input_names, self.max_length, atol)
+        cases = check_parity(exportable.model, session, exportable.tokenizer, self._val_texts, self._val_pairs,
+                             exportable.input_names, self.max_length, atol)
+        if self.text_inputs is not None and not self.text_inputs.plain:
+            cases.append(check_document_parity(exportable.model, session, exportable.tokenizer, self._val_texts,
+                                               exportable.input_names, self.text_inputs, atol))
+        return cases
 
     def qdq_options(self, target: str) -> dict[str, Any]:
         """``quantize_onnx`` options of static QDQ: symmetric int8 on the matrix products (TensorRT layout)."""
@@ -160,7 +166,7 @@ class TextTask(_ExportTask):
         texts, pairs = self.dataset.texts("test")[:cap], self.dataset.text_pairs("test")
         pairs = pairs[:cap] if pairs is not None else None
         return predict_logits(session, self.exportable.tokenizer, texts, pairs, self.exportable.input_names,
-                              self.max_length, self.config.eval_batch_size)
+                              self.max_length, self.config.eval_batch_size, self.text_inputs)
 
     def agreement_sample(self, sessions: dict[str, Any], size: int) -> dict[str, Any]:
         """The first ``size`` validation texts (and pairs) with each session's labels (``fp32`` first)."""
@@ -169,7 +175,7 @@ class TextTask(_ExportTask):
         texts = self._val_texts[:size]
         pairs = self._val_pairs[:size] if self._val_pairs is not None else None
         logits = {name: predict_logits(session, self.exportable.tokenizer, texts, pairs, self.exportable.input_names,
-                                       self.max_length, self.config.eval_batch_size) if texts
+                                       self.max_length, self.config.eval_batch_size, self.text_inputs) if texts
                   else np.zeros((0, len(self.labels)), dtype=np.float32) for name, session in sessions.items()}
         return self._sample(list(texts), list(pairs) if pairs is not None else None, logits)
 
@@ -207,8 +213,11 @@ class TextTask(_ExportTask):
             "text_pair": self.dataset.has_text_pair,
             "postprocessing": "softmax(logits) for probabilities; argmax indexes labels",
         }
+        if self.text_inputs is not None:
+            preprocessing["text_inputs"] = self.text_inputs.to_dict()
         return {"tokenizer_dir": "tokenizer", "tokenizer_files": tokenizer_files, "max_length": self.max_length,
-                "preprocessing": preprocessing}
+                "preprocessing": preprocessing,
+                "text_inputs": self.text_inputs.to_dict() if self.text_inputs is not None else {}}
 
     def _tokenizer_files(self, directory: Path) -> list[str]:
         """Save the tokenizer with truncation/padding set, so ``tokenizer.json`` alone reproduces preprocessing."""
@@ -226,6 +235,20 @@ class TextTask(_ExportTask):
         if "tokenizer.json" not in files:
             raise ExportError(f"{self.model_path}: the tokenizer did not save a tokenizer.json")
         return files
+
+
+def _text_inputs(exportable: Any, max_length: int, pairs: bool, where: str) -> Any:
+    """The model's ``text_inputs.json`` at the export ``max_length`` (None for a model trained without one)."""
+    import dataclasses
+
+    from transferkit.data.long_text import check_long_document_options, read_text_inputs
+
+    spec = read_text_inputs(exportable.resolved.path)
+    if spec is None:
+        return None
+    spec = dataclasses.replace(spec, max_length=max_length).check()
+    check_long_document_options(spec, pairs=pairs, where=where)
+    return spec
 
 
 class ImageTask(_ExportTask):

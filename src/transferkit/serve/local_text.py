@@ -44,7 +44,7 @@ def text_entry_local_config(name: str, exported: repo.ExportedModel, options: re
     tc._param(config, "graph_inputs", json.dumps([[t.name, tc.TRITON_DTYPES[t.dtype]] for t in exported.spec.inputs]))
     tc._param(config, "intra_op_threads", str(options.local_threads))
     tc._param(config, "pad_values", json.dumps({t.name: 0 for t in exported.spec.inputs}))
-    tc._param(config, "max_length", str(exported.spec.max_length or 0))
+    tc.text_input_params(config, exported, options)
     tc._param(config, "pad_to_multiple_of", str(options.pad_to_multiple_of))
     tc._param(config, "pad_id", str(pad_id))
     tc._param(config, "serving_metrics", "1" if options.serving_metrics else "0")

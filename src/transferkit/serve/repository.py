@@ -201,6 +201,11 @@ class ExportedModel:
         return [TEXT_INPUT, TEXT_PAIR_INPUT] if self.text_pair else [TEXT_INPUT]
 
     @property
+    def chunked(self) -> bool:
+        """Whether texts are split into windows whose logits the postprocess aggregates (``text_inputs``)."""
+        return self.kind == "text" and self.spec.text_inputs.get("long_documents") == "chunk"
+
+    @property
     def labels(self) -> list[str]:
         """Class names, index = class id."""
         return list(self.spec.labels)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from transferkit.data.long_text import TextInputs, aggregate, window_ids
 from transferkit.errors import ConfigError, TransferkitError
 from transferkit.serve.control import TritonControl
 from transferkit.serve.repository import ExportedModel
@@ -86,15 +87,35 @@ def reference_logits(exported: ExportedModel, texts: list[str], *, pairs: list[s
         raise ValueError("reference_logits needs a text model with a tokenizer")
     tokenizer = Tokenizer.from_file(str(exported.tokenizer_dir / "tokenizer.json"))
     tokenizer.no_padding()
+    session = _session(exported, threads)
+    if exported.spec.text_inputs and pairs is None:
+        spec = TextInputs.from_dict(exported.spec.text_inputs)
+        if not spec.plain:
+            return _document_logits(exported, tokenizer, session, texts, spec)
     if exported.spec.max_length:
         tokenizer.enable_truncation(max_length=exported.spec.max_length)
-    session = _session(exported, threads)
     fields = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
     rows = []
     for i, text in enumerate(texts):
         encoding = tokenizer.encode(text, pairs[i]) if pairs is not None else tokenizer.encode(text)
         feed = {t.name: np.array([getattr(encoding, fields[t.name])], dtype=np.int64) for t in exported.spec.inputs}
         rows.append(session.run([exported.logits.name], feed)[0][0])
+    return np.stack(rows).astype(np.float32)
+
+
+def _document_logits(exported: ExportedModel, tokenizer: Any, session: Any, texts: list[str],
+                     spec: TextInputs) -> np.ndarray:
+    """Per-text logits of cut or windowed texts (``io_spec.json`` ``text_inputs``), one window per run."""
+    tokenizer.no_truncation()
+    rows = []
+    for text in texts:
+        windows = []
+        for ids in window_ids(tokenizer.encode(text), spec):
+            feed = {t.name: np.array([ids if t.name == "input_ids" else ([1] * len(ids) if t.name == "attention_mask"
+                                                                          else [0] * len(ids))], dtype=np.int64)
+                    for t in exported.spec.inputs}
+            windows.append(session.run([exported.logits.name], feed)[0][0])
+        rows.append(aggregate(np.stack(windows), np.zeros(len(windows), dtype=np.int64), 1, spec.aggregation)[0])
     return np.stack(rows).astype(np.float32)
 
 

@@ -31,6 +31,12 @@ TRITON_DTYPES = {
     "string": "TYPE_STRING",
 }
 
+WINDOW_DOC = "window_doc"  # chunked long documents: text index of each window (tokenizer -> postprocess)
+# Chunked long documents: a request of N texts becomes W >= N windows; the graph and postprocess models accept
+# this many times max_batch_size rows, and the tokenizer refuses a request needing more.
+CHUNK_BATCH_FACTOR = 16
+
+
 def _pb():
     from tritonclient.grpc import model_config_pb2
 
@@ -72,6 +78,24 @@ def _param(config: Any, key: str, value: str) -> None:
     config.parameters[key].string_value = value
 
 
+def window_rows(options: RepositoryOptions) -> int:
+    """Rows (windows) the graph and postprocess models of a chunked text model accept per batch."""
+    return options.max_batch_size * CHUNK_BATCH_FACTOR
+
+
+def text_input_params(config: Any, exported: ExportedModel, options: RepositoryOptions) -> None:
+    """Parameters of the tokenizer step: ``max_length`` and how long texts are cut or windowed."""
+    _param(config, "max_length", str(exported.spec.max_length or 0))
+    inputs = exported.spec.text_inputs
+    if inputs:
+        _param(config, "truncation", str(inputs.get("truncation", "head")))
+        _param(config, "long_documents", str(inputs.get("long_documents", "truncate")))
+        _param(config, "stride", str(int(inputs.get("stride", 0))))
+        _param(config, "aggregation", str(inputs.get("aggregation", "mean")))
+    if exported.chunked:
+        _param(config, "max_windows", str(window_rows(options)))
+
+
 def _add_tensor(container: Any, name: str, dtype: str, dims: list[int], **extra: Any) -> Any:
     pb = _pb()
     tensor = container.add()
@@ -87,6 +111,8 @@ def onnx_production_config(name: str, exported: ExportedModel, options: Reposito
     """``NAME_onnx/config.pbtxt``: ONNX Runtime backend for GPU (or CPU) nodes."""
     config = _pb().ModelConfig(name=name, platform="onnxruntime_onnx", default_model_filename="model.onnx")
     _set_common(config, options, kind=options.instance_kind, count=options.instance_count)
+    if exported.chunked:
+        config.max_batch_size = window_rows(options)
     for tensor in exported.spec.inputs:
         _add_tensor(config.input, tensor.name, tensor.dtype, _input_dims(exported, tensor))
     for i, tensor in enumerate(exported.spec.outputs):
@@ -105,6 +131,8 @@ def onnx_local_config(name: str, exported: ExportedModel, options: RepositoryOpt
     """``NAME_onnx/configs/local.pbtxt``: python backend running the same graph on CPU."""
     config = _pb().ModelConfig(name=name, backend="python")
     _set_common(config, options, kind="cpu", count=options.local_instance_count)
+    if exported.chunked:
+        config.max_batch_size = window_rows(options)
     for tensor in exported.spec.inputs:
         dims = _input_dims(exported, tensor)
         # Ragged batching lets variable-length text requests batch; fixed-size inputs (images) need none.
@@ -128,7 +156,9 @@ def tokenizer_config(name: str, exported: ExportedModel, options: RepositoryOpti
         _add_tensor(config.input, text_input, "string", [1])
     for tensor in exported.spec.inputs:
         _add_tensor(config.output, tensor.name, tensor.dtype, [-1])
-    _param(config, "max_length", str(exported.spec.max_length or 0))
+    if exported.chunked:
+        _add_tensor(config.output, WINDOW_DOC, "int64", [1])
+    text_input_params(config, exported, options)
     _param(config, "pad_to_multiple_of", str(options.pad_to_multiple_of))
     _param(config, "pad_id", str(pad_id))
     return config
@@ -153,6 +183,11 @@ def postprocess_config(name: str, exported: ExportedModel, options: RepositoryOp
     config = _pb().ModelConfig(name=name, backend="python")
     _set_common(config, options, kind="cpu", count=1, helper=True)
     _add_tensor(config.input, exported.logits.name, exported.logits.dtype, _logit_dims(exported))
+    if exported.chunked:
+        # Windows in (W rows), one row per text out: logits aggregated by window_doc.
+        config.max_batch_size = window_rows(options)
+        _add_tensor(config.input, WINDOW_DOC, "int64", [1])
+        _param(config, "aggregation", str(exported.spec.text_inputs.get("aggregation", "mean")))
     _add_tensor(config.output, PROBABILITIES_OUTPUT, "float32", _logit_dims(exported))
     _add_tensor(config.output, LABEL_OUTPUT, "string", [1])
     _add_tensor(config.output, exported.logits.name, exported.logits.dtype, _logit_dims(exported))
@@ -186,6 +221,8 @@ def ensemble_config(name: str, exported: ExportedModel, options: RepositoryOptio
             step.input_map[text_input] = text_input
         for tensor in exported.spec.inputs:
             step.output_map[tensor.name] = f"_{tensor.name}"
+        if exported.chunked:
+            step.output_map[WINDOW_DOC] = f"_{WINDOW_DOC}"
     if image:
         step = steps.add(model_name=f"{name}_preprocess", model_version=-1)
         step.input_map[IMAGE_INPUT] = IMAGE_INPUT
@@ -199,6 +236,8 @@ def ensemble_config(name: str, exported: ExportedModel, options: RepositoryOptio
     # deadlocks when a client requests a subset of outputs and an intermediate is also an output.
     step = steps.add(model_name=f"{name}_postprocess", model_version=-1)
     step.input_map[logits.name] = f"_{logits.name}"
+    if exported.chunked:
+        step.input_map[WINDOW_DOC] = f"_{WINDOW_DOC}"
     step.output_map[logits.name] = logits.name
     step.output_map[PROBABILITIES_OUTPUT] = PROBABILITIES_OUTPUT
     step.output_map[LABEL_OUTPUT] = LABEL_OUTPUT

@@ -34,6 +34,8 @@ class Task(ABC):
         export_cpu_preference: The variant recommended on ``cpu`` when it passes the accuracy gate.
         export_assets: Serving files an export writes beside ``labels.json`` (``tokenizer/``).
         min_labels: Fewest label names ``labels.json`` must hold (0 for generative tasks, which have none).
+        auto_max_length: Whether ``max_length auto`` is measured on the training split (data prep and training);
+            otherwise data prep's ``auto`` takes 64 and training the catalog's length.
     """
 
     name: ClassVar[str]
@@ -50,6 +52,7 @@ class Task(ABC):
     export_cpu_preference: ClassVar[str]
     export_assets: ClassVar[tuple[str, ...]] = ()
     min_labels: ClassVar[int] = 2
+    auto_max_length: ClassVar[bool] = False
 
     def __repr__(self) -> str:
         return f"<task {self.name}>"

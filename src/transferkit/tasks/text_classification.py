@@ -30,6 +30,7 @@ class TextClassification(Task):
     export_variants: ClassVar[dict[str, tuple[str, ...]]] = {"cpu": ("int8",), "gpu": ("fp16", "qdq")}
     export_cpu_preference: ClassVar[str] = "int8"
     export_assets: ClassVar[tuple[str, ...]] = ("tokenizer/",)
+    auto_max_length: ClassVar[bool] = True
 
     def owns_model_config(self, config: dict[str, Any]) -> bool:
         """Any transformers config: text classification is the fallback for models no other task claims."""
@@ -60,9 +61,18 @@ class TextClassification(Task):
     def summary_rows(self, result: Any, config: Any) -> list[tuple[str, str]]:
         """Token-length percentiles and the truncation rate."""
         tokens = result.token_length
-        return [("tokens p50 / p95 / p99 / max",
+        long_documents = result.long_documents
+        kept = long_documents.get("kept_fraction", {})
+        rows = [("tokens p50 / p95 / p99 / max",
                  f"{tokens['p50']:g} / {tokens['p95']:g} / {tokens['p99']:g} / {tokens['max']:g}"),
-                (f"truncated at max_length={config.max_length}", f"{result.truncation_rate * 100:.2f}%")]
+                (f"truncated at max_length={long_documents.get('max_length', config.max_length)}"
+                 + (" (auto)" if long_documents.get("max_length_source") == "auto" else ""),
+                 f"{result.truncation_rate * 100:.2f}%")]
+        if kept:
+            rows.append(("tokens seen per document: head|tail|head_tail / chunk",
+                         f"{kept['head'] * 100:.1f}% / {kept['chunk'] * 100:.0f}% "
+                         f"({long_documents['chunk_windows']['mean']:g} windows on average)"))
+        return rows
 
     def training(self, config: Any, dataset: Any, resolved: Any) -> Any:
         """The text side of the training recipe (tokenizer, sequence classifier, pooling, zero-shot)."""

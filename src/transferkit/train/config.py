@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transferkit.data.long_text import AGGREGATIONS, LONG_DOCUMENTS, TRUNCATIONS, parse_max_length
 from transferkit.errors import ConfigError
 from transferkit.options import option, to_cli_args
 
@@ -125,8 +126,22 @@ class TrainConfig:
         "--eval-batch-size", help="Per-device evaluation batch size (default: 2 x batch size)."))
     gradient_accumulation_steps: int = field(default=1, metadata=option(
         "--gradient-accumulation-steps", "--grad-accum", help="Micro-batches per optimizer step."))
-    max_length: int | None = field(default=None, metadata=option(
-        "--max-length", kfp_unset=0, help="Truncation length in tokens (default: catalog or 128)."))
+    max_length: str | None = field(default=None, metadata=option(
+        "--max-length", kfp_unset=0, help="Tokens per input, or auto (text classification's default: the 95th "
+        "percentile of the training split's token lengths, rounded up to a multiple of 8, capped by the model's "
+        "limit); saved with the model."))
+    truncation: str = field(default="head", metadata=option(
+        "--truncation", help="Text longer than max_length: head (first tokens) | tail (last tokens) | head_tail "
+        "(first quarter and last three quarters of the budget)."))
+    long_documents: str = field(default="truncate", metadata=option(
+        "--long-documents", help="truncate (one window, see --truncation) | chunk (overlapping windows, each "
+        "inheriting the document's label; logits aggregated per document by --aggregation)."))
+    stride: int | None = field(default=None, metadata=option(
+        "--stride", kfp_unset=-1, help="chunk: tokens a window shares with the previous one (default: a quarter "
+        "of the window)."))
+    aggregation: str = field(default="mean", metadata=option(
+        "--aggregation", help="chunk: mean of the windows' logits (the document's overall label) | max (per class, "
+        "the strongest window: 'any window' labels)."))
     image_size: int | None = field(default=None, metadata=option(
         "--image-size", kfp_unset=0, help="Images: input size in pixels (default: the model's); saved in "
         "preprocessor.json so export and serving use it."))
@@ -228,11 +243,19 @@ class TrainConfig:
         if not str(self.model).strip():
             raise ConfigError("model: a catalog name, model directory or hub id is required")
         _choice("strategy", self.strategy, STRATEGIES)
+        self.max_length = parse_max_length(self.max_length)
+        _choice("truncation", self.truncation, TRUNCATIONS)
+        _choice("long_documents", self.long_documents, LONG_DOCUMENTS)
+        _choice("aggregation", self.aggregation, AGGREGATIONS)
+        if self.stride is not None and (isinstance(self.stride, bool) or not isinstance(self.stride, int)
+                                        or self.stride < 0):
+            raise ConfigError(f"stride: expected a non-negative number of overlapping tokens, got {self.stride!r}")
+        if self.stride is not None and self.long_documents != "chunk":
+            raise ConfigError("stride: applies to --long-documents chunk")
         for name in ("learning_rate", "head_learning_rate", "epochs", "batch_size", "eval_batch_size",
-                     "max_steps", "max_length", "image_size", "eval_steps", "save_steps"):
+                     "max_steps", "image_size", "eval_steps", "save_steps"):
             _positive(name, getattr(self, name))
-        for name in ("batch_size", "eval_batch_size", "max_steps", "max_length", "image_size", "eval_steps",
-                     "save_steps"):
+        for name in ("batch_size", "eval_batch_size", "max_steps", "image_size", "eval_steps", "save_steps"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, int):
                 raise ConfigError(f"{name}: expected an integer, got {value!r}")
@@ -244,8 +267,6 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name}: expected an integer >= 0, got {value!r}")
-        if self.max_length is not None and self.max_length < 4:
-            raise ConfigError(f"max_length: expected at least 4 tokens, got {self.max_length}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise ConfigError(f"seed: expected an integer in [0, 2**32 - 1] (numpy's range), got {self.seed!r}")
         if not (0 < self.llrd <= 1):

@@ -107,29 +107,44 @@ class TokenizedDataset:
         augment: str = "none",
         augment_prob: float = 0.0,
         seed: int = 0,
+        text_inputs: Any = None,
     ) -> None:
         self.split = split
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.cache_tag: Any = max_length
         self.augment = augment if augment_prob > 0 else "none"
         self.augment_prob = augment_prob
         self.seed = seed
         self.epoch = 0
-        encoded = tokenizer(
-            split.texts, split.text_pairs, truncation=True, max_length=max_length, padding=False
-        ) if split.text_pairs is not None else tokenizer(
-            split.texts, truncation=True, max_length=max_length, padding=False
-        )
-        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
-        self.encodings: list[dict[str, list[int]]] = [
-            {k: encoded[k][i] for k in keys} for i in range(len(split.texts))
-        ]
+        self.doc_index: Any = None
+        if text_inputs is not None:
+            # tail / head_tail truncation or chunk windows (transferkit.data.long_text); windows keep the label.
+            from transferkit.data.long_text import encode_documents
+
+            self.encodings, self.doc_index = encode_documents(tokenizer, split.texts, text_inputs)
+            self.cache_tag = f"{max_length}:{text_inputs.truncation}:{text_inputs.long_documents}:{text_inputs.stride}"
+        else:
+            encoded = tokenizer(
+                split.texts, split.text_pairs, truncation=True, max_length=max_length, padding=False
+            ) if split.text_pairs is not None else tokenizer(
+                split.texts, truncation=True, max_length=max_length, padding=False
+            )
+            keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
+            self.encodings = [{k: encoded[k][i] for k in keys} for i in range(len(split.texts))]
         self.lengths = [len(e["input_ids"]) for e in self.encodings]
         if self.augment == "token_mask" and tokenizer.mask_token_id is None:
             raise PreparedDataError(
                 f"augment: tokenizer {type(tokenizer).__name__} has no mask token; use word_dropout"
             )
         self._special = set(tokenizer.all_special_ids)
+
+    @property
+    def labels(self) -> list[int]:
+        """Label id of every example (of every window's text when documents are chunked)."""
+        if self.doc_index is None:
+            return list(self.split.labels)
+        return [self.split.labels[int(i)] for i in self.doc_index]
 
     def set_epoch(self, epoch: int) -> None:
         """Called by the data loader at each epoch start (augmentation differs per epoch)."""
@@ -149,7 +164,7 @@ class TokenizedDataset:
                 mask_id if tok not in self._special and rng.random() < self.augment_prob else tok
                 for tok in item["input_ids"]
             ]
-        item["labels"] = self.split.labels[index]
+        item["labels"] = self.split.labels[index if self.doc_index is None else int(self.doc_index[index])]
         return item
 
     def _word_dropout(self, index: int) -> dict[str, Any]:

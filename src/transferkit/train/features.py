@@ -67,7 +67,7 @@ def _model_fingerprint(model_path: Path, model: Any) -> dict[str, Any]:
     }
 
 
-def cache_key(model_path: Path, model: Any, data_digests: dict[str, str], max_length: int) -> str:
+def cache_key(model_path: Path, model: Any, data_digests: dict[str, str], max_length: int | str) -> str:
     """Key of the cached features: base model files and config (incl. pooling layer), data, max length."""
     payload = {
         "model": _model_fingerprint(model_path, model),
@@ -123,7 +123,8 @@ def cached_features(
         ``({split: tensor [n, hidden]}, cache directory, whether they came from the cache)``.
 
     """
-    max_length = next(iter(datasets.values())).max_length
+    first = next(iter(datasets.values()))
+    max_length = getattr(first, "cache_tag", first.max_length)
     key = cache_key(model_path, model, data_digests, max_length)
     return load_or_compute_features(
         key, {name: len(ds) for name, ds in datasets.items()},

@@ -31,7 +31,8 @@ from transferkit.train.side import TrainingSide
 logger = logging.getLogger(__name__)
 
 IMAGE_AUGMENTATIONS = ("none", "image", "image_no_flip")
-TEXT_ONLY_OPTIONS = {"max_length": None, "pooling": "auto", "label_descriptions": None}
+TEXT_ONLY_OPTIONS = {"max_length": None, "pooling": "auto", "label_descriptions": None, "truncation": "head",
+                     "long_documents": "truncate", "stride": None, "aggregation": "mean"}
 MIN_IMAGE_SIZE = 16
 
 

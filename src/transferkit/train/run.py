@@ -405,8 +405,9 @@ class FineTuneRecipe:
                             "seconds": round(time.perf_counter() - cache_started, 3)}
             trainer = TransferTrainer(
                 model=side.head_model(model), args=args,
-                train_dataset=FeatureDataset(features["train"], ctx.train_split.labels),
-                eval_dataset=FeatureDataset(features["validation"], ctx.validation_split.labels),
+                train_dataset=FeatureDataset(features["train"], getattr(data.train, "labels", ctx.train_split.labels)),
+                eval_dataset=FeatureDataset(features["validation"],
+                                            getattr(data.eval, "labels", ctx.validation_split.labels)),
                 data_collator=default_data_collator, classify=None, l2sp=None, **common,
             )
         else:
@@ -447,7 +448,8 @@ class FineTuneRecipe:
         try:
             output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
             # predict() (not evaluate()) so the selected model's metrics do not enter the curves' log history.
-            final = trainer.predict(trainer.eval_dataset, metric_key_prefix="validation").metrics
+            prediction = trainer.predict(trainer.eval_dataset, metric_key_prefix="validation")
+            final = prediction.metrics
         except (ConfigError, PreparedDataError, ModelError):
             raise
         except torch.OutOfMemoryError as exc:
@@ -468,9 +470,10 @@ class FineTuneRecipe:
         return RunOutcome(
             trainable=trainable, total=total, stop_reason=stop_reason, device=trainer.args.device.type,
             precision=self.precision, world_size=self.world_size,
-            validation=self.ctx.side.derived_metrics(
+            validation=self.ctx.side.document_metrics(trainer.eval_dataset, prediction.predictions,
+                                                      self.ctx.side.derived_metrics(
                 {k[len("validation_"):]: float(v) for k, v in final.items()
-                 if k.startswith("validation_") and not k.endswith(("_runtime", "_per_second"))}),
+                 if k.startswith("validation_") and not k.endswith(("_runtime", "_per_second"))})),
             train_loss=float(output.training_loss),
             train_metrics={k: float(v) for k, v in output.metrics.items() if isinstance(v, int | float)},
             best_step=state.best_global_step, global_step=state.global_step, epochs=float(state.epoch or 0.0),

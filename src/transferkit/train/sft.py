@@ -30,7 +30,8 @@ REFUSED_STRATEGIES = {
 }
 # TrainConfig options of the classification tasks, with the value meaning "not used".
 CLASSIFICATION_OPTIONS = {"augment": "none", "image_size": None, "pooling": "auto", "label_descriptions": None,
-                          "class_weights": "none", "unfreeze_top_layers": 0}
+                          "class_weights": "none", "unfreeze_top_layers": 0, "truncation": "head",
+                          "long_documents": "truncate", "stride": None, "aggregation": "mean"}
 LOSS_METRIC = "loss"
 # Architectures (config.json) of causal language models: LlamaForCausalLM, GPT2LMHeadModel...
 CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
@@ -147,6 +148,8 @@ def sft_side_for(config: Any, dataset: Any, resolved: Any, task: Any) -> SFTSide
     tokenizer = load_tokenizer(resolved, trust_remote_code=config.trust_remote_code)
     hp = resolve_hyperparameters(config, resolved.entry, model_max_length(AutoConfig.from_pretrained(resolved.path),
                                                                           tokenizer))
+    if hp["max_length"] < 4:
+        raise ConfigError(f"max_length: expected at least 4 tokens, got {hp['max_length']}")
     return SFTSide(config, resolved, tokenizer, hp, train, validation, task)
 
 

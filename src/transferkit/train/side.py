@@ -59,6 +59,13 @@ class TrainingSide(ABC):
         """Validation metrics completed from the Trainer's (e.g. perplexity from the loss); unchanged by default."""
         return metrics
 
+    def document_metrics(self, eval_dataset: Any, predictions: Any, metrics: dict[str, float]) -> dict[str, float]:
+        """The selected model's validation metrics per input; unchanged by default.
+
+        Text sides with chunked documents aggregate the windows' predictions (given in ``eval_dataset`` order).
+        """
+        return metrics
+
     def start_training(self, ctx: Any) -> None:  # noqa: B027 - optional hook
         """Settle what training (not off_the_shelf) needs before the model is built."""
 
@@ -136,8 +143,12 @@ def interactive() -> bool:
     return sys.stderr.isatty()
 
 
-def resolve_hyperparameters(config: TrainConfig, entry: Any, model_limit: int) -> dict[str, Any]:
+def resolve_hyperparameters(config: TrainConfig, entry: Any, model_limit: int,
+                            auto_length: int | None = None) -> dict[str, Any]:
     """Fill unset options from the catalog entry, then built-in defaults; check ``max_length``.
+
+    ``auto_length`` (text classification: measured on the training split) replaces an unset or ``auto``
+    ``max_length``; without it those take the catalog's value.
 
     Raises:
         ConfigError: ``max_length`` exceeds the model's limit.
@@ -159,9 +170,12 @@ def resolve_hyperparameters(config: TrainConfig, entry: Any, model_limit: int) -
     if head_default is None:
         head_default = DEFAULT_FEATURE_EXTRACTION_HEAD_LR if config.strategy == "feature_extraction" else learning_rate
     head_learning_rate = float(config.head_learning_rate or head_default)
-    if config.max_length is not None and config.max_length > model_limit:
-        raise ConfigError(f"max_length: {config.max_length} exceeds the model's limit of {model_limit} tokens")
-    max_length = int(config.max_length or min(int(defaults["max_length"]), model_limit))
+    requested = config.max_length if isinstance(config.max_length, int) else None
+    if requested is not None and requested > model_limit:
+        raise ConfigError(f"max_length: {requested} exceeds the model's limit of {model_limit} tokens")
+    if requested is None and auto_length is not None:
+        requested = auto_length
+    max_length = int(requested or min(int(defaults["max_length"]), model_limit))
     batch_size = int(pick("batch_size"))
     epochs = float(pick("epochs"))
     if config.epochs is None and config.strategy == "feature_extraction" and not config.unfreeze_top_layers:

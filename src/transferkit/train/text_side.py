@@ -12,6 +12,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from transferkit.data.long_text import (
+    TextInputs,
+    auto_max_length,
+    check_long_document_options,
+    special_token_count,
+)
 from transferkit.errors import ConfigError, ModelError, TrainingError
 from transferkit.io import write_json
 from transferkit.train.side import TrainingSide, resolve_hyperparameters
@@ -45,9 +53,44 @@ def text_side_for(config: Any, dataset: Any, resolved: Any) -> TextSide:
                               "--lora-scale < 1, and `transferkit forgetting` measures its perplexity retention")
     train_split = read_split(dataset, "train")
     validation_split = read_split(dataset, "validation")
+    check_long_document_options(config, pairs=train_split.text_pairs is not None, where=str(dataset.path))
+    if config.augment == "word_dropout" and not (config.truncation == "head" and config.long_documents == "truncate"):
+        raise ConfigError("augment: word_dropout re-tokenizes with head truncation; with --truncation "
+                          f"{config.truncation} / --long-documents {config.long_documents} use token_mask or none")
     tokenizer = load_tokenizer(resolved, trust_remote_code=config.trust_remote_code)
-    hp = resolve_hyperparameters(config, resolved.entry, _model_limit(resolved, tokenizer))
-    return TextSide(config, resolved, tokenizer, hp, train_split, validation_split)
+    limit = _model_limit(resolved, tokenizer)
+    auto = None
+    if not isinstance(config.max_length, int):
+        lengths = _train_token_lengths(tokenizer, train_split, config.seed)
+        auto = auto_max_length(lengths, limit)
+        logger.info("max_length auto: %d tokens (p95 of %d training texts = %.0f tokens, model limit %d)", auto,
+                    len(lengths), float(np.percentile(lengths, 95)), limit)
+    hp = resolve_hyperparameters(config, resolved.entry, limit, auto_length=auto)
+    specials = special_token_count(tokenizer)
+    window = hp["max_length"] - specials
+    stride = config.stride if config.stride is not None else (window // 4 if config.long_documents == "chunk" else 0)
+    spec = TextInputs(max_length=hp["max_length"], truncation=config.truncation,
+                      long_documents=config.long_documents, stride=stride, aggregation=config.aggregation,
+                      special_tokens=specials).check()
+    hp.update(max_length_source="auto" if auto is not None else "given", truncation=spec.truncation,
+              long_documents=spec.long_documents, stride=spec.stride, aggregation=spec.aggregation)
+    return TextSide(config, resolved, tokenizer, hp, train_split, validation_split, spec)
+
+
+AUTO_SAMPLE = 20_000
+
+
+def _train_token_lengths(tokenizer: Any, split: Any, seed: int) -> np.ndarray:
+    """Token lengths (special tokens included) of the training texts (a seeded sample of 20,000 at most)."""
+    texts, pairs = list(split.texts), split.text_pairs
+    rows = np.arange(len(texts))
+    if len(rows) > AUTO_SAMPLE:
+        rows = np.sort(np.random.default_rng(seed).choice(len(rows), size=AUTO_SAMPLE, replace=False))
+    sample = [texts[i] for i in rows]
+    sample_pairs = [pairs[i] for i in rows] if pairs is not None else None
+    encoded = tokenizer(sample, sample_pairs, truncation=False, verbose=False, return_attention_mask=False,
+                        return_token_type_ids=False)
+    return np.asarray([len(ids) for ids in encoded["input_ids"]], dtype=np.int64)
 
 
 def _model_limit(resolved: Any, tokenizer: Any) -> int:
@@ -62,8 +105,9 @@ class TextSide(TrainingSide):
     """Sequence classification of texts (and text pairs)."""
 
     def __init__(self, config: Any, resolved: Any, tokenizer: Any, hp: dict[str, Any], train_split: Any,
-                 validation_split: Any) -> None:
+                 validation_split: Any, spec: TextInputs) -> None:
         self.config = config
+        self.spec = spec
         self.resolved = resolved
         self.tokenizer = tokenizer
         self.processing_class = tokenizer
@@ -133,9 +177,29 @@ class TextSide(TrainingSide):
         from transferkit.train.data import TokenizedDataset
 
         config, max_length = self.config, self.hp["max_length"]
+        spec = None if self.spec.plain else self.spec
         return (TokenizedDataset(self.train_split, self.tokenizer, max_length, augment=config.augment,
-                                 augment_prob=config.augment_prob, seed=config.seed),
-                TokenizedDataset(self.validation_split, self.tokenizer, max_length))
+                                 augment_prob=config.augment_prob, seed=config.seed, text_inputs=spec),
+                TokenizedDataset(self.validation_split, self.tokenizer, max_length, text_inputs=spec))
+
+    def document_metrics(self, eval_dataset: Any, predictions: Any, metrics: dict[str, float]) -> dict[str, float]:
+        """Chunked documents: the windows' logits aggregated per document (window metrics kept as ``window_*``)."""
+        from transferkit.data.long_text import aggregate
+        from transferkit.train.side import probability_metrics
+
+        if not self.spec.chunked:
+            return metrics
+        dataset = getattr(eval_dataset, "dataset", eval_dataset)
+        order = getattr(eval_dataset, "order", range(len(eval_dataset)))
+        windows = getattr(dataset, "doc_index", None)
+        if windows is None:  # cached features: the text dataset is not at hand; keep the window metrics
+            return metrics
+        logits = np.asarray(predictions[0] if isinstance(predictions, tuple) else predictions, dtype=np.float64)
+        docs = np.asarray([windows[i] for i in order], dtype=np.int64)
+        aggregated = aggregate(logits, docs, len(self.validation_split.labels), self.spec.aggregation)
+        shifted = np.exp(aggregated - aggregated.max(axis=1, keepdims=True))
+        per_document = probability_metrics(shifted / shifted.sum(axis=1, keepdims=True), self.validation_split.labels)
+        return {**per_document, **{f"window_{k}": v for k, v in metrics.items()}}
 
     def supports_feature_cache(self, model: Any) -> bool:
         """Whether the fast path knows where this model's head starts."""
@@ -248,7 +312,7 @@ class TextSide(TrainingSide):
         split = self.validation_split
         probs = predict_proba(loaded, self.tokenizer, split.texts, split.text_pairs,
                               batch_size=self.hp["eval_batch_size"], max_length=self.hp["max_length"],
-                              desc="validation", progress=interactive())
+                              desc="validation", progress=interactive(), text_inputs=self.spec)
         return probability_metrics(probs, split.labels)
 
     def save(self, directory: Path, model: Any, labels: list[str]) -> None:
@@ -259,6 +323,7 @@ class TextSide(TrainingSide):
         model.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
         write_json(directory / "labels.json", list(labels))
+        self.spec.save(directory)
         if not (directory / "model.safetensors").is_file() and \
                 not (directory / "model.safetensors.index.json").is_file():
             raise TrainingError(f"{directory}: save_pretrained wrote no safetensors weights")

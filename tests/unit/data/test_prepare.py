@@ -61,7 +61,12 @@ def test_builtin_movie_sentiment_prepares_the_full_set(tmp_path: Path) -> None:
     # Real tokenizer statistics on all rows (DESIGN.md measured p50 26, p95 46, p99 55, max 79).
     assert result.token_length["sample_size"] == sum(result.rows.values())
     assert 20 <= result.token_length["p50"] <= 32 and result.token_length["max"] < 128
-    assert 0 < result.truncation_rate < 0.01
+    # max_length auto: the training split's p95 (46 tokens) rounded up to a multiple of 8.
+    assert result.long_documents["max_length"] == 48 and result.long_documents["max_length_source"] == "auto"
+    assert 0.01 < result.truncation_rate <= 0.05
+    kept = result.long_documents["kept_fraction"]
+    assert 0.99 < kept["head"] == kept["tail"] == kept["head_tail"] < 1.0 and kept["chunk"] == 1.0
+    assert 0.95 <= result.long_documents["documents_whole"] < 1.0
     stats = json.loads((out / "stats.json").read_text())
     assert stats["class_balance"]["train"]["negative"] + stats["class_balance"]["train"]["positive"] == \
         result.rows["train"]

@@ -143,6 +143,9 @@ def test_off_the_shelf_is_zero_shot_and_unsupported_strategies_are_refused(tiny_
         _train(aclsum_slice, tiny_llama, tmp_path / "cw", strategy="full", class_weights="balanced")
     with pytest.raises(ConfigError, match=r"^metric: f1_macro does not apply to task summarization"):
         _train(aclsum_slice, tiny_llama, tmp_path / "f1", strategy="full", metric="f1_macro")
+    with pytest.raises(ConfigError, match=r"^long_documents: applies to classification; the data in .* is for "
+                                          r"summarization$"):
+        _train(aclsum_slice, tiny_llama, tmp_path / "chunk", strategy="full", long_documents="chunk")
     with pytest.raises(ModelError, match=r"^model 'minilm-l6' is for text-classification; the data in .* is for "
                                          r"summarization"):
         _train(aclsum_slice, "minilm-l6", tmp_path / "bert", strategy="full")

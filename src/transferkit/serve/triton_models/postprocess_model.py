@@ -18,6 +18,21 @@ def read_labels(path):
         return np.array([line.rstrip("\n").encode("utf-8") for line in handle if line.strip()], dtype=object)
 
 
+def aggregate(logits, window_doc, how):
+    """Per-text logits of one request from its windows' logits (``window_doc``: text index of each row)."""
+    docs = window_doc.reshape(-1).astype(np.int64)
+    count = int(docs.max()) + 1 if len(docs) else 0
+    logits = logits.astype(np.float64)
+    if how == "max":
+        out = np.full((count, logits.shape[1]), -np.inf)
+        np.maximum.at(out, docs, logits)
+    else:
+        out = np.zeros((count, logits.shape[1]))
+        np.add.at(out, docs, logits)
+        out /= np.maximum(np.bincount(docs, minlength=count), 1)[:, None]
+    return out.astype(np.float32)
+
+
 def classify(logits, labels):
     """Numerically stable softmax over the class axis and the best label per row (``[rows, 1]``)."""
     logits = logits.astype(np.float32, copy=False)
@@ -34,10 +49,13 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.labels = read_labels(os.path.join(args["model_repository"], "labels.txt"))
         self.logits_name = config["input"][0]["name"]
+        # Chunked long documents: the windows' logits come with the text index of each window (window_doc).
+        self.window_doc = config["input"][1]["name"] if len(config["input"]) > 1 else None
         names = [o["name"] for o in config["output"]]
         self.probabilities_name, self.label_name, self.passthrough_name = names[0], names[1], names[2]
         self.metrics = None
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.aggregation = params.get("aggregation", "mean")
         if params.get("serving_metrics", "1") == "1":
             # Custom metrics of the ensemble (production): predictions and confidences; the entry model's name.
             folder = os.path.join(args["model_repository"], args["model_version"])
@@ -57,6 +75,9 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             logits = pb_utils.get_input_tensor_by_name(request, self.logits_name).as_numpy().astype(np.float32)
+            if self.window_doc is not None:
+                docs = pb_utils.get_input_tensor_by_name(request, self.window_doc).as_numpy()
+                logits = aggregate(logits, docs, self.aggregation)
             probabilities, labels = classify(logits, self.labels)
             if self.metrics is not None:
                 try:

@@ -29,10 +29,10 @@ class TritonPythonModel:
         model_dir, version = args["model_repository"], args["model_version"]
         sys.path.insert(0, os.path.join(model_dir, version))
         from onnx_model import GraphRunner
-        from postprocess_model import classify, read_labels
-        from tokenizer_model import TextEncoder, model_params, read_texts
+        from postprocess_model import aggregate, classify, read_labels
+        from tokenizer_model import WINDOW_DOC, TextEncoder, model_params, read_texts
 
-        self.classify, self.read_texts = classify, read_texts
+        self.classify, self.read_texts, self.aggregate, self.window_doc = classify, read_texts, aggregate, WINDOW_DOC
         config = json.loads(args["model_config"])
         params = model_params(config)
         graph_inputs = [(name, pb_utils.triton_string_to_numpy(dtype))
@@ -42,6 +42,7 @@ class TritonPythonModel:
         self.probabilities_name, self.label_name = config["output"][1]["name"], config["output"][2]["name"]
         self.text_inputs = [i["name"] for i in config["input"]]
         self.graph_model = params["graph_model"]
+        self.aggregation = params.get("aggregation", "mean")
         tokenizer_file = os.path.join(model_dir, version, "tokenizer", "tokenizer.json")
         self.encoder = TextEncoder(tokenizer_file, params, graph_inputs)
         graph_file = os.path.join(os.path.dirname(os.path.normpath(model_dir)), self.graph_model, version,
@@ -91,11 +92,16 @@ class TritonPythonModel:
         try:
             columns, sizes = self.read_texts(requests, self.text_inputs)
             encoded = self.encoder.encode(columns, sizes)
+            # Chunked long documents: rows are windows; window_doc maps them back to the request's texts.
+            windows = [arrays.pop(self.window_doc, None) for arrays in encoded]
             outputs = self.runner.run(encoded)
         except Exception as exc:  # every request of the batch gets the error instead of a dead stub
             return [pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))) for _ in requests]
         responses = []
-        for request, arrays, (logits, *embedding) in zip(requests, encoded, outputs, strict=True):
+        for request, arrays, docs, (logits, *embedding) in zip(requests, encoded, windows, outputs, strict=True):
+            if docs is not None:
+                logits = self.aggregate(logits, docs, self.aggregation).astype(logits.dtype)
+                arrays, embedding = _per_text(arrays, docs), []
             probabilities, labels = self.classify(logits, self.labels)
             try:
                 self._observe(request, arrays, probabilities, embedding[0] if embedding else None)
@@ -136,3 +142,20 @@ class TritonPythonModel:
             "features": {"length": float(lengths[i]), "unk_rate": float(unknown[i]) / max(1.0, float(lengths[i]))},
             **({"group": group} if group is not None else {}),
         } for i in chosen])
+
+
+def _per_text(arrays, docs):
+    """Token counts per text (not per window) for the custom metrics: one row per text, length = its tokens.
+
+    The ids are not kept (-1: no unknown-token count); chunked texts send no embedding samples to the monitor.
+    """
+    import numpy as np
+
+    ids = arrays["input_ids"]
+    mask = arrays.get("attention_mask", np.ones_like(ids))
+    per_doc = np.bincount(docs.reshape(-1), weights=mask.sum(axis=1))
+    width = int(per_doc.max()) if len(per_doc) else 1
+    out = np.zeros((len(per_doc), width), dtype=ids.dtype)
+    for row, length in enumerate(per_doc.astype(int)):
+        out[row, :length] = 1
+    return {"input_ids": np.full(out.shape, -1, dtype=ids.dtype), "attention_mask": out}

@@ -7,6 +7,13 @@ backend without ragged batching; sequences are truncated to ``max_length``.
 
 The work is done by :class:`TextEncoder`, which the local text fast path (``text_model.py``) also runs
 in its own process.
+
+Long texts (``io_spec.json`` ``text_inputs``; parameters ``truncation``, ``long_documents``, ``stride``): the
+same rule as ``transferkit.data.long_text``: the content between the leading and trailing special tokens is
+cut (``tail``: the last tokens; ``head_tail``: the first quarter of the budget and the rest from the end) or,
+for ``chunk``, split into windows sharing ``stride`` tokens; a request of N texts then yields W >= N rows and
+the extra output ``window_doc`` (``[W, 1]``, the text index of each row within its request) lets the
+postprocess model aggregate the W rows of logits back to N.
 """
 
 import json
@@ -16,7 +23,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 from tokenizers import Tokenizer
 
-_FIELDS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
+WINDOW_DOC = "window_doc"
 
 
 def model_params(config):
@@ -48,32 +55,81 @@ class TextEncoder:
     def __init__(self, tokenizer_file, params, fields):
         self.tokenizer = Tokenizer.from_file(tokenizer_file)
         self.tokenizer.no_padding()
-        max_length = int(params.get("max_length", "0"))
-        if max_length > 0:
-            self.tokenizer.enable_truncation(max_length=max_length)
+        self.tokenizer.no_truncation()
+        self.max_length = int(params.get("max_length", "0"))
+        self.truncation = params.get("truncation", "head")
+        self.chunk = params.get("long_documents", "truncate") == "chunk"
+        self.stride = int(params.get("stride", "0"))
+        self.max_windows = int(params.get("max_windows", "0"))
+        self.plain = self.truncation == "head" and not self.chunk
+        if self.max_length > 0 and self.plain:
+            self.tokenizer.enable_truncation(max_length=self.max_length)
         self.multiple = max(1, int(params.get("pad_to_multiple_of", "1")))
         self.pad_id = int(params.get("pad_id", "0"))
-        self.fields = list(fields)
+        self.fields = [(name, dtype) for name, dtype in fields if name != WINDOW_DOC]
+
+    def _rows(self, encoding):
+        """``(ids, type_ids)`` of the rows one text becomes (one, or one per window)."""
+        if self.plain or self.max_length <= 0:
+            return [(encoding.ids, encoding.type_ids)]
+        ids, mask = encoding.ids, encoding.special_tokens_mask
+        start, end = 0, len(ids)
+        while start < end and mask[start]:
+            start += 1
+        while end > start and mask[end - 1]:
+            end -= 1
+        lead, content, trail = ids[:start], ids[start:end], ids[end:]
+        budget = self.max_length - len(lead) - len(trail)
+        if self.chunk:
+            starts = [0]
+            while starts[-1] + budget < len(content):
+                starts.append(starts[-1] + budget - self.stride)
+            pieces = [content[s : s + budget] for s in starts]
+        elif len(content) <= budget:
+            pieces = [content]
+        elif self.truncation == "tail":
+            pieces = [content[len(content) - budget :]]
+        elif self.truncation == "head_tail":
+            head = -(-budget // 4)
+            pieces = [content[:head] + content[len(content) - (budget - head) :]]
+        else:
+            pieces = [content[:budget]]
+        return [(lead + piece + trail, [0] * (len(lead) + len(piece) + len(trail))) for piece in pieces]
 
     def encode(self, columns, sizes):
-        """Tokenize all rows in one ``encode_batch`` call; returns one ``{name: array}`` per request."""
+        """Tokenize all rows in one ``encode_batch`` call; returns one ``{name: array}`` per request.
+
+        With ``chunk``, a request's arrays hold one row per window and ``window_doc`` ``[W, 1]``.
+
+        Raises:
+            ValueError: A request needs more than ``max_windows`` windows.
+        """
         batch = columns[0] if len(columns) == 1 else list(zip(columns[0], columns[1], strict=False))
         encodings = self.tokenizer.encode_batch(batch)
         per_request = []
         start = 0
         for size in sizes:
-            chunk = encodings[start : start + size]
+            rows, docs = [], []
+            for doc, encoding in enumerate(encodings[start : start + size]):
+                for row in self._rows(encoding):
+                    rows.append(row)
+                    docs.append(doc)
             start += size
-            longest = max((len(e.ids) for e in chunk), default=1)
+            if self.max_windows and len(rows) > self.max_windows:
+                raise ValueError(f"a request of {size} texts needs {len(rows)} windows of {self.max_length} tokens; "
+                                 f"at most {self.max_windows} per request (send fewer texts per request)")
+            longest = max((len(ids) for ids, _ in rows), default=1)
             width = -(-max(longest, 1) // self.multiple) * self.multiple
             arrays = {}
             for name, dtype in self.fields:
                 pad = self.pad_id if name == "input_ids" else 0
-                array = np.full((len(chunk), width), pad, dtype=dtype)
-                for row, encoding in enumerate(chunk):
-                    values = getattr(encoding, _FIELDS[name])
-                    array[row, : len(values)] = values
+                array = np.full((len(rows), width), pad, dtype=dtype)
+                for index, (ids, type_ids) in enumerate(rows):
+                    values = ids if name == "input_ids" else (type_ids if name == "token_type_ids" else [1] * len(ids))
+                    array[index, : len(values)] = values
                 arrays[name] = array
+            if self.chunk:
+                arrays[WINDOW_DOC] = np.asarray(docs, dtype=np.int64).reshape(-1, 1)
             per_request.append(arrays)
         return per_request
 
