@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([^']+)'")
 _END = re.compile(r"Task '([^']+)' finished with status (\w+)")
-_CACHED = re.compile(r"Task (\S+) cache hit")
+_CACHED = re.compile(r"Task (\S+) cache hit(?: \(key=([0-9a-f]+)\))?")
 _PIPELINE_END = re.compile(r"Pipeline '([^']+)' finished with status (\w+)")
 
 LOCAL_DEFAULTS: dict[str, Any] = {
@@ -41,6 +41,7 @@ class _TaskTimer(logging.Filter):
         super().__init__()
         self.started: dict[str, float] = {}
         self.tasks: dict[str, dict[str, Any]] = {}
+        self.cache_keys: dict[str, str] = {}  # cached task -> the start of its kfp.local cache key
         self.pipeline_status: str | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -57,6 +58,8 @@ class _TaskTimer(logging.Filter):
             self.tasks[name] = {"status": match.group(2), "seconds": round(record.created - start, 2)}
         elif match := _CACHED.search(message):
             self.tasks[match.group(1)] = {"status": "CACHED", "seconds": 0.0}
+            if match.group(2):
+                self.cache_keys[match.group(1)] = match.group(2)
         elif match := _PIPELINE_END.search(message):
             self.pipeline_status = match.group(2)
 
@@ -83,8 +86,13 @@ def _latest_run_dir(pipeline_root: Path, before: set[Path]) -> Path:
     return max(runs, key=lambda p: p.stat().st_mtime)
 
 
-def collect_outputs(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """Read every task's parameter outputs and artifact metadata from a kfp.local run directory."""
+def collect_outputs(run_dir: Path, cached: dict[str, str] | None = None,
+                    cache_root: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Read every task's parameter outputs and artifact metadata from a kfp.local run directory.
+
+    Tasks served from the local cache write nothing into the run directory; their outputs are read from the cache
+    entry (``cached``: task -> the start of its cache key, as kfp.local logs it; ``cache_root``: the cache).
+    """
     outputs: dict[str, dict[str, Any]] = {}
     for executor_output in sorted(run_dir.rglob("executor_output.json")):
         task = executor_output.parent.name
@@ -98,6 +106,17 @@ def collect_outputs(run_dir: Path) -> dict[str, dict[str, Any]]:
                 metadata = artifact.get("metadata") or {}
                 values[name] = {"uri": artifact.get("uri"), **metadata}
         outputs[task] = values
+    for task, key in (cached or {}).items():
+        entries = sorted(cache_root.glob(f"{key}*.json")) if cache_root and key else []
+        if task in outputs or len(entries) != 1:
+            continue
+        try:
+            entry = json.loads(entries[0].read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        outputs[task] = {name: {"uri": value.get("uri"), **(value.get("metadata") or {})}
+                         if isinstance(value, dict) and value.get("__kfp_artifact__") else value
+                         for name, value in entry.items()}
     return outputs
 
 
@@ -239,7 +258,8 @@ def run_local(
         run_dir = _latest_run_dir(pipeline_root, before)
         result = LocalRunResult(
             status=timer.pipeline_status or "UNKNOWN", seconds=round(time.perf_counter() - started, 1),
-            run_dir=run_dir, tasks=timer.tasks, outputs=collect_outputs(run_dir),
+            run_dir=run_dir, tasks=timer.tasks,
+            outputs=collect_outputs(run_dir, timer.cache_keys, work_dir / "cache"),
             model_name=str(arguments["model_name"]),
         )
         failed = [name for name, task in timer.tasks.items() if task["status"] not in ("SUCCESS", "CACHED")]
