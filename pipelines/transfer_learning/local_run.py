@@ -197,8 +197,8 @@ def run_local(
     With ``serve_forever`` the deploy samples ``monitor_sample_rate`` of the served traffic to a
     ``transferkit monitor`` started on the export's baseline once the run has deployed (on ``monitor_port``;
     reports in ``work_dir/monitor``), beside Triton until interrupted; both are stopped on the way out. The sample
-    answer of the run is the monitor's first record; items the deploy's own checks sent before the monitor was up
-    were dropped by the server, as for an absent monitor.
+    answer of the run reaches the monitor; items the deploy's own checks sampled before the monitor was up may be
+    dropped (as for an absent monitor) or delivered late, depending on timing.
 
     Args:
         params: Pipeline parameters overriding the defaults (see ``pipeline.py``).
