@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from tests.generative import tiny_llama as write_tiny_chat_llama
 from transferkit.cli.main import app
 from transferkit.data.prepare import DataPrepConfig, prepare_dataset
 from transferkit.data.prepared import load_prepared
@@ -23,30 +24,12 @@ from transferkit.tasks import get_task, model_task
 from transferkit.train.config import TrainConfig
 from transferkit.train.run import run_training, setup_run
 
-CHAT_TEMPLATE = ("{% for m in messages %}[CLS] {{ m['role'] }}: {{ m['content'] }} [SEP]{% endfor %}"
-                 "{% if add_generation_prompt %} assistant:{% endif %}")
 MAX_LENGTH = 128
 
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory, one_torch_thread: None) -> Path:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from transferkit.models.catalog import resolve_model
-
-    out = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm-l6").path)
-    tokenizer.eos_token = "[SEP]"
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(out)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id,
-                         bos_token_id=tokenizer.cls_token_id, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(out)
-    return out
+    return write_tiny_chat_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="module")
