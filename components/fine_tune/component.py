@@ -24,6 +24,9 @@ def fine_tune(
     l2sp: float = 0.0,
     batch_size: int = 0,
     max_length: int = 0,
+    truncation: str = "head",
+    long_documents: str = "truncate",
+    stride: int = -1,
     image_size: int = 0,
     warmup_ratio: float = -1.0,
     weight_decay: float = -1.0,
@@ -50,6 +53,10 @@ def fine_tune(
     """Fine-tune ``base_model``; zero/negative numeric options and "" mean "the catalog default".
 
     Args:
+        max_length: Tokens per text input; 0 = chosen from the training split's lengths (text tasks).
+        truncation: head | tail | head_tail: which tokens of a longer text are kept.
+        long_documents: truncate | chunk (overlapping windows classified and aggregated per document).
+        stride: chunk: tokens a window shares with the previous one (-1 = a quarter of the window).
         preserve_source: Apply the forgetting mitigation (text models; skipped for image data).
         lora_rank: Strategy lora (the other strategies ignore the lora_* options, dora and quantize_base): rank.
         lora_target: Comma-separated module names or all-linear; "" = the architecture's default.
@@ -75,7 +82,8 @@ def fine_tune(
         dataset.path, model.path, checkpoint_root=checkpoint_root, nproc_per_node=nproc_per_node,
         base_model=base_model, strategy=strategy, epochs=epochs, max_steps=max_steps, learning_rate=learning_rate,
         head_learning_rate=head_learning_rate, llrd=llrd, l2sp=l2sp, batch_size=batch_size, max_length=max_length,
-        image_size=image_size, warmup_ratio=warmup_ratio, weight_decay=weight_decay, scheduler=scheduler,
+        truncation=truncation, long_documents=long_documents, stride=stride, image_size=image_size,
+        warmup_ratio=warmup_ratio, weight_decay=weight_decay, scheduler=scheduler,
         unfreeze_top_layers=unfreeze_top_layers, early_stopping_patience=early_stopping_patience, augment=augment,
         class_weights=class_weights, preserve_source=preserve_source, min_retention=min_retention, seed=seed,
         tuned_options=tuned_options, tuned_config=tuned_config.path if tuned_config else "",
