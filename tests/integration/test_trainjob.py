@@ -410,3 +410,24 @@ def test_schema_rejects_what_the_trainer_api_rejects(api):
     bad = {**job, "spec": {**job["spec"], "podTemplateOverrides": []}}  # the pre-2.3 field
     with pytest.raises(ManifestError, match="podTemplateOverrides"):
         validate_manifest(bad)
+
+
+def test_cli_launcher_submits_through_the_sdk(api):
+    from typer.testing import CliRunner
+
+    from transferkit.cli.main import app
+
+    result = CliRunner().invoke(app, ["train", *ARGS, "--launcher", "trainjob", "--nodes", "2", "--gpus-per-node", "2",
+                                      "--namespace", NAMESPACE, "--checkpoint-pvc", "transferkit-checkpoints",
+                                      "--no-wait", "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record["state"] == "Submitted" and record["nodes"] == 2 and record["gpus_per_node"] == 2
+    job = created_trainjob(api)
+    validate_manifest(job)
+    assert job["metadata"]["name"] == record["name"]
+    trainer = job["spec"]["trainer"]
+    assert trainer["numNodes"] == 2 and trainer["resourcesPerNode"]["limits"] == {"nvidia.com/gpu": "2"}
+    command = trainer["command"]
+    assert command[:6] == ["torchrun", "--nproc-per-node", "2", "-m", "transferkit.cli.main", "train"]
+    assert command[6:8] == ["--data", "/mnt/checkpoints/data/movies"] and "--launcher" not in command

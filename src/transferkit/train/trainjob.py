@@ -9,8 +9,8 @@ the ``PET_*`` variables of the Trainer's torch plugin, so N x G ranks run the lo
 
 What the SDK (kubeflow 0.5.0) could not do, kept hand-written here:
 
-- ``numProcPerNode``: ``CustomTrainerContainer`` cannot set it (the runtime's ``auto`` starts one process per
-  core on CPU nodes), so it is torchrun's ``--nproc-per-node`` in the command.
+- ``numProcPerNode``: ``CustomTrainerContainer`` cannot set it (the runtime's default, ``auto``, may start one
+  process per core on CPU nodes), so it is torchrun's ``--nproc-per-node`` in the command.
 - Following the job: ``get_job``/``wait_for_job_status`` read the runtime on every poll (a cluster-scoped
   ClusterTrainingRuntime, which the platform's namespace Role cannot grant; for the same reason ``train()``
   gets a ``Runtime`` object, not a name to look up), know only Created/Running/Complete/Failed (no condition
