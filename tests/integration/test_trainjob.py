@@ -1,10 +1,11 @@
-"""``submit_train_job`` against a Kubernetes API stand-in (kmock) on loopback.
+"""``submit_train_job`` (the Kubeflow SDK's ``TrainerClient``) against a Kubernetes API stand-in (kmock) on loopback.
 
 kmock's ``KubernetesEmulator`` stores objects in memory and serves create/get/patch/delete/list like an
-API server. A small "controller" thread plays Kubeflow Trainer: it finds the created TrainJob and writes
+API server; the fixture adds the ConfigMap a Kubeflow Trainer control plane publishes (the SDK reads it on
+connecting). A small "controller" thread plays Kubeflow Trainer: it finds the created TrainJob and writes
 status updates through the ``/status`` subresource, one step at a time, waiting after each step until
 the launcher has read the object again, so every transition is observed deterministically. The launcher
-itself uses the real ``kubernetes`` client, configured from a kubeconfig file, as a user would.
+itself uses the real SDK and ``kubernetes`` client, configured from a kubeconfig file, as a user would.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.unit.k8s.validation import validate_manifest
+from tests.unit.k8s.validation import ManifestError, validate_manifest
 from transferkit import images
 from transferkit.errors import TrainingError
-from transferkit.train.trainjob import submit_train_job
+from transferkit.train.trainjob import CHECKPOINT_MOUNT, OUTPUT_MOUNT, submit_train_job
 
 kmock = pytest.importorskip("kmock")
 
@@ -33,6 +34,10 @@ pytestmark = pytest.mark.integration
 
 NAMESPACE = "transferkit"
 COLLECTION = f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{NAMESPACE}/trainjobs"
+# What a Kubeflow Trainer v2.3 control plane publishes for clients (the SDK reads it when it connects).
+TRAINER_PUBLIC = {"apiVersion": "v1", "kind": "ConfigMap",
+                  "metadata": {"name": "kubeflow-trainer-public", "namespace": "kubeflow-system"},
+                  "data": {"kubeflow_trainer_version": "2.3.0"}}
 ARGS = ["--data", "/mnt/checkpoints/data/movies", "--model", "minilm-l6", "--strategy", "full",
         "--out", "/mnt/outputs/run-7", "--epochs", "1"]
 
@@ -99,8 +104,24 @@ def api(tmp_path, monkeypatch):
         path.write_text(yaml.safe_dump(kubeconfig))
         monkeypatch.setenv("KUBECONFIG", str(path))
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # never pick an in-cluster config here
+        assert server.request("POST", "/api/v1/namespaces/kubeflow-system/configmaps", TRAINER_PUBLIC)[0] in (200, 201)
         yield server
     client.Configuration.set_default(previous)
+
+
+def created_trainjob(api: KubeApi) -> dict[str, Any]:
+    """The TrainJob the SDK posted (exactly one)."""
+    (created,) = [r.data for r in api.handler[f"post {COLLECTION}"]]
+    return created
+
+
+def node_pod_patch(job: dict[str, Any]) -> dict[str, Any]:
+    """The pod spec patch of the ``node`` replicated job in the TrainJob's single runtime patch."""
+    (patch,) = job["spec"]["runtimePatches"]
+    assert patch["manager"] == "trainer.kubeflow.org/kubeflow-sdk"
+    (node,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    assert node["name"] == "node"
+    return node["template"]["spec"]["template"]["spec"]
 
 
 def condition(kind: str, status: str, reason: str, message: str) -> dict[str, str]:
@@ -183,18 +204,18 @@ def test_submits_follows_every_transition_and_returns_on_complete(api, caplog):
     assert record["state"] == "Complete"
     assert record["detail"] == "JobSetCompleted: jobset completed successfully"
     assert record["image"] == images.RUNTIME_CUDA_IMAGE
-    assert record["command"] == ["torchrun", "-m", "transferkit.cli.main", "train", *ARGS]
+    assert record["command"] == ["torchrun", "--nproc-per-node", "4", "-m", "transferkit.cli.main", "train", *ARGS]
     assert [c["type"] for c in record["conditions"]] == ["Suspended", "Complete"]
 
     # What reached the API server is a valid TrainJob, and so is its final state with the controller's status.
-    (created,) = [r.data for r in api.handler[f"post {COLLECTION}"]]
+    created = created_trainjob(api)
     validate_manifest(created)
     status, final = api.request("GET", f"{COLLECTION}/{name}")
     assert status == 200
     validate_manifest(final)
     assert created["spec"]["trainer"]["numNodes"] == 2
     assert created["spec"]["trainer"]["resourcesPerNode"]["limits"] == {"nvidia.com/gpu": "4"}
-    pod = created["spec"]["podTemplateOverrides"][0]["spec"]
+    pod = node_pod_patch(created)
     assert [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v] == [
         "transferkit-checkpoints"]
 
@@ -260,7 +281,8 @@ def test_no_wait_returns_after_creation(api):
     assert record["state"] == "Submitted" and record["name"] == "quick-job"
     assert record["image"] == images.RUNTIME_IMAGE
     status, stored = api.request("GET", f"{COLLECTION}/quick-job")
-    assert status == 200 and stored["spec"]["trainer"]["numProcPerNode"] == 1
+    # One torch process on a CPU node: torchrun's --nproc-per-node (the SDK cannot set numProcPerNode).
+    assert status == 200 and stored["spec"]["trainer"]["command"][:3] == ["torchrun", "--nproc-per-node", "1"]
     assert api.reads_of("quick-job") == 1  # only the check above: the launcher did not poll
 
 
@@ -291,7 +313,7 @@ def test_unreachable_api_server(tmp_path, monkeypatch):
     configuration.retries = 0
     with pytest.raises(TrainingError, match="API server unreachable"):
         submit_train_job(ARGS, nodes=1, gpus_per_node=1, namespace=NAMESPACE, name="offline",
-                         api_client=client.ApiClient(configuration))
+                         client_configuration=configuration)
 
 
 def test_kubeconfig_is_required_outside_a_cluster(tmp_path, monkeypatch):
@@ -306,7 +328,106 @@ def test_created_object_round_trips_through_yaml(api):
     # kubectl users read these objects as YAML: the body must survive a YAML round trip unchanged.
     submit_train_job(ARGS, nodes=3, gpus_per_node=8, namespace=NAMESPACE, wait=False, name="yaml-job",
                      tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
-    (created,) = [r.data for r in api.handler[f"post {COLLECTION}"]]
+    created = created_trainjob(api)
     assert yaml.safe_load(yaml.safe_dump(created)) == created
     validate_manifest(created)
-    assert created["spec"]["podTemplateOverrides"][0]["spec"]["tolerations"][0]["operator"] == "Exists"
+    assert node_pod_patch(created)["tolerations"][0]["operator"] == "Exists"
+
+
+# --- the object the SDK builds (moved from the unit tests: the SDK builds it only on the way to the API) ---------
+
+
+def test_gpu_job_shape_validates_against_the_trainjob_schema(api):
+    submit_train_job(ARGS, nodes=2, gpus_per_node=4, namespace=NAMESPACE, wait=False, name="transferkit-train-1",
+                     checkpoint_pvc="transferkit-checkpoints", output_pvc="transferkit-outputs",
+                     node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+                     tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                     cpu_per_node="16", memory_per_node="128Gi", env={"NCCL_DEBUG": "WARN"},
+                     image_pull_secrets=["regcred"], service_account="transferkit-pipeline-runner")
+    job = created_trainjob(api)
+    validate_manifest(job)
+    assert job["metadata"]["name"] == "transferkit-train-1"
+    assert job["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "transferkit"
+    spec = job["spec"]
+    assert spec["runtimeRef"] == {"name": "torch-distributed", "kind": "ClusterTrainingRuntime"}  # apiGroup: default
+    trainer = spec["trainer"]
+    assert trainer["image"] == images.RUNTIME_CUDA_IMAGE
+    assert trainer["command"] == ["torchrun", "--nproc-per-node", "4", "-m", "transferkit.cli.main", "train", *ARGS]
+    assert trainer["numNodes"] == 2
+    # The SDK sets the limits equal to the requests.
+    resources = {"nvidia.com/gpu": "4", "cpu": "16", "memory": "128Gi"}
+    assert trainer["resourcesPerNode"] == {"limits": resources, "requests": resources}
+    env = {e["name"]: e["value"] for e in trainer["env"]}
+    assert env["NCCL_DEBUG"] == "WARN" and env["TRANSFERKIT_TRAINJOB"] == "transferkit-train-1"
+    assert env["TRANSFERKIT_CHECKPOINT_ROOT"] == CHECKPOINT_MOUNT and env["TRANSFERKIT_OUTPUT_ROOT"] == OUTPUT_MOUNT
+    pod = node_pod_patch(job)
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"]
+              for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {"checkpoints": "transferkit-checkpoints", "outputs": "transferkit-outputs"}
+    shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
+    (container,) = pod["containers"]
+    assert container["name"] == "node"
+    assert {m["mountPath"]: m["name"] for m in container["volumeMounts"]} == {
+        "/dev/shm": "dshm", CHECKPOINT_MOUNT: "checkpoints", OUTPUT_MOUNT: "outputs"}
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["serviceAccountName"] == "transferkit-pipeline-runner"
+
+
+def test_cpu_job_uses_the_cpu_image_and_one_process_per_node(api):
+    submit_train_job(ARGS, nodes=2, gpus_per_node=0, namespace=NAMESPACE, wait=False, name="cpu-job",
+                     checkpoint_pvc="transferkit-checkpoints", output_pvc="transferkit-checkpoints",
+                     runtime="torch-cpu", runtime_kind="TrainingRuntime")
+    job = created_trainjob(api)
+    validate_manifest(job)
+    assert job["spec"]["runtimeRef"] == {"name": "torch-cpu", "kind": "TrainingRuntime"}
+    trainer = job["spec"]["trainer"]
+    assert trainer["image"] == images.RUNTIME_IMAGE
+    assert trainer["command"][:3] == ["torchrun", "--nproc-per-node", "1"]
+    assert "resourcesPerNode" not in trainer
+    pod = node_pod_patch(job)
+    # One claim for both roles: one volume, mounted at both paths.
+    assert [v["name"] for v in pod["volumes"]] == ["dshm", "checkpoints"]
+    mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts[CHECKPOINT_MOUNT] == mounts[OUTPUT_MOUNT] == "checkpoints"
+    # No runtime was read to create the job (a namespace Role cannot grant reading ClusterTrainingRuntimes).
+    urls = [str(r.url) for r in api.handler]
+    assert any(url.endswith(COLLECTION) for url in urls) and not any("trainingruntimes" in url for url in urls)
+
+
+def test_schema_rejects_what_the_trainer_api_rejects(api):
+    submit_train_job(ARGS, nodes=1, gpus_per_node=1, namespace=NAMESPACE, wait=False, name="ok-name")
+    job = created_trainjob(api)
+    validate_manifest(job)
+    bad = {**job, "metadata": {**job["metadata"], "name": "9-starts-with-a-digit"}}
+    with pytest.raises(ManifestError, match="metadata.name"):
+        validate_manifest(bad)
+    bad = {**job, "spec": {**job["spec"], "trainer": {**job["spec"]["trainer"], "numNode": 2}}}
+    with pytest.raises(ManifestError, match="numNode"):
+        validate_manifest(bad)
+    bad = {**job, "spec": {**job["spec"], "podTemplateOverrides": []}}  # the pre-2.3 field
+    with pytest.raises(ManifestError, match="podTemplateOverrides"):
+        validate_manifest(bad)
+
+
+def test_cli_launcher_submits_through_the_sdk(api):
+    from typer.testing import CliRunner
+
+    from transferkit.cli.main import app
+
+    result = CliRunner().invoke(app, ["train", *ARGS, "--launcher", "trainjob", "--nodes", "2", "--gpus-per-node", "2",
+                                      "--namespace", NAMESPACE, "--checkpoint-pvc", "transferkit-checkpoints",
+                                      "--no-wait", "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record["state"] == "Submitted" and record["nodes"] == 2 and record["gpus_per_node"] == 2
+    job = created_trainjob(api)
+    validate_manifest(job)
+    assert job["metadata"]["name"] == record["name"]
+    trainer = job["spec"]["trainer"]
+    assert trainer["numNodes"] == 2 and trainer["resourcesPerNode"]["limits"] == {"nvidia.com/gpu": "2"}
+    command = trainer["command"]
+    assert command[:6] == ["torchrun", "--nproc-per-node", "2", "-m", "transferkit.cli.main", "train"]
+    assert command[6:8] == ["--data", "/mnt/checkpoints/data/movies"] and "--launcher" not in command

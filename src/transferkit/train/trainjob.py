@@ -1,19 +1,26 @@
-"""Multi-node training on Kubeflow Trainer: build a ``TrainJob``, submit it, follow it to the end.
+"""Multi-node training on Kubeflow Trainer through the Kubeflow SDK's ``TrainerClient``.
 
-``transferkit train ... --launcher trainjob --nodes N --gpus-per-node G`` lands here. The TrainJob
-(``trainer.kubeflow.org/v1alpha1``) references a torch runtime (``torch-distributed`` by default), runs the
-runtime-cuda image on N nodes and starts, on every node, ``torchrun -m transferkit.cli.main train ...``:
-the Trainer's torch plugin sets ``PET_NNODES``, ``PET_NPROC_PER_NODE``, ``PET_NODE_RANK``,
-``PET_MASTER_ADDR`` and ``PET_MASTER_PORT``, which torchrun reads as its defaults, so N x G ranks run the
-same train entry point as a local ``--nproc-per-node`` run (rank 0 writes the model). Checkpoints and
-outputs live on PersistentVolumeClaims mounted into every node at :data:`CHECKPOINT_MOUNT` and
-:data:`OUTPUT_MOUNT`.
+``transferkit train ... --launcher trainjob --nodes N --gpus-per-node G`` lands here. ``TrainerClient.train()``
+builds and creates the TrainJob: a ``CustomTrainerContainer`` (runtime-cuda image, N nodes, G GPUs per node) on a
+torch runtime (``torch-distributed``), with the SDK's options for name, labels, command and a ``RuntimePatch``
+mounting the PersistentVolumeClaims (:data:`CHECKPOINT_MOUNT`, :data:`OUTPUT_MOUNT`) and placing the nodes. Each
+node runs ``torchrun --nproc-per-node G -m transferkit.cli.main train ...``; torchrun takes the rendezvous from
+the ``PET_*`` variables of the Trainer's torch plugin, so N x G ranks run the local train entry point.
 
-The job is created with the ``kubernetes`` client (in-cluster config, else kubeconfig). Its status is
-polled: every change (pending, running with the child jobs' counts, suspended by a queue, complete,
-failed) is logged, ``Complete`` returns a record, ``Failed`` raises :class:`TrainingError` with the
-condition's reason and the failed pod's termination reason and last log line, and the timeout raises
-:class:`TrainingError` after cancelling (deleting) the job.
+What the SDK (kubeflow 0.5.0) could not do, kept hand-written here:
+
+- ``numProcPerNode``: ``CustomTrainerContainer`` cannot set it (the runtime's default, ``auto``, may start one
+  process per core on CPU nodes), so it is torchrun's ``--nproc-per-node`` in the command.
+- Following the job: ``get_job``/``wait_for_job_status`` read the runtime on every poll (a cluster-scoped
+  ClusterTrainingRuntime, which the platform's namespace Role cannot grant; for the same reason ``train()``
+  gets a ``Runtime`` object, not a name to look up), know only Created/Running/Complete/Failed (no condition
+  reason, no Suspended state of a queued job, no child-job counts) and give up on the first failed read. So
+  the TrainJob object is polled with the SDK's Kubernetes client: every change is logged, ``Failed`` raises
+  :class:`TrainingError` with the reason, transient read errors are retried.
+- Failure diagnostics: the SDK's steps carry the pod phase only and ``get_job_logs`` reads whole logs; the
+  failed pod's termination reason, exit code and last log lines are read from the pod.
+- Cancelling on timeout: ``delete_job`` cannot ask for foreground deletion, which keeps the job visible until
+  its pods (and their GPUs) are gone.
 """
 
 from __future__ import annotations
@@ -34,7 +41,6 @@ logger = logging.getLogger(__name__)
 GROUP = "trainer.kubeflow.org"
 VERSION = "v1alpha1"
 PLURAL = "trainjobs"
-API_VERSION = f"{GROUP}/{VERSION}"
 DEFAULT_RUNTIME = "torch-distributed"
 # The platform's checkpoint claim (manifests/base/pvc-checkpoints.yaml).
 DEFAULT_CHECKPOINT_PVC = "transferkit-checkpoints"
@@ -81,7 +87,7 @@ class TrainJobConfig:
         poll_s: Seconds between status reads.
         name: TrainJob name (an RFC 1035 label); default: ``transferkit-train-<UTC time>-<random>``.
         gpu_resource: Extended resource name of the GPUs.
-        cpu_per_node, memory_per_node: Requests (and the memory limit) per node, Kubernetes quantities.
+        cpu_per_node, memory_per_node: Requests per node, Kubernetes quantities (the SDK makes them limits too).
         shm_size: Size of the memory-backed ``/dev/shm`` (NCCL and DataLoader workers need more than 64 MiB).
         node_selector, tolerations: Placement of the nodes (GPU product labels, GPU taints).
         service_account: Service account of the training pods.
@@ -193,9 +199,11 @@ class TrainJobConfig:
     @property
     def command(self) -> list[str]:
         """The trainer container's command: the train entry point under torchrun."""
-        # torchrun takes --nnodes, --nproc-per-node, --node-rank and the master address from the PET_*
-        # variables Kubeflow Trainer's torch plugin sets; no --standalone on multi-node jobs.
-        return ["torchrun", "-m", "transferkit.cli.main", "train", *self.train_args]
+        # torchrun takes --nnodes, --node-rank and the master address from the PET_* variables Kubeflow
+        # Trainer's torch plugin sets; no --standalone on multi-node jobs. --nproc-per-node is explicit: the SDK's
+        # CustomTrainerContainer cannot set the TrainJob's numProcPerNode (see the module docstring).
+        return ["torchrun", "--nproc-per-node", str(self.procs_per_node), "-m", "transferkit.cli.main", "train",
+                *self.train_args]
 
 
 def _flag_value(args: list[str], flag: str) -> str | None:
@@ -213,78 +221,55 @@ def default_name() -> str:
     return f"transferkit-train-{stamp}-{secrets.token_hex(2)}"
 
 
-def build_trainjob(config: TrainJobConfig, name: str) -> dict[str, Any]:
-    """The TrainJob object for ``config`` (a plain dict, ready for the API)."""
-    resources: dict[str, dict[str, str]] = {"limits": {}, "requests": {}}
-    if config.gpus_per_node > 0:
-        # A string quantity: integer GPU counts are rejected by newer kubernetes clients.
-        resources["limits"][config.gpu_resource] = str(config.gpus_per_node)
-    if config.cpu_per_node:
-        resources["requests"]["cpu"] = str(config.cpu_per_node)
-    if config.memory_per_node:
-        resources["requests"]["memory"] = str(config.memory_per_node)
-        resources["limits"]["memory"] = str(config.memory_per_node)
-    resources = {key: value for key, value in resources.items() if value}
+def trainjob_request(config: TrainJobConfig, name: str) -> dict[str, Any]:
+    """The keyword arguments of ``TrainerClient.train()`` for ``config``: runtime, trainer and options."""
+    from kubeflow import trainer as kt
+    from kubeflow.trainer import options as sdk
 
-    volumes: list[dict[str, Any]] = [
-        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": config.shm_size}},
-    ]
+    # The SDK sets the limits equal to the requests (a CPU request is also a CPU limit). String quantities:
+    # integer GPU counts are rejected by newer kubernetes clients.
+    resources = {config.gpu_resource: str(config.gpus_per_node)} if config.gpus_per_node > 0 else {}
+    resources.update({key: str(value) for key, value in (("cpu", config.cpu_per_node),
+                                                         ("memory", config.memory_per_node)) if value})
+    volumes: list[dict[str, Any]] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": config.shm_size}}]
     mounts: list[dict[str, Any]] = [{"name": "dshm", "mountPath": "/dev/shm"}]
     claims: dict[str, str] = {}
-    for claim, mount_path, role in ((config.checkpoint_pvc, CHECKPOINT_MOUNT, "checkpoints"),
-                                    (config.output_pvc, OUTPUT_MOUNT, "outputs")):
+    env = {"TRANSFERKIT_TRAINJOB": name}
+    for claim, mount_path, role, variable in (
+            (config.checkpoint_pvc, CHECKPOINT_MOUNT, "checkpoints", "TRANSFERKIT_CHECKPOINT_ROOT"),
+            (config.output_pvc, OUTPUT_MOUNT, "outputs", "TRANSFERKIT_OUTPUT_ROOT")):
         if claim is None:
             continue
         if claim not in claims:
             claims[claim] = role
             volumes.append({"name": role, "persistentVolumeClaim": {"claimName": claim}})
         mounts.append({"name": claims[claim], "mountPath": mount_path})
+        env[variable] = mount_path
+    env.update({key: str(value) for key, value in sorted(config.env.items())})
 
-    env = [{"name": "TRANSFERKIT_TRAINJOB", "value": name}]
-    if config.checkpoint_pvc:
-        env.append({"name": "TRANSFERKIT_CHECKPOINT_ROOT", "value": CHECKPOINT_MOUNT})
-    if config.output_pvc:
-        env.append({"name": "TRANSFERKIT_OUTPUT_ROOT", "value": OUTPUT_MOUNT})
-    env += [{"name": key, "value": str(value)} for key, value in sorted(config.env.items())]
-
-    trainer: dict[str, Any] = {
-        "image": config.trainer_image,
-        "command": config.command,
-        "env": env,
-        "numNodes": config.nodes,
-        "numProcPerNode": config.procs_per_node,
-    }
-    if resources:
-        trainer["resourcesPerNode"] = resources
-
-    pod_spec: dict[str, Any] = {
-        "volumes": volumes,
-        "containers": [{"name": TRAINER_JOB, "volumeMounts": mounts}],
-    }
-    if config.node_selector:
-        pod_spec["nodeSelector"] = dict(config.node_selector)
-    if config.tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in config.tolerations]
-    if config.service_account:
-        pod_spec["serviceAccountName"] = config.service_account
-    if config.image_pull_secrets:
-        pod_spec["imagePullSecrets"] = [{"name": s} for s in config.image_pull_secrets]
-
-    labels = {
-        "app.kubernetes.io/name": "transferkit",
-        "app.kubernetes.io/component": "train",
-        "app.kubernetes.io/managed-by": "transferkit",
-        **config.labels,
-    }
+    pod = sdk.PodSpecPatch(
+        service_account_name=config.service_account, volumes=volumes,
+        containers=[sdk.ContainerPatch(name=TRAINER_JOB, volume_mounts=mounts)],
+        image_pull_secrets=[{"name": s} for s in config.image_pull_secrets] or None,
+        node_selector=dict(config.node_selector) or None, tolerations=[dict(t) for t in config.tolerations] or None,
+    )
+    node_patch = sdk.ReplicatedJobPatch(name=TRAINER_JOB, template=sdk.JobTemplatePatch(
+        spec=sdk.JobSpecPatch(template=sdk.PodTemplatePatch(spec=pod))))
+    labels = {"app.kubernetes.io/name": "transferkit", "app.kubernetes.io/component": "train",
+              "app.kubernetes.io/managed-by": "transferkit", **config.labels}
+    # A Runtime object, not a name: the SDK would read the runtime (cluster-scoped) to resolve it.
+    runtime = kt.Runtime(name=config.runtime, kind=kt.RuntimeKind(config.runtime_kind),
+                         trainer=kt.RuntimeTrainer(trainer_type=kt.TrainerType.CUSTOM_TRAINER, framework="torch",
+                                                   image=config.trainer_image))
     return {
-        "apiVersion": API_VERSION,
-        "kind": "TrainJob",
-        "metadata": {"name": name, "namespace": config.namespace, "labels": labels},
-        "spec": {
-            "runtimeRef": {"name": config.runtime, "apiGroup": GROUP, "kind": config.runtime_kind},
-            "trainer": trainer,
-            "podTemplateOverrides": [{"targetJobs": [{"name": TRAINER_JOB}], "spec": pod_spec}],
-        },
+        "runtime": runtime,
+        "trainer": kt.CustomTrainerContainer(image=config.trainer_image, num_nodes=config.nodes,
+                                             resources_per_node=resources or None, env=env),
+        "options": [
+            sdk.Name(name), sdk.Labels(labels), sdk.TrainerCommand(config.command),
+            sdk.RuntimePatch(training_runtime_spec=sdk.TrainingRuntimeSpecPatch(
+                template=sdk.JobSetTemplatePatch(spec=sdk.JobSetSpecPatch(replicated_jobs=[node_patch])))),
+        ],
     }
 
 
@@ -318,20 +303,18 @@ def describe_status(obj: dict[str, Any]) -> tuple[str, str]:
 # --- Kubernetes API ----------------------------------------------------------------------------
 
 
-def _api_client() -> Any:
-    from kubernetes import client, config
+def _trainer_client(namespace: str, client_configuration: Any | None) -> Any:
+    """A ``TrainerClient`` for ``namespace``: kubeconfig ($KUBECONFIG, may list several files), else in-cluster."""
+    from kubeflow.trainer import KubernetesBackendConfig, TrainerClient
+    from kubernetes import config
 
+    # $KUBECONFIG is passed explicitly: the kubernetes client reads it once, at import.
+    backend = KubernetesBackendConfig(namespace=namespace, client_configuration=client_configuration,
+                                      config_file=os.environ.get("KUBECONFIG") or None)
     try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        try:
-            # $KUBECONFIG is read now (the client reads it once at import); it may list several files.
-            config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
-        except (config.ConfigException, OSError) as exc:
-            raise TrainingError(
-                f"no Kubernetes configuration: not in a cluster and no usable kubeconfig ({exc})"
-            ) from exc
-    return client.ApiClient()
+        return TrainerClient(backend)
+    except (config.ConfigException, OSError) as exc:
+        raise TrainingError(f"no Kubernetes configuration: not in a cluster and no usable kubeconfig ({exc})") from None
 
 
 def _api_error(exc: Any, action: str, config: TrainJobConfig) -> TrainingError:
@@ -350,6 +333,19 @@ def _api_error(exc: Any, action: str, config: TrainJobConfig) -> TrainingError:
         return TrainingError(f"{action}: a TrainJob with this name already exists in {where}")
     reason = getattr(exc, "reason", None) or type(exc).__name__
     return TrainingError(f"{action}: Kubernetes API error {status or ''} {reason}".replace("  ", " "))
+
+
+def _sdk_error(exc: BaseException, action: str, config: TrainJobConfig) -> TrainingError:
+    """The SDK wraps API errors in ``RuntimeError``/``TimeoutError``: name the cause in one line."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    cause = exc.__cause__
+    if isinstance(cause, ApiException):
+        return _api_error(cause, action, config)
+    if isinstance(cause, HTTPError | OSError):
+        return TrainingError(f"{action}: API server unreachable ({type(cause).__name__})")
+    return TrainingError(f"{action}: {exc}")
 
 
 def _failed_pod_detail(core: Any, namespace: str, name: str) -> str:
@@ -396,7 +392,7 @@ def submit_train_job(
     runtime: str = DEFAULT_RUNTIME,
     image: str | None = None,
     poll_s: float = 5.0,
-    api_client: Any | None = None,
+    client_configuration: Any | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Create a Kubeflow Trainer TrainJob that runs ``transferkit train <train_args>`` and follow it.
@@ -413,7 +409,7 @@ def submit_train_job(
         runtime: Training runtime to reference (``torch-distributed``).
         image: Trainer image (default: the runtime-cuda image of this version).
         poll_s: Seconds between status reads.
-        api_client: A ``kubernetes.client.ApiClient``; default: in-cluster config, else kubeconfig.
+        client_configuration: A ``kubernetes.client.Configuration``; default: kubeconfig, else in-cluster.
         **options: Further :class:`TrainJobConfig` fields (``node_selector``, ``tolerations``,
             ``cpu_per_node``, ``memory_per_node``, ``shm_size``, ``service_account``, ``env``, ``name``...).
 
@@ -431,42 +427,33 @@ def submit_train_job(
         checkpoint_pvc=checkpoint_pvc, output_pvc=output_pvc, wait=wait, timeout_s=timeout_s, runtime=runtime,
         image=image, poll_s=poll_s, **options,
     )
-    return TrainJobLauncher(config, api_client=api_client).run()
+    return TrainJobLauncher(config, client_configuration=client_configuration).run()
 
 
 class TrainJobLauncher:
-    """Submits one :class:`TrainJobConfig` and follows it (see :func:`submit_train_job`)."""
+    """Submits one :class:`TrainJobConfig` through the Trainer SDK and follows it (see :func:`submit_train_job`)."""
 
-    def __init__(self, config: TrainJobConfig, *, api_client: Any | None = None) -> None:
-        from kubernetes import client
-
+    def __init__(self, config: TrainJobConfig, *, client_configuration: Any | None = None) -> None:
         self.config = config
         self.name = config.name or default_name()
-        self._client = api_client or _api_client()
-        self._custom = client.CustomObjectsApi(self._client)
-        self._core = client.CoreV1Api(self._client)
+        self.trainer = _trainer_client(config.namespace, client_configuration)
+        # The SDK's Kubernetes clients, for what it cannot do (see the module docstring).
+        self._custom, self._core = self.trainer.backend.custom_api, self.trainer.backend.core_api
 
     def run(self) -> dict[str, Any]:
         """Create the TrainJob and, when configured to, wait for its end."""
-        from kubernetes.client.exceptions import ApiException
-
         config = self.config
-        body = build_trainjob(config, self.name)
+        request = trainjob_request(config, self.name)
         if not config.checkpoint_pvc and not config.output_pvc:
             logger.warning("TrainJob %s/%s has no PVC: checkpoints and the trained model are lost when its pods "
                            "end unless --out points at shared storage", config.namespace, self.name)
         for flag, path in config.unshared_paths():
             logger.warning("TrainJob %s/%s: %s %s is not on a mounted PVC (%s); what is written there is lost "
                            "when the pods end", config.namespace, self.name, flag, path, ", ".join(config.mounts))
-        from urllib3.exceptions import HTTPError
-
         try:
-            self._custom.create_namespaced_custom_object(GROUP, VERSION, config.namespace, PLURAL, body)
-        except ApiException as exc:
-            raise _api_error(exc, f"creating TrainJob {config.namespace}/{self.name}", config) from None
-        except HTTPError as exc:
-            raise TrainingError(f"creating TrainJob {config.namespace}/{self.name}: API server unreachable "
-                                f"({type(exc).__name__})") from None
+            self.trainer.train(**request)
+        except (RuntimeError, TimeoutError) as exc:
+            raise _sdk_error(exc, f"creating TrainJob {config.namespace}/{self.name}", config) from None
         started = time.monotonic()
         logger.info("Created TrainJob %s/%s: %d node(s) x %d GPU(s), runtime %s, image %s", config.namespace,
                     self.name, config.nodes, config.gpus_per_node, config.runtime, config.trainer_image)
@@ -494,21 +481,15 @@ class TrainJobLauncher:
             try:
                 obj = self._custom.get_namespaced_custom_object(GROUP, VERSION, config.namespace, PLURAL, self.name)
                 errors = 0
-            except ApiException as exc:
-                if exc.status == 404:
+            except (ApiException, HTTPError, OSError) as exc:  # OSError/HTTPError: the API server restarts
+                status = getattr(exc, "status", None)
+                if status == 404:
                     raise TrainingError(f"TrainJob {where} disappeared while waiting (deleted by someone?)") from None
-                if exc.status in (401, 403):
-                    raise _api_error(exc, f"reading TrainJob {where}", config) from None
                 errors += 1
-                if errors > _MAX_POLL_ERRORS:
-                    raise _api_error(exc, f"reading TrainJob {where}", config) from None
-                logger.warning("Reading TrainJob %s failed (%s); retrying", where, exc.status)
-                obj = None
-            except (HTTPError, OSError) as exc:  # connection refused/reset while the API server restarts
-                errors += 1
-                if errors > _MAX_POLL_ERRORS:
-                    raise TrainingError(f"reading TrainJob {where}: API server unreachable ({exc})") from None
-                logger.warning("Reading TrainJob %s failed (%s); retrying", where, type(exc).__name__)
+                if status in (401, 403) or errors > _MAX_POLL_ERRORS:
+                    raise (_api_error(exc, f"reading TrainJob {where}", config) if status else TrainingError(
+                        f"reading TrainJob {where}: API server unreachable ({exc})")) from None
+                logger.warning("Reading TrainJob %s failed (%s); retrying", where, status or type(exc).__name__)
                 obj = None
             if obj is not None:
                 state = describe_status(obj)
@@ -532,7 +513,7 @@ class TrainJobLauncher:
         if config.cancel_on_timeout:
             from kubernetes.client.exceptions import ApiException
 
-            try:
+            try:  # foreground: the job stays until its pods are gone (the SDK's delete_job cannot ask for it)
                 self._custom.delete_namespaced_custom_object(
                     GROUP, VERSION, config.namespace, PLURAL, self.name, propagation_policy="Foreground")
                 action = "deleted"
