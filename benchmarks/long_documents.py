@@ -122,6 +122,9 @@ def main() -> None:
     parser.add_argument("--validation", type=int, default=16 if QUICK else 100)
     parser.add_argument("--test", type=int, default=16 if QUICK else 200)
     parser.add_argument("--steps", type=int, default=4 if QUICK else 150, help="Optimizer steps per run.")
+    parser.add_argument("--chunk-steps", type=int, default=None,
+                        help="Optimizer steps of the chunk run (default 4 x --steps: a 128-token window is a quarter "
+                        "of head_tail's 512 tokens, so both runs train on the same number of tokens).")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--triton-documents", type=int, default=8 if QUICK else 50)
     parser.add_argument("--only", default="head64,head_tail,chunk", help="Comma-separated runs.")
@@ -129,6 +132,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     from transferkit.data.prepare import DataPrepConfig, prepare_dataset
+    from transferkit.hardware import detect_cpu
 
     work = Path(tempfile.mkdtemp(prefix="long-docs-bench-"))
     try:
@@ -142,7 +146,9 @@ def main() -> None:
             "head_tail": {"truncation": "head_tail"},
             "chunk": {"max_length": "128", "long_documents": "chunk", "stride": 32, "aggregation": "max"},
         }
-        results = {name: train_and_evaluate(name, data, work, args.seed, args.steps, **runs[name])
+        chunk_steps = args.chunk_steps or 4 * args.steps
+        results = {name: train_and_evaluate(name, data, work, args.seed, chunk_steps if name == "chunk" else args.steps,
+                                            **runs[name])
                    for name in args.only.split(",")}
         triton = triton_ratio(Path(results["chunk"]["model_dir"]), data, work, args.triton_documents) \
             if "chunk" in results else {}
@@ -154,8 +160,8 @@ def main() -> None:
             "data": {"rows": prepared.rows, "token_length": prepared.token_length,
                      "long_documents": prepared.long_documents},
             "runs": {name: {k: v for k, v in r.items() if k != "model_dir"} for name, r in results.items()},
-            "triton": triton, "steps": args.steps, "seed": args.seed, "quick": QUICK,
-            "load_average": os.getloadavg(),
+            "triton": triton, "steps": args.steps, "chunk_steps": chunk_steps, "seed": args.seed, "quick": QUICK,
+            "load_average": os.getloadavg(), "cpu": detect_cpu().to_dict(),
         }
         print(json.dumps(summary, default=str), flush=True)
     finally:
