@@ -13,6 +13,7 @@ def data_prep(
     metrics: Output[Metrics],
     report: Output[HTML],
     report_md: Output[Markdown],
+    # A literal, not transferkit.tasks.DEFAULT_TASK: KFP ships this function's source alone into the container.
     task: str = "text-classification",
     text_column: str = "text",
     label_column: str = "label",
