@@ -59,6 +59,12 @@ def test_chunked_training_uses_every_window_with_the_document_label(chunk_run, d
                                   split="validation", progress=False))
     metrics = json.loads((tmp_path / "val" / "metrics.json").read_text())
     assert validation["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-9)
+    # Evaluations during training are scored per document too, so the best checkpoint is chosen on documents.
+    history = json.loads((chunk_run.out_dir / "log_history.json").read_text())
+    evaluations = [entry for entry in history if "eval_accuracy" in entry]
+    assert evaluations and all("eval_window_accuracy" in entry for entry in evaluations)
+    best = next(entry for entry in evaluations if entry["step"] == summary["best"]["step"])
+    assert best["eval_accuracy"] == pytest.approx(validation["accuracy"], abs=1e-9)
 
 
 def test_evaluation_aggregates_window_logits_per_document(chunk_run, data, tmp_path):

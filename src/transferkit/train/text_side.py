@@ -178,17 +178,37 @@ class TextSide(TrainingSide):
 
         config, max_length = self.config, self.hp["max_length"]
         spec = None if self.spec.plain else self.spec
+        self._validation_windows = TokenizedDataset(self.validation_split, self.tokenizer, max_length,
+                                                    text_inputs=spec)
         return (TokenizedDataset(self.train_split, self.tokenizer, max_length, augment=config.augment,
                                  augment_prob=config.augment_prob, seed=config.seed, text_inputs=spec),
-                TokenizedDataset(self.validation_split, self.tokenizer, max_length, text_inputs=spec))
+                self._validation_windows)
+
+    def trainer_metrics(self) -> Any:
+        """Chunked documents: every evaluation is scored per document, so checkpoints are selected on them."""
+        from transferkit.train.side import compute_metrics
+        from transferkit.train.trainer import Reordered
+
+        if not self.spec.chunked:
+            return compute_metrics
+
+        def per_document(eval_pred: Any) -> dict[str, float]:
+            windows = getattr(self, "_validation_windows", None)
+            metrics = compute_metrics(eval_pred)
+            if windows is None or len(eval_pred.predictions) != len(windows):  # cached features: windows only
+                return metrics
+            ordered = Reordered(windows, self.eval_order(windows))  # the order the Trainer evaluated them in
+            return self.document_metrics(ordered, eval_pred.predictions, metrics)
+
+        return per_document
 
     def document_metrics(self, eval_dataset: Any, predictions: Any, metrics: dict[str, float]) -> dict[str, float]:
         """Chunked documents: the windows' logits aggregated per document (window metrics kept as ``window_*``)."""
         from transferkit.data.long_text import aggregate
         from transferkit.train.side import probability_metrics
 
-        if not self.spec.chunked:
-            return metrics
+        if not self.spec.chunked or any(name.startswith("window_") for name in metrics):
+            return metrics  # already per document (scored by trainer_metrics)
         dataset = getattr(eval_dataset, "dataset", eval_dataset)
         order = getattr(eval_dataset, "order", range(len(eval_dataset)))
         windows = getattr(dataset, "doc_index", None)
