@@ -1,0 +1,65 @@
+"""Strategy distill: the real MiniLM's bottom layers learn a fine-tuned MiniLM teacher on real movie sentences."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from typer.testing import CliRunner
+
+from tests.helpers import write_movie_slice
+from transferkit.cli.main import app
+from transferkit.train import TrainConfig, run_training
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A real fine-tuned teacher: MiniLM with a head trained on cached features (seconds on CPU)."""
+    root = tmp_path_factory.mktemp("distill")
+    data = write_movie_slice(root / "data", train=96, validation=32, test=64)
+    run_training(TrainConfig(data_dir=data, model="minilm-l6", strategy="feature_extraction", out_dir=root / "teacher",
+                             max_steps=30, batch_size=16, max_length=32, seed=0))
+    return root
+
+
+def _predictions(model_dir, texts):
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
+    with torch.no_grad():
+        return model, model(**batch).logits.argmax(-1)
+
+
+def test_distill_trains_a_shallower_loadable_student_that_agrees_with_its_teacher(teacher):
+    root = teacher
+    out = root / "student"
+    result = runner.invoke(app, [
+        "train", "--data", str(root / "data"), "--model", "minilm-l6", "--strategy", "distill", "--teacher",
+        str(root / "teacher"), "--student-layers", "3", "--distill-alpha", "0.9", "--distill-temperature", "2",
+        "--max-steps", "32", "--batch-size", "16", "--max-length", "32", "--learning-rate", "1e-4",
+        "--seed", "0", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["strategy"] == "distill"
+    distillation = summary["resolved"]["distillation"]
+    assert distillation["student_layers"] == 3 and distillation["base_layers"] == 6
+    assert distillation["student_parameters"] < distillation["base_parameters"]
+
+    texts = pq.read_table(root / "data" / "test.parquet").column("text").to_pylist()
+    teacher_model, teacher_pred = _predictions(root / "teacher", texts)
+    student_model, student_pred = _predictions(out, texts)  # loadable as any model directory
+    assert student_model.config.num_hidden_layers < teacher_model.config.num_hidden_layers
+    assert len(student_model.bert.encoder.layer) == 3 + 1  # 3 kept layers + transferkit's fixed mean-pooling layer
+    assert json.loads((out / "labels.json").read_text()) == json.loads((root / "teacher" / "labels.json").read_text())
+
+    agreement = float((student_pred == teacher_pred).float().mean())
+    # Chance: the agreement of independent predictions with the same class frequencies as the two models'.
+    chance = sum(float((teacher_pred == c).float().mean()) * float((student_pred == c).float().mean())
+                 for c in (0, 1))
+    # Measured: 0.64 against a chance of 0.47 (32 steps).
+    assert agreement > max(chance, 0.5) + 0.05, (agreement, chance)
+    assert not list(root.glob(".student*"))
