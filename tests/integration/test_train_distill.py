@@ -63,3 +63,26 @@ def test_distill_trains_a_shallower_loadable_student_that_agrees_with_its_teache
     # Measured: 0.64 against a chance of 0.47 (32 steps).
     assert agreement > max(chance, 0.5) + 0.05, (agreement, chance)
     assert not list(root.glob(".student*"))
+
+
+def test_the_student_evaluates_exports_and_checks_forgetting_unchanged(teacher):
+    from transferkit.evaluate import EvaluateConfig, evaluate_model
+    from transferkit.evaluate.forgetting import ForgettingConfig, check_forgetting
+    from transferkit.export import ExportConfig, export_model
+
+    root = teacher
+    out = root / "student-2"
+    run_training(TrainConfig(data_dir=root / "data", model="minilm-l6", strategy="distill", teacher=root / "teacher",
+                             student_layers=2, max_steps=2, batch_size=16, max_length=32, out_dir=out))
+    exported = export_model(ExportConfig(model_dir=out, data_dir=root / "data", out_dir=root / "onnx",
+                                         max_drop=100.0, latency_runs=0, throughput_runs=0, max_eval_samples=16,
+                                         agreement_sample_size=0))
+    assert exported.parity_max_abs_diff < 1e-3 and {"fp32", "int8"} <= set(exported.variants)
+    evaluated = evaluate_model(EvaluateConfig(model_dir=out, data_dir=root / "data", out_dir=root / "eval",
+                                              progress=False))
+    assert 0 <= evaluated.scalars["accuracy"] <= 1
+    forgetting = check_forgetting(ForgettingConfig(base="minilm-l6", model=out, out_dir=root / "forgetting",
+                                                   progress=False))
+    # The base's Lee similarity Pearson (DESIGN.md: 0.656) against the 2-layer student's own encoder.
+    assert forgetting.base_score == pytest.approx(0.656, abs=0.01) and -1 <= forgetting.model_score <= 1
+    assert forgetting.retention == pytest.approx(forgetting.model_score / forgetting.base_score)

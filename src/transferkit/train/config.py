@@ -375,6 +375,9 @@ class TrainConfig:
         if not (isinstance(self.distill_alpha, int | float) and 0 <= self.distill_alpha <= 1):
             raise ConfigError(f"distill_alpha: expected a weight in [0, 1], got {self.distill_alpha!r}")
         _positive("distill_temperature", self.distill_temperature, allow_none=False)
+        if self.preserve_source:
+            raise ConfigError("preserve_source: moves layers back toward the base one by one; a distill student has "
+                              "fewer layers than the base (`transferkit forgetting` still measures it)")
         if self.teacher.absolute() == self.out_dir.absolute():
             raise ConfigError(f"out_dir: {self.out_dir} is the teacher directory; write the student elsewhere")
 

@@ -27,6 +27,7 @@ def _config(tmp_path, **kwargs):
     ({"strategy": "distill", "teacher": "t", "distill_alpha": 1.5}, "distill_alpha"),
     ({"strategy": "distill", "teacher": "t", "distill_alpha": -0.1}, "distill_alpha"),
     ({"strategy": "distill", "teacher": "t", "distill_temperature": 0.0}, "distill_temperature"),
+    ({"strategy": "distill", "teacher": "t", "preserve_source": True}, "preserve_source"),
 ])
 def test_bad_distill_options_name_the_field(tmp_path, kwargs, field):
     with pytest.raises(ConfigError, match=f"^{field}:") as info:
@@ -56,11 +57,12 @@ def test_a_distill_and_full_sweep_shares_one_parameter_set(tmp_path):
                 "distill_temperature": 2.0}
     plain = config_from_parameters(data, tmp_path / "a", defaults)
     assert (plain.teacher, plain.student_layers) == (None, None)
-    shared = {**defaults, "teacher": str(tmp_path / "teacher"), "student_layers": 2, "distill_alpha": 0.9}
+    shared = {**defaults, "teacher": str(tmp_path / "teacher"), "student_layers": 2, "distill_alpha": 0.9,
+              "preserve_source": True}
     distill = config_from_parameters(data, tmp_path / "d", {**shared, "strategy": "distill"})
     assert (distill.teacher, distill.student_layers, distill.distill_alpha) == (tmp_path / "teacher", 2, 0.9)
-    assert distill.distill_temperature == 2.0
+    assert distill.distill_temperature == 2.0 and distill.preserve_source is False  # the student is shallower
     full = config_from_parameters(data, tmp_path / "f", {**shared, "strategy": "full"})
-    assert (full.teacher, full.student_layers, full.distill_alpha) == (None, None, 0.5)
+    assert (full.teacher, full.student_layers, full.distill_alpha, full.preserve_source) == (None, None, 0.5, True)
     with pytest.raises(ConfigError, match="^teacher: strategy distill needs --teacher"):
         config_from_parameters(data, tmp_path / "x", {**defaults, "strategy": "distill"})
