@@ -86,3 +86,27 @@ def test_the_student_evaluates_exports_and_checks_forgetting_unchanged(teacher):
     # The base's Lee similarity Pearson (DESIGN.md: 0.656) against the 2-layer student's own encoder.
     assert forgetting.base_score == pytest.approx(0.656, abs=0.01) and -1 <= forgetting.model_score <= 1
     assert forgetting.retention == pytest.approx(forgetting.model_score / forgetting.base_score)
+
+
+def test_a_vit_student_distils_from_a_vit_teacher_and_a_cnn_base_is_refused(tmp_path):
+    from transformers import AutoModelForImageClassification
+
+    from tests.helpers import prepare_image_data, write_image_model, write_tiny_transformers_image_model
+
+    digits = prepare_image_data(tmp_path / "digits", max_rows=240)
+    base = write_tiny_transformers_image_model("vit", tmp_path)
+    run_training(TrainConfig(data_dir=digits, model=str(base), strategy="full", max_steps=2, out_dir=tmp_path / "t"))
+    teacher_layers = AutoModelForImageClassification.from_pretrained(tmp_path / "t").config.num_hidden_layers
+    result = runner.invoke(app, ["train", "--data", str(digits), "--model", str(base), "--strategy", "distill",
+                                 "--teacher", str(tmp_path / "t"), "--max-steps", "2", "--out", str(tmp_path / "s")])
+    assert result.exit_code == 0, result.output
+    student = AutoModelForImageClassification.from_pretrained(tmp_path / "s")
+    assert student.config.num_hidden_layers == max(1, teacher_layers // 2) < teacher_layers
+
+    cnn = write_image_model(tmp_path / "cnn", json.loads((digits / "labels.json").read_text()))
+    result = runner.invoke(app, ["train", "--data", str(digits), "--model", str(cnn), "--strategy", "distill",
+                                 "--teacher", str(tmp_path / "t"), "--max-steps", "2", "--out", str(tmp_path / "c")])
+    assert result.exit_code != 0
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "has no transformer encoder layers" in errors[0], result.output
+    assert not (tmp_path / "c").exists()
