@@ -144,6 +144,7 @@ CASES = [
         "teacher_3_labels has labels ['bad', 'good', 'meh']; the data in"),
     Bad("distill-teacher-other-vocabulary", f"{DISTILL} --teacher {{in}}/teacher_other_vocab",
         "has a vocabulary of 50 tokens"),
+    Bad("distill-teacher-without-weights", f"{DISTILL} --teacher {{in}}/teacher", "teacher: "),
     Bad("distill-student-layers-0", f"{DISTILL} --teacher {{in}}/teacher --student-layers 0",
         "student_layers: expected an integer >= 1"),
     Bad("distill-student-layers-all", f"{DISTILL} --teacher {{in}}/teacher --student-layers 6",

@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from transferkit.errors import ConfigError, ModelError
+from transferkit.errors import ConfigError, ModelError, TransferkitError
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def load_teacher(ctx: Any) -> Any:
     """The teacher, loaded by the task's training side like a base model whose head already fits (eval mode).
 
     Raises:
-        ModelError: The teacher does not load.
+        TransferkitError: The teacher does not load (the error's own class, its message prefixed ``teacher:``).
 
     """
     from dataclasses import replace
@@ -150,9 +150,14 @@ def load_teacher(ctx: Any) -> Any:
     teacher_config = replace(config, model=str(config.teacher), strategy="full", teacher=None, student_layers=None,
                              distill_alpha=0.5, distill_temperature=2.0, max_length=max_length, l2sp=0.0,
                              preserve_source=False, pooling="auto", checkpoint_dir=None)
-    teacher_ctx = setup_run(teacher_config)
-    teacher_ctx.side.start_training(teacher_ctx)
-    teacher = teacher_ctx.side.build_model(teacher_ctx).eval()
+    try:
+        teacher_ctx = setup_run(teacher_config)
+        teacher_ctx.side.start_training(teacher_ctx)
+        teacher = teacher_ctx.side.build_model(teacher_ctx).eval()
+    except TransferkitError as exc:
+        if str(exc).startswith("teacher:"):
+            raise
+        raise type(exc)(f"teacher: {exc}") from exc
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher

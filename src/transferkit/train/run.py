@@ -242,6 +242,10 @@ class FineTuneRecipe:
         config = self.config
         from transferkit.train.modeling import count_parameters
 
+        if config.strategy == "distill":
+            from transferkit.train.distill import load_teacher
+
+            self.teacher = load_teacher(self.ctx)  # first: a teacher that does not load fails before the base loads
         model = self.ctx.side.build_model(self.ctx)
         if config.strategy == "lora":
             from transferkit.train.lora import apply_lora
@@ -250,13 +254,13 @@ class FineTuneRecipe:
             frozen = self.ctx.side.freeze(model, "full", 0)
             self.lora = apply_lora(model, config, frozen["layout"])
         elif config.strategy == "distill":
-            from transferkit.train.distill import check_distill, load_teacher, make_student
+            from transferkit.train.distill import check_distill, make_student
 
             student_layers = check_distill(config, self.ctx.dataset, self.ctx.resolved)
             self.distill = {**make_student(model, student_layers, str(self.ctx.resolved.reference)),
                             "teacher": str(config.teacher), "alpha": config.distill_alpha,
-                            "temperature": config.distill_temperature}
-            self.teacher = load_teacher(self.ctx)
+                            "temperature": config.distill_temperature,
+                            "teacher_parameters": sum(p.numel() for p in self.teacher.parameters())}
             frozen = self.ctx.side.freeze(model, "full", 0)
         else:
             frozen = self.ctx.side.freeze(model, config.strategy, config.unfreeze_top_layers)
