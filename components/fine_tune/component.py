@@ -44,6 +44,10 @@ def fine_tune(
     dora: bool = False,
     lora_scale: float = 1.0,
     quantize_base: str = "none",
+    teacher: str = "",
+    student_layers: int = 0,
+    distill_alpha: float = 0.5,
+    distill_temperature: float = 2.0,
     seed: int = 42,
     checkpoint_root: str = "",
     nproc_per_node: int = 1,
@@ -62,6 +66,11 @@ def fine_tune(
         lora_target: Comma-separated module names or all-linear; "" = the architecture's default.
         lora_scale: Multiplier in (0, 1] of the merged low-rank update (LoRA's preserve-source knob).
         quantize_base: none | 4bit | 8bit (QLoRA, CUDA only).
+        teacher: Strategy distill (the other strategies ignore teacher, student_layers and distill_*): the
+            fine-tuned teacher model directory.
+        student_layers: Strategy distill: bottom encoder layers of the base the student keeps; 0 = half.
+        distill_alpha: Strategy distill: weight of the KL to the teacher (the task loss gets 1 - alpha).
+        distill_temperature: Strategy distill: softmax temperature of the KL.
         checkpoint_root: Directory on a PVC for checkpoints; a retried task resumes from
             ``<checkpoint_root>/<digest of its inputs>``. "" keeps checkpoints next to the output.
         nproc_per_node: Training processes on this node (one per GPU) launched with torchrun.
@@ -88,7 +97,8 @@ def fine_tune(
         class_weights=class_weights, preserve_source=preserve_source, min_retention=min_retention, seed=seed,
         tuned_options=tuned_options, tuned_config=tuned_config.path if tuned_config else "",
         lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_target=lora_target, dora=dora,
-        lora_scale=lora_scale, quantize_base=quantize_base,
+        lora_scale=lora_scale, quantize_base=quantize_base, teacher=teacher, student_layers=student_layers,
+        distill_alpha=distill_alpha, distill_temperature=distill_temperature,
     )
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)

@@ -63,6 +63,10 @@ def build_pipeline(placement: PlacementConfig | None = None):
         lora_target: str = "",
         dora: bool = False,
         lora_scale: float = 1.0,
+        teacher: str = "",
+        student_layers: int = 0,
+        distill_alpha: float = 0.5,
+        distill_temperature: float = 2.0,
         seed: int = 42,
         min_primary: float = 0.8,
         forgetting_source: str = "",
@@ -110,7 +114,9 @@ def build_pipeline(placement: PlacementConfig | None = None):
                     image_size=image_size, early_stopping_patience=early_stopping_patience,
                     preserve_source=preserve_source, min_retention=forgetting_min_retention, seed=seed,
                     lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_target=lora_target,
-                    dora=dora, lora_scale=lora_scale, checkpoint_root=checkpoint_root, nproc_per_node=nproc_per_node,
+                    dora=dora, lora_scale=lora_scale, teacher=teacher, student_layers=student_layers,
+                    distill_alpha=distill_alpha, distill_temperature=distill_temperature,
+                    checkpoint_root=checkpoint_root, nproc_per_node=nproc_per_node,
                     tuned_config=search.outputs["best_config"],
                 )
                 apply_placement(tune, "fine_tune", placement)
@@ -129,7 +135,8 @@ def build_pipeline(placement: PlacementConfig | None = None):
             apply_placement(pick, "select_strategy", placement)
             pruned = prune_model(
                 model=pick.outputs["selected"], dataset=prep.outputs["dataset"], enabled=prune,
-                sparsity=prune_sparsity, max_drop=max_prune_drop,
+                sparsity=prune_sparsity, max_drop=max_prune_drop, distill_alpha=distill_alpha,
+                distill_temperature=distill_temperature,
             )
             apply_placement(pruned, "prune_model", placement)
             scores = evaluate(model=pruned.outputs["pruned_model"], dataset=prep.outputs["dataset"])

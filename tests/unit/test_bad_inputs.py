@@ -46,6 +46,7 @@ DOWN = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
 
 DATA = "data prepare --out {t}/out --dataset"
 TRAIN = "train --data {in}/movie --model minilm-l6 --strategy full --out {t}/model"
+DISTILL = "train --data {in}/movie --model minilm-l6 --strategy distill --out {t}/student"
 EVAL = "evaluate --model {in}/model --data {in}/movie --out {t}/eval"
 FORGET = "forgetting --model {in}/model --base minilm-l6 --out {t}/forget"
 EXPORT = "export --model {in}/model --data {in}/movie --out {t}/onnx"
@@ -133,6 +134,28 @@ CASES = [
     Bad("train-unknown-launcher", f"{TRAIN} --launcher slurm", "--launcher"),
     Bad("train-trainjob-nodes-0", f"{TRAIN} --launcher trainjob --nodes 0", "nodes"),
     Bad("train-checkpoint-is-out", f"{TRAIN} --checkpoint-dir {{t}}/model", "checkpoint_dir"),
+    # -- train --strategy distill
+    Bad("distill-without-teacher", f"{DISTILL}", "teacher: strategy distill needs --teacher MODEL_DIR"),
+    Bad("distill-teacher-missing", f"{DISTILL} --teacher {{in}}/nope",
+        "/nope is not a directory; expected a fine-tuned model directory"),
+    Bad("distill-teacher-not-a-model", f"{DISTILL} --teacher {{in}}/empty_dir", "has no config.json"),
+    Bad("distill-teacher-corrupt-config", f"{DISTILL} --teacher {{in}}/corrupt_model", "is not valid JSON"),
+    Bad("distill-teacher-other-labels", f"{DISTILL} --teacher {{in}}/teacher_3_labels",
+        "teacher_3_labels has labels ['bad', 'good', 'meh']; the data in"),
+    Bad("distill-teacher-other-vocabulary", f"{DISTILL} --teacher {{in}}/teacher_other_vocab",
+        "has a vocabulary of 50 tokens"),
+    Bad("distill-teacher-without-weights", f"{DISTILL} --teacher {{in}}/teacher", "teacher: "),
+    Bad("distill-student-layers-0", f"{DISTILL} --teacher {{in}}/teacher --student-layers 0",
+        "student_layers: expected an integer >= 1"),
+    Bad("distill-student-layers-all", f"{DISTILL} --teacher {{in}}/teacher --student-layers 6",
+        "student_layers: 6 must be fewer than the 6 encoder layers of minilm-l6"),
+    Bad("distill-student-layers-more", f"{DISTILL} --teacher {{in}}/teacher --student-layers 9",
+        "student_layers: 9 must be fewer than the 6 encoder layers"),
+    Bad("distill-alpha-2", f"{DISTILL} --teacher {{in}}/teacher --distill-alpha 2", "distill_alpha"),
+    Bad("distill-temperature-0", f"{DISTILL} --teacher {{in}}/teacher --distill-temperature 0",
+        "distill_temperature"),
+    Bad("distill-teacher-without-strategy", f"{TRAIN} --teacher {{in}}/teacher",
+        "teacher: only applies to strategy distill, not full"),
     # -- evaluate
     Bad("eval-model-missing", "evaluate --model {in}/nope --data {in}/movie --out {t}/eval", "nope"),
     Bad("eval-data-missing", "evaluate --model {in}/model --data {in}/nope --out {t}/eval", "nope"),
@@ -296,6 +319,13 @@ def _write_inputs(root: Path) -> None:
     (root / "corrupt_model").mkdir()
     (root / "corrupt_model" / "config.json").write_text("{not json")
     (root / "onnx").mkdir()  # an export directory without io_spec.json
+    teachers = (("teacher", ["negative", "positive"], 30522), ("teacher_3_labels", ["bad", "good", "meh"], 30522),
+                ("teacher_other_vocab", ["negative", "positive"], 50))
+    for name, labels, vocab in teachers:
+        # Only what a teacher is checked by before anything loads (no weights: no case loads a model).
+        (root / name).mkdir()
+        (root / name / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": vocab}))
+        (root / name / "labels.json").write_text(json.dumps(labels))
     (root / "repo" / "sentiment").mkdir(parents=True)
     (root / "repo" / "sentiment" / "config.pbtxt").write_text('name: "sentiment"\n')
     (root / "onnx_corrupt").mkdir()

@@ -105,7 +105,8 @@ def _value_problem(name: str, value: Any) -> str | None:
               "nproc_per_node": (1, None), "epochs": (1e-9, None), "learning_rate": (0, None), "llrd": (1e-9, 1),
               "l2sp": (0, None), "min_primary": (0, 1), "forgetting_min_retention": (0, 1.5),
               "min_agreement": (0, 1), "max_quantization_drop": (0, 100),
-              "monitor_sample_rate": (0, 1)}
+              "monitor_sample_rate": (0, 1), "student_layers": (0, None), "distill_alpha": (0, 1),
+              "distill_temperature": (1e-9, None)}
     if name in choices and value not in choices[name]:
         return f"is not one of {', '.join(choices[name])}"
     if name in ranges:

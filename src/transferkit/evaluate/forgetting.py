@@ -264,13 +264,19 @@ class ForgettingProbe:
                                                    trust_remote_code=self.trust_remote_code)
 
     def check_architecture(self, encoder: Any, where: str) -> None:
-        """Raise when ``encoder`` is not of the base model's architecture."""
+        """Raise when ``encoder`` is not of the base model's architecture.
+
+        In similarity mode an encoder with fewer layers than the base (a ``distill`` student, a pruned model) is
+        accepted: its sentence embeddings are scored the same way. The layer-wise modes need the base's depth.
+        """
         from transferkit.evaluate.inference import pretrained_layer_count
 
         base_cfg, cfg = self.base_encoder.config, encoder.config
         pairs = {attr: (getattr(base_cfg, attr, None), getattr(cfg, attr, None))
                  for attr in ("model_type", "hidden_size", "vocab_size")}
-        pairs["num_hidden_layers"] = (pretrained_layer_count(base_cfg), pretrained_layer_count(cfg))
+        layers = (pretrained_layer_count(base_cfg), pretrained_layer_count(cfg))
+        if not (self.mode == "similarity" and 1 <= layers[1] <= layers[0]):
+            pairs["num_hidden_layers"] = layers
         for attr, (expected, got) in pairs.items():
             if expected != got:
                 raise ModelError(
@@ -533,7 +539,9 @@ def _finish(cfg: ForgettingConfig, probe: Any, base_m: Measurement, model_m: Mea
         "model": str(cfg.model),
     }
     if base_m.layers and model_m.layers:
-        details["cka_per_layer"] = [linear_cka(b, m) for b, m in zip(base_m.layers, model_m.layers, strict=True)]
+        # A shallower model (a distill student: the base's bottom layers, trained on) is compared layer by layer
+        # over the layers it has.
+        details["cka_per_layer"] = [linear_cka(b, m) for b, m in zip(base_m.layers, model_m.layers, strict=False)]
     log = logger.info if passed else logger.warning
     log("%s", reason)
     payload = {

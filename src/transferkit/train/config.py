@@ -17,7 +17,7 @@ from transferkit.data.long_text import AGGREGATIONS, LONG_DOCUMENTS, TRUNCATIONS
 from transferkit.errors import ConfigError
 from transferkit.options import option, to_cli_args
 
-STRATEGIES = ("full", "feature_extraction", "scratch", "off_the_shelf", "lora")
+STRATEGIES = ("full", "feature_extraction", "scratch", "off_the_shelf", "lora", "distill")
 SCHEDULERS = ("linear", "cosine", "constant")
 METRICS = ("accuracy", "f1_macro", "loss")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -30,6 +30,9 @@ QUANTIZE_BASE = ("none", "4bit", "8bit")
 # LoRA options and their defaults: set to anything else with a strategy other than lora is a ConfigError.
 LORA_DEFAULTS: dict[str, Any] = {"lora_rank": 8, "lora_alpha": 16.0, "lora_dropout": 0.05, "lora_target": "",
                                  "dora": False, "lora_scale": 1.0, "quantize_base": "none"}
+# Distillation options and their defaults: set to anything else with a strategy other than distill is a ConfigError.
+DISTILL_DEFAULTS: dict[str, Any] = {"teacher": None, "student_layers": None, "distill_alpha": 0.5,
+                                    "distill_temperature": 2.0}
 
 # Used when neither the user nor the model's catalog entry gives a value.
 DEFAULT_HYPERPARAMETERS: dict[str, Any] = {
@@ -222,6 +225,17 @@ class TrainConfig:
         "preserve-source knob: less update, less forgetting)."))
     quantize_base: str = field(default="none", metadata=option(
         "--quantize-base", help="lora: load the frozen base in 4bit | 8bit (QLoRA; CUDA only) | none."))
+    teacher: Path | None = field(default=None, metadata=option(
+        "--teacher", kfp_unset="", help="distill: the fine-tuned teacher model directory (transferkit train output; "
+        "same labels as the data, same tokenizer/processor as --model)."))
+    student_layers: int | None = field(default=None, metadata=option(
+        "--student-layers", kfp_unset=0, help="distill: the student keeps the bottom k encoder layers of --model, "
+        "1 <= k < the base's layers (default: half, rounded down, at least 1)."))
+    distill_alpha: float = field(default=0.5, metadata=option(
+        "--distill-alpha", help="distill: weight in [0, 1] of the KL to the teacher's temperature-softened logits; "
+        "the task loss gets 1 - alpha."))
+    distill_temperature: float = field(default=2.0, metadata=option(
+        "--distill-temperature", help="distill: softmax temperature T > 0 of the KL (scaled by T^2)."))
     preserve_source: bool = field(default=False, metadata=option(
         "--preserve-source", help="Apply the forgetting mitigation after training."))
     min_retention: float = field(default=0.5, metadata=option(
@@ -302,6 +316,7 @@ class TrainConfig:
             raise ConfigError(f"min_retention: expected a fraction in [0, 1], got {self.min_retention!r}")
         self._parsed_class_weights = parse_class_weights(self.class_weights)
         self._check_lora()
+        self._check_distill()
         if self.unfreeze_top_layers and self.strategy != "feature_extraction":
             raise ConfigError(
                 f"unfreeze_top_layers: only applies to strategy feature_extraction, not {self.strategy}"
@@ -342,6 +357,29 @@ class TrainConfig:
                               f"{self.lora_target!r}")
         if self.l2sp:
             raise ConfigError("l2sp: does not apply to strategy lora (the base weights are frozen)")
+
+    def _check_distill(self) -> None:
+        if self.teacher is not None:
+            self.teacher = Path(self.teacher)
+        if self.strategy != "distill":
+            for name, default in DISTILL_DEFAULTS.items():
+                if getattr(self, name) != default:
+                    raise ConfigError(f"{name}: only applies to strategy distill, not {self.strategy}")
+            return
+        if self.teacher is None or not str(self.teacher).strip():
+            raise ConfigError("teacher: strategy distill needs --teacher MODEL_DIR (a fine-tuned model directory)")
+        if self.student_layers is not None and (isinstance(self.student_layers, bool)
+                                                or not isinstance(self.student_layers, int) or self.student_layers < 1):
+            raise ConfigError(f"student_layers: expected an integer >= 1 (encoder layers the student keeps), got "
+                              f"{self.student_layers!r}")
+        if not (isinstance(self.distill_alpha, int | float) and 0 <= self.distill_alpha <= 1):
+            raise ConfigError(f"distill_alpha: expected a weight in [0, 1], got {self.distill_alpha!r}")
+        _positive("distill_temperature", self.distill_temperature, allow_none=False)
+        if self.preserve_source:
+            raise ConfigError("preserve_source: moves layers back toward the base one by one; a distill student has "
+                              "fewer layers than the base (`transferkit forgetting` still measures it)")
+        if self.teacher.absolute() == self.out_dir.absolute():
+            raise ConfigError(f"out_dir: {self.out_dir} is the teacher directory; write the student elsewhere")
 
     @property
     def lora_targets(self) -> list[str] | None:

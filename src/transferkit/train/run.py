@@ -134,6 +134,10 @@ def setup_run(config: TrainConfig) -> RunContext:
         raise ModelError(f"model {config.model!r} is for {resolved.entry.task}; the data in {dataset.path} is for "
                          f"{dataset.task}")
     side = task.training(config, dataset, resolved)
+    if config.strategy == "distill":
+        from transferkit.train.distill import check_distill
+
+        check_distill(config, dataset, resolved)
     digests = {split: file_digest(dataset.path / f"{split}.parquet") for split in ("train", "validation")}
     return RunContext(config, dataset, resolved, side, labels, digests, started)
 
@@ -174,7 +178,7 @@ class _Data:
 
 
 class FineTuneRecipe:
-    """Strategies ``full``, ``feature_extraction`` and ``scratch``: the named stages of one training run."""
+    """Strategies ``full``, ``feature_extraction``, ``scratch``, ``lora``, ``distill``: the stages of one run."""
 
     def __init__(self, ctx: RunContext, callbacks: Sequence[Any] = ()) -> None:
         self.ctx = ctx
@@ -184,6 +188,8 @@ class FineTuneRecipe:
         self.device, self.precision = resolve_precision(ctx.config.precision)
         self.parameters = (0, 0)  # (trainable, total), counted once the model is frozen
         self.lora: dict[str, Any] | None = None
+        self.distill: dict[str, Any] | None = None
+        self.teacher: Any = None
         if ctx.config.strategy == "lora":
             from transferkit.train.lora import check_quantize_base
 
@@ -200,6 +206,8 @@ class FineTuneRecipe:
         outcome = self.train(trainer, callbacks, data, resume_from)
         outcome.feature_cache = feature_info
         outcome.resolved = self._resolved(args, trainer, schedule, frozen, data)
+        if self.distill is not None:
+            outcome.resolved["distillation"] = self.distill
         checkpoint_dir = self.config.resolved_checkpoint_dir
         if self.rank != 0:
             return build_result(self.ctx, outcome, written=False, checkpoint_dir=checkpoint_dir)
@@ -234,6 +242,10 @@ class FineTuneRecipe:
         config = self.config
         from transferkit.train.modeling import count_parameters
 
+        if config.strategy == "distill":
+            from transferkit.train.distill import load_teacher
+
+            self.teacher = load_teacher(self.ctx)  # first: a teacher that does not load fails before the base loads
         model = self.ctx.side.build_model(self.ctx)
         if config.strategy == "lora":
             from transferkit.train.lora import apply_lora
@@ -241,6 +253,15 @@ class FineTuneRecipe:
             # Nothing pinned to eval mode (LoRA dropout stays active); apply_lora freezes all but adapters + head.
             frozen = self.ctx.side.freeze(model, "full", 0)
             self.lora = apply_lora(model, config, frozen["layout"])
+        elif config.strategy == "distill":
+            from transferkit.train.distill import check_distill, make_student
+
+            student_layers = check_distill(config, self.ctx.dataset, self.ctx.resolved)
+            self.distill = {**make_student(model, student_layers, str(self.ctx.resolved.reference)),
+                            "teacher": str(config.teacher), "alpha": config.distill_alpha,
+                            "temperature": config.distill_temperature,
+                            "teacher_parameters": sum(p.numel() for p in self.teacher.parameters())}
+            frozen = self.ctx.side.freeze(model, "full", 0)
         else:
             frozen = self.ctx.side.freeze(model, config.strategy, config.unfreeze_top_layers)
         if config.gradient_checkpointing and config.strategy in ("feature_extraction", "lora"):
@@ -339,8 +360,9 @@ class FineTuneRecipe:
         keys = ("strategy", "lora_rank", "lora_alpha", "lora_dropout", "lora_target", "dora", "quantize_base",
                 "llrd", "unfreeze_top_layers", "early_stopping_patience", "early_stopping_min_delta",
                 "metric", "seed", "augment", "augment_prob", "class_weights", "l2sp", "group_by_length",
-                "label_descriptions")
+                "label_descriptions", "student_layers", "distill_alpha", "distill_temperature")
         identity = {k: getattr(config, k) for k in keys}
+        identity["teacher"] = None if config.teacher is None else str(Path(config.teacher).absolute())
         identity.update({k: v for k, v in ctx.hp.items() if k != "model_max_length"})
         identity.update({
             "model": str(ctx.resolved.path), "data": ctx.digests, "labels": ctx.labels, "pooling": ctx.pooling,
@@ -412,11 +434,18 @@ class FineTuneRecipe:
             )
         else:
             l2sp = L2SPPenalty(model, config.l2sp, layout.classify) if config.l2sp > 0 else None
-            trainer = TransferTrainer(
+            trainer_class, distill = TransferTrainer, {}
+            if self.teacher is not None:
+                from transferkit.prune.distill import DistillTrainer
+
+                trainer_class = DistillTrainer
+                distill = {"teacher": self.teacher, "alpha": config.distill_alpha,
+                           "temperature": config.distill_temperature}
+            trainer = trainer_class(
                 model=model, args=args, train_dataset=data.train,
                 eval_dataset=Reordered(data.eval, side.eval_order(data.eval)),
                 data_collator=side.collator(self.device), processing_class=side.processing_class,
-                classify=layout.classify, l2sp=l2sp, **common,
+                classify=layout.classify, l2sp=l2sp, **common, **distill,
             )
             if config.strategy == "feature_extraction":
                 feature_info = {"used": False}

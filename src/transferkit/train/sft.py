@@ -27,6 +27,7 @@ REFUSED_STRATEGIES = {
                           "off_the_shelf for zero-shot)",
     "scratch": "a language model from random weights cannot learn to generate text from a few thousand pairs; use "
                "full (or off_the_shelf for zero-shot)",
+    "distill": "the student is cut from an encoder's layers and learns a classifier's logits; use full or lora",
 }
 # TrainConfig options of the classification tasks, with the value meaning "not used".
 CLASSIFICATION_OPTIONS = {"augment": "none", "image_size": None, "pooling": "auto", "label_descriptions": None,

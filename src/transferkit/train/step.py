@@ -18,7 +18,7 @@ from typing import Any
 from transferkit.errors import TrainingError
 from transferkit.options import from_kfp_parameters
 from transferkit.tasks import get_task
-from transferkit.train.config import LORA_DEFAULTS, TrainConfig, config_to_cli_args
+from transferkit.train.config import DISTILL_DEFAULTS, LORA_DEFAULTS, TrainConfig, config_to_cli_args
 from transferkit.train.outputs import SUMMARY_FILE
 
 
@@ -43,9 +43,11 @@ def config_from_parameters(data_dir: str | Path, out_dir: str | Path, parameters
     """Build the :class:`TrainConfig` of component parameters (sentinels mean "the catalog default").
 
     ``preserve_source`` is dropped for tasks without a forgetting mitigation (image data), so one pipeline
-    definition serves every task, and for decoder bases (measured by perplexity, not by the similarity skill
-    the mitigation keeps); likewise a strategy sweep (``["lora", "full"]``) passes the LoRA options to
-    strategy ``lora`` only, and ``l2sp`` (meaningless on a frozen base) to every strategy but ``lora``.
+    definition serves every task, for decoder bases (measured by perplexity, not by the similarity skill
+    the mitigation keeps) and for strategy ``distill`` (its student is shallower than the base); likewise a
+    strategy sweep (``["lora", "full"]``) passes the LoRA options to strategy ``lora`` only, the distillation
+    options (``teacher``, ``student_layers``...) to strategy ``distill`` only, and ``l2sp`` (meaningless on a
+    frozen base) to every strategy but ``lora``.
     ``tuned_options`` (JSON train options, "" for none) and then ``tuned_config`` (the path of the tune step's
     ``best_config`` artifact) override the other parameters.
 
@@ -68,10 +70,15 @@ def config_from_parameters(data_dir: str | Path, out_dir: str | Path, parameters
     if values["preserve_source"] and _is_decoder(str(values["model"])):
         # The mitigation keeps an encoder's similarity skill; decoders are measured by perplexity instead.
         values["preserve_source"] = False
+    if values.get("strategy") == "distill":
+        values["preserve_source"] = False  # the mitigation interpolates layer by layer; the student is shallower
     if values.get("strategy") == "lora":
         values.pop("l2sp", None)
     else:
         for name in LORA_DEFAULTS:
+            values.pop(name, None)
+    if values.get("strategy") != "distill":
+        for name in DISTILL_DEFAULTS:
             values.pop(name, None)
     return TrainConfig(data_dir=Path(data_dir), out_dir=Path(out_dir), **values)
 

@@ -122,6 +122,9 @@ def test_off_the_shelf_is_zero_shot_and_unsupported_strategies_are_refused(tiny_
         with pytest.raises(ConfigError, match=rf"^strategy: {strategy} does not apply to task summarization: .*"
                                               rf"{reason}.*; use full"):
             _train(aclsum_slice, tiny_llama, tmp_path / strategy, strategy=strategy)
+    with pytest.raises(ConfigError, match=r"^strategy: distill does not apply to task summarization: .*use full or "
+                                          r"lora"):
+        _train(aclsum_slice, tiny_llama, tmp_path / "distill", strategy="distill", teacher=tiny_llama)
     with pytest.raises(ConfigError, match=r"^class_weights: applies to classification"):
         _train(aclsum_slice, tiny_llama, tmp_path / "cw", strategy="full", class_weights="balanced")
     with pytest.raises(ConfigError, match=r"^metric: f1_macro does not apply to task summarization"):
