@@ -55,16 +55,36 @@ class ServingMetrics:
         self.dropped = family("transferkit_monitor_dropped_total",
                               "Sampled items dropped (monitor slow or unreachable).").Metric(labels={"model": model})
 
+        self._reset()
+
+    def _reset(self):
+        self.pending_labels = np.zeros(len(self.by_label))
+        self.pending_bins = np.zeros(len(self.by_bin))
+        self.pending_items = self.pending_confidence = self.pending_length = 0.0
+
     def observe(self, predictions, confidences, lengths):
-        """Count one request's items."""
-        for index in np.bincount(predictions, minlength=len(self.by_label)).nonzero()[0]:
-            self.by_label[index].increment(float(np.sum(predictions == index)))
+        """Count one request's items (sent by :meth:`flush`)."""
+        self.pending_labels += np.bincount(predictions, minlength=len(self.by_label))[: len(self.by_label)]
         bins = np.searchsorted(CONFIDENCE_BINS, confidences, side="left").clip(0, len(CONFIDENCE_BINS) - 1)
-        for index in np.unique(bins):
-            self.by_bin[index].increment(float(np.sum(bins == index)))
-        self.items.increment(float(len(predictions)))
-        self.confidence_sum.increment(float(np.sum(confidences)))
-        self.length_sum.increment(float(np.sum(lengths)))
+        self.pending_bins += np.bincount(bins, minlength=len(self.by_bin))
+        self.pending_items += float(len(predictions))
+        self.pending_confidence += float(np.sum(confidences))
+        self.pending_length += float(np.sum(lengths))
+
+    def flush(self):
+        """Send what :meth:`observe` counted, once per batch of requests.
+
+        Every ``increment`` is a round trip from the python-backend stub to the server; a batch of requests
+        pays them once instead of once per request.
+        """
+        pending = [(self.by_label[i], self.pending_labels[i]) for i in self.pending_labels.nonzero()[0]]
+        pending += [(self.by_bin[i], self.pending_bins[i]) for i in self.pending_bins.nonzero()[0]]
+        pending += [(metric, value) for metric, value in ((self.items, self.pending_items),
+                                                            (self.confidence_sum, self.pending_confidence),
+                                                            (self.length_sum, self.pending_length)) if value]
+        self._reset()
+        for metric, value in pending:
+            metric.increment(float(value))
 
 
 class RecordSender:
@@ -87,14 +107,18 @@ class RecordSender:
 
     def offer(self, records):
         """Queue records without blocking; count those dropped on a full queue."""
+        queued = dropped = 0
         for record in records:
             try:
                 self.queue.put_nowait(record)
-                if self.metrics is not None:
-                    self.metrics.sampled.increment(1.0)
+                queued += 1
             except queue.Full:
-                if self.metrics is not None:
-                    self.metrics.dropped.increment(1.0)
+                dropped += 1
+        if self.metrics is not None:
+            if queued:
+                self.metrics.sampled.increment(float(queued))
+            if dropped:
+                self.metrics.dropped.increment(float(dropped))
 
     def _loop(self):
         while True:

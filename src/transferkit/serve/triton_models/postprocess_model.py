@@ -89,4 +89,13 @@ class TritonPythonModel:
                 pb_utils.Tensor(self.label_name, labels),
                 pb_utils.Tensor(self.passthrough_name, logits),
             ]))
+        self._flush_metrics()
         return responses
+
+    def _flush_metrics(self):
+        """Send this batch's custom-metric counts (one round trip per counter, not per request)."""
+        if self.metrics is not None:
+            try:
+                self.metrics.flush()
+            except Exception as exc:  # monitoring never fails a request
+                pb_utils.Logger.log_warn(f"monitoring metrics: {exc}")
