@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 SPEC_FILE = "generation_spec.json"
 MODEL_FILE = "generate_model.py"
 _INPUTS = (("max_tokens", "TYPE_INT32"), ("temperature", "TYPE_FP32"), ("top_p", "TYPE_FP32"),
-           ("seed", "TYPE_INT64"), ("stream", "TYPE_BOOL"))
+           ("seed", "TYPE_INT64"), ("stream", "TYPE_BOOL"), ("adapter", "TYPE_STRING"))
 
 
 def read_spec(export_dir: Path | str) -> dict[str, Any]:
