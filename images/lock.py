@@ -9,7 +9,8 @@
   PyTorch CPU index and the runtime-cuda image installs the CUDA build from PyPI, both at the version
   pinned in ``pyproject.toml``.
 - ``images/triton/requirements.lock``: what the Triton image adds for python-backend models (tokenizer
-  model and the ``configs/local.pbtxt`` onnxruntime model) for the Triton image's CPython 3.10.
+  model, the ``configs/local.pbtxt`` onnxruntime model and the generative model's ONNX Runtime GenAI) for the
+  Triton image's CPython 3.10.
 
 pip resolves (``--dry-run --report``); nothing is installed. Run it where pip reaches the package
 registry and a CPU ``torch`` wheel (this machine's pip config provides one; elsewhere pass
@@ -33,7 +34,11 @@ TRITON_LOCK = ROOT / "images" / "triton" / "requirements.lock"
 # numpy<2: the Triton 24.10 python-backend stub is built against the numpy 1.x ABI (DESIGN.md section 4).
 # onnxruntime 1.23.2 is the newest release with CPython 3.10 wheels (the Triton 24.10 image's Python).
 # Pillow decodes images in the image-preprocess model; 12.3 is the newest release with CPython 3.10 wheels.
-TRITON_REQUIREMENTS = ("numpy==1.26.4", "tokenizers==0.23.3", "onnxruntime==1.23.2", "Pillow==12.3.0")
+# onnxruntime-genai runs generative models in the decoupled generate model; 0.11.4 is the newest release with
+# CPython 3.10 wheels (0.18, used to build the exports, needs onnxruntime >= 1.31, which has none). Exports built
+# by the 0.18 builder (fp32 and int4 tiny Llama) load in 0.11.4 and decode the same greedy tokens.
+TRITON_REQUIREMENTS = ("numpy==1.26.4", "tokenizers==0.23.3", "onnxruntime==1.23.2", "Pillow==12.3.0",
+                       "onnxruntime-genai==0.11.4")
 TRITON_PYTHON = "3.10"
 TRITON_PLATFORMS = (
     "manylinux_2_35_x86_64", "manylinux_2_34_x86_64", "manylinux_2_28_x86_64", "manylinux_2_27_x86_64",

@@ -77,6 +77,12 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "podSecurityContext": {"runAsUser": None, "runAsGroup": None, "fsGroup": None},
     },
 }
+VALUE_SETS["generative-cpu"] = {  # a decoupled python-backend generative model on CPU nodes
+    "models": ["summarizer"],
+    "gpu": {"count": 0},
+    "modelRepository": {"modelConfigName": "local"},
+    "generative": {"enabled": True},
+}
 for _env in ("dev", "prod"):
     VALUE_SETS[f"gitops-{_env}"] = yaml.safe_load((VALUES_DIR / f"{_env}.yaml").read_text(encoding="utf-8"))
 
@@ -175,6 +181,9 @@ def test_schema_is_strict_at_every_level(chart):
         ({"autoscaling": {"metric": "gpu"}}, "/autoscaling/metric"),
         ({"probes": {"modelLoadBudgetSeconds": 1}}, "/probes/modelLoadBudgetSeconds': minimum"),
         ({"test": {"image": {"tag": "latest"}}}, "/test/image/tag"),
+        ({"generative": {"probeTimeoutSeconds": 0}}, "/generative/probeTimeoutSeconds': minimum"),
+        ({"generative": {"testRequest": '{"inputs": []}'}}, "/generative/testRequest"),
+        ({"generative": {"enable": True}}, "/generative': additional properties 'enable' not allowed"),
     ],
 )
 def test_schema_rejects_bad_values_with_a_message_naming_the_key(chart, values, message):
@@ -240,6 +249,39 @@ def test_no_workload_renders_a_container_without_a_security_context(chart, name)
                 assert ctx["readOnlyRootFilesystem"] is True
                 assert ctx["capabilities"]["drop"] == ["ALL"]
                 assert ctx["seccompProfile"]["type"] == "RuntimeDefault"
+
+
+def _probes(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    container = triton_container(docs)
+    (deployment,) = by_kind(docs, "Deployment")
+    exit_timeout = next(a for a in container["args"] if a.startswith("--exit-timeout-secs="))
+    env = {e["name"]: e.get("value") for e in by_kind(docs, "Pod")[0]["spec"]["containers"][0]["env"]}
+    return {"startup": container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"],
+            "ready": container["readinessProbe"]["timeoutSeconds"],
+            "live": container["livenessProbe"]["timeoutSeconds"],
+            "exit": int(exit_timeout.split("=")[1]),
+            "grace": deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"],
+            "generate": env["GENERATE"], "request": env["REQUEST"]}
+
+
+def test_generative_values_fit_loading_and_streaming(chart):
+    default = _probes(render(chart))
+    assert default == {"startup": 600, "ready": 3, "live": 5, "exit": 30, "grace": 60, "generate": "false",
+                       "request": chart.values["test"]["request"]}
+    generative = _probes(render(chart, VALUE_SETS["generative-cpu"]))
+    assert generative == {"startup": 1800, "ready": 10, "live": 10, "exit": 120, "grace": 135, "generate": "true",
+                          "request": chart.values["generative"]["testRequest"]}
+    # Configurable: a bigger budget at a slower period, and general values above the generative ones win.
+    tuned = _probes(render(chart, {"generative": {"enabled": True, "modelLoadBudgetSeconds": 3000},
+                                   "probes": {"startup": {"periodSeconds": 20, "timeoutSeconds": 5},
+                                              "liveness": {"timeoutSeconds": 30, "periodSeconds": 60,
+                                                           "failureThreshold": 3}},
+                                   "server": {"exitTimeoutSeconds": 300}, "terminationGracePeriodSeconds": 600}))
+    assert (tuned["startup"], tuned["live"], tuned["exit"], tuned["grace"]) == (3000, 30, 300, 600)
+    (deployment,) = by_kind(render(chart, {"generative": {"enabled": True, "modelLoadBudgetSeconds": 3000},
+                                           "probes": {"startup": {"periodSeconds": 20, "timeoutSeconds": 5}}}),
+                            "Deployment")
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["startupProbe"]["failureThreshold"] == 150
 
 
 def test_pvc_gpu_values(chart):

@@ -17,6 +17,19 @@ else
 fi
 echo "checking ${path}"
 auth -fsS -o /dev/null --max-time 10 "${TRITON_URL}${path}"
+if [ "${GENERATE:-false}" = "true" ]; then
+  # A generative model: one short generation on the generate endpoint must return text.
+  echo "generation on ${MODEL}"
+  response="$(auth -fsS --max-time 120 -H 'Content-Type: application/json' -d "${REQUEST}" "${TRITON_URL}/v2/models/${MODEL}/generate")"
+  echo "${response}"
+  case "${response}" in
+    *'"text_output":""'*) echo "FAIL: the generated text is empty" >&2; exit 1 ;;
+    *'"text_output":"'*) ;;
+    *) echo "FAIL: no text_output in the response" >&2; exit 1 ;;
+  esac
+  echo "OK: ${MODEL} generated"
+  exit 0
+fi
 echo "inference on ${MODEL}"
 response="$(auth -fsS --max-time 60 -H 'Content-Type: application/json' -d "${REQUEST}" "${TRITON_URL}/v2/models/${MODEL}/infer")"
 echo "${response}"

@@ -26,6 +26,8 @@ def deploy(
     queue_delay_us: int = typer.Option(0, help="Dynamic batcher max queue delay (microseconds)."),
     local_threads: int = typer.Option(1, help="ONNX Runtime threads per local python-backend instance."),
     local_instances: int = typer.Option(2, help="Instances of the local python-backend variant."),
+    generation_concurrency: int = typer.Option(4, help="Generative models: requests generated at once (one KV "
+                                               "cache each); --local-threads threads per generation."),
     monitor_url: str = typer.Option("", help="`transferkit monitor serve` URL: the local model samples to it "
                                     "(triton mode); KServe's payload logger posts to it (kserve mode)."),
     monitor_sample_rate: float = typer.Option(0.0, help="Fraction of request items sent to --monitor-url (0: off)."),
@@ -74,7 +76,7 @@ def deploy(
                                 instance_kind=instance_kind, instance_count=instance_count,
                                 tensorrt_fp16=tensorrt_fp16, variant=variant or None, local_threads=local_threads,
                                 local_instance_count=local_instances, monitor_url=monitor_url,
-                                monitor_sample_rate=monitor_sample_rate,
+                                monitor_sample_rate=monitor_sample_rate, generation_concurrency=generation_concurrency,
                                 preferred_batch_sizes=tuple(s for s in (4, 8, 16) if s <= max_batch_size))
     config = DeployConfig(
         onnx_dir=onnx, name=name, mode=mode, repository=repository, storage_uri=storage_uri or None,

@@ -36,11 +36,10 @@ from transferkit.serve.repository import (
     ModelBundle,
     RepositoryOptions,
     load_export,
-    model_names,
     validate_model_name,
-    write_model_tree,
 )
 from transferkit.serve.smoke import DEFAULT_SMOKE_TEXTS, SmokeResult, smoke_images_from_data, smoke_test
+from transferkit.tasks import export_task
 
 logger = logging.getLogger(__name__)
 
@@ -240,10 +239,21 @@ class DeployResult:
         return "\n".join(lines) + "\n"
 
 
-def _stage(exported: ExportedModel, config: DeployConfig, store: RepositoryStore, tmp: Path) -> ModelBundle:
-    names = model_names(config.name, kind=exported.kind)
+def load_served_export(onnx_dir: Path, variant: str | None) -> Any:
+    """The export as deployed: the task's own served export (generation), else the shared classifier one.
+
+    Either offers ``kind``, ``variant``, ``directory``, ``format_version``, ``model_names(name)``,
+    ``endpoint(url, name)`` and ``write_tree(name, root, version, options)``.
+    """
+    task = export_task(onnx_dir) if Path(onnx_dir).is_dir() else None
+    served = task.served_export(Path(onnx_dir), variant) if task is not None else None
+    return served if served is not None else load_export(onnx_dir, variant=variant)
+
+
+def _stage(exported: Any, config: DeployConfig, store: RepositoryStore, tmp: Path) -> ModelBundle:
+    names = exported.model_names(config.name)
     version = store.next_version(config.name, names)
-    written = write_model_tree(exported, config.name, tmp, version, config.options)
+    written = exported.write_tree(config.name, tmp, version, config.options)
     return ModelBundle(name=config.name, root=tmp, version=version, models=written)
 
 
@@ -286,7 +296,7 @@ def _rollback_triton(control: TritonControl, publication: Publication, names: li
         return f"rollback incomplete: {exc}"
 
 
-def _smoke_images(config: DeployConfig, exported: ExportedModel) -> list[bytes] | None:
+def _smoke_images(config: DeployConfig, exported: Any) -> list[bytes] | None:
     """Smoke inputs of an image model, read before anything is published (None: generated images)."""
     if exported.kind != "image" or not config.smoke_test:
         return None
@@ -303,7 +313,7 @@ def _smoke_images(config: DeployConfig, exported: ExportedModel) -> list[bytes] 
     return images
 
 
-def _deploy_triton(config: DeployConfig, exported: ExportedModel, store: RepositoryStore) -> DeployResult:
+def _deploy_triton(config: DeployConfig, exported: Any, store: RepositoryStore) -> DeployResult:
     assert config.triton_url is not None
     smoke_images = _smoke_images(config, exported)
     api_key = read_api_key(config.api_key_env, config.api_key_file)
@@ -317,14 +327,18 @@ def _deploy_triton(config: DeployConfig, exported: ExportedModel, store: Reposit
             ready = control.ready_versions(config.name)
             previous = ready[-1] if ready else None
             publication = store.publish(bundle)
-            smoke: SmokeResult | None = None
+            smoke: Any = None
             agreement: AgreementResult | None = None
             try:
                 for model in bundle.models:  # composing models first, the ensemble last
                     control.load(model)
                 if not control.is_ready(config.name, bundle.version):
                     raise DeploymentError(f"{config.name} version {bundle.version} is not ready after loading")
-                if config.smoke_test and exported.kind in ("text", "image"):
+                if config.smoke_test and not isinstance(exported, ExportedModel):  # the task's own smoke test
+                    smoke = exported.smoke_test(config.triton_url, config.name, bundle.version, config.smoke_texts)
+                    if not smoke.passed:
+                        raise DeploymentError(f"smoke test failed: {smoke.reason}")
+                elif config.smoke_test and exported.kind in ("text", "image"):
                     smoke = smoke_test(control, exported, config.name, bundle.version, config.smoke_texts,
                                        config.smoke_tolerance, images=smoke_images)
                     _check_expected_labels(smoke, config.smoke_expected_labels)
@@ -344,14 +358,14 @@ def _deploy_triton(config: DeployConfig, exported: ExportedModel, store: Reposit
             _record_history(store, config.name, bundle.version, "triton", "serving")
     return DeployResult(
         model_name=config.name, version=bundle.version, previous_version=previous, mode="triton",
-        endpoint=f"{config.triton_url.rstrip('/')}/v2/models/{config.name}/infer",
+        endpoint=exported.endpoint(config.triton_url, config.name),
         repository_uri=config.storage_uri or store.uri, models=bundle.models,
         smoke_test=smoke.to_dict() if smoke else None, retired_versions=retired,
         agreement=agreement.to_dict() if agreement else None,
     )
 
 
-def _deploy_gitops(config: DeployConfig, exported: ExportedModel, store: RepositoryStore) -> DeployResult:
+def _deploy_gitops(config: DeployConfig, exported: Any, store: RepositoryStore) -> DeployResult:
     from transferkit.serve.gitops import commit_values
 
     assert config.git_repo is not None
@@ -383,8 +397,8 @@ def monitor_events_url(monitor_url: str) -> str | None:
     return f"{monitor_url.rstrip('/')}/v1/events" if monitor_url else None
 
 
-def _deploy_kserve(config: DeployConfig, exported: ExportedModel, store: RepositoryStore) -> DeployResult:
-    from transferkit.serve.kserve import KServeDeployer, KServeTarget, build_inference_service, endpoint_of
+def _deploy_kserve(config: DeployConfig, exported: Any, store: RepositoryStore) -> DeployResult:
+    from transferkit.serve.kserve import KServeDeployer, KServeTarget, build_inference_service, service_url
 
     uri = config.storage_uri or store.uri
     target = KServeTarget(name=config.isvc_name or config.name, namespace=config.namespace,
@@ -417,9 +431,10 @@ def _deploy_kserve(config: DeployConfig, exported: ExportedModel, store: Reposit
             raise DeploymentError(f"{config.name} version {bundle.version} not deployed: {exc}; {outcome}") from exc
         retired = store.prune(bundle.models, config.keep_versions, protect=bundle.version)
         _record_history(store, config.name, bundle.version, "kserve", "serving")
+    url = service_url(ready)
     return DeployResult(
         model_name=config.name, version=bundle.version, previous_version=previous, mode="kserve",
-        endpoint=endpoint_of(ready, config.name), repository_uri=uri, models=bundle.models,
+        endpoint=exported.endpoint(url, config.name) if url else None, repository_uri=uri, models=bundle.models,
         retired_versions=retired, inference_service=f"{target.namespace}/{target.name}",
     )
 
@@ -437,7 +452,7 @@ def deploy_model(config: DeployConfig) -> DeployResult:
         DeploymentError: The rollout failed; the previous version remains in service.
     """
     started = time.monotonic()
-    exported = load_export(config.onnx_dir, variant=config.options.variant)
+    exported = load_served_export(config.onnx_dir, config.options.variant)
     store = open_store(config.repository, s3_endpoint_url=config.s3_endpoint_url)
     store.check_access()
     handler = {"triton": _deploy_triton, "gitops": _deploy_gitops, "kserve": _deploy_kserve}[config.mode]
@@ -455,7 +470,7 @@ def deploy_model(config: DeployConfig) -> DeployResult:
     return result
 
 
-def _register(config: DeployConfig, exported: ExportedModel, version: int, uri: str, models: list[str],
+def _register(config: DeployConfig, exported: Any, version: int, uri: str, models: list[str],
               rolled_back: str | None = None) -> dict[str, Any]:
     """Record ``version`` in the Model Registry (archived with the reason when it was rolled back)."""
     from transferkit.serve.registry import (
@@ -473,14 +488,14 @@ def _register(config: DeployConfig, exported: ExportedModel, version: int, uri: 
     metadata.update({"deploy_mode": config.mode, "triton_models": ",".join(models),
                      STATUS_KEY: ROLLED_BACK if rolled_back else SERVING, REASON_KEY: rolled_back or ""})
     registry = ModelRegistry(config.registry)
-    record = registry.register(config.name, str(version), uri, format_version=str(exported.spec.opset),
+    record = registry.register(config.name, str(version), uri, format_version=exported.format_version,
                                description=f"{config.name} version {version} ({exported.variant}, {config.mode})",
                                metadata=metadata, archived=rolled_back is not None)
     logger.info("Registered %s version %d in the model registry (%s)", config.name, version, record["status"])
     return record
 
 
-def _register_rolled_back(config: DeployConfig, exported: ExportedModel, store: RepositoryStore,
+def _register_rolled_back(config: DeployConfig, exported: Any, store: RepositoryStore,
                           error: DeploymentError) -> None:
     """Record the version the deploy step just rolled back; never hides the deployment error."""
     history = store.record(config.name).get("history") or []

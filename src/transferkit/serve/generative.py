@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 SPEC_FILE = "generation_spec.json"
 MODEL_FILE = "generate_model.py"
 _INPUTS = (("max_tokens", "TYPE_INT32"), ("temperature", "TYPE_FP32"), ("top_p", "TYPE_FP32"),
-           ("seed", "TYPE_INT64"), ("stream", "TYPE_BOOL"))
+           ("seed", "TYPE_INT64"), ("stream", "TYPE_BOOL"), ("adapter", "TYPE_STRING"))
 
 
 def read_spec(export_dir: Path | str) -> dict[str, Any]:
@@ -67,7 +67,7 @@ def model_config(name: str, *, kind: str, concurrency: int) -> str:
 
 def build_generative_repository(export_dir: Path | str, repository: Path | str, name: str, *,
                                 variant: str | None = None, version: int = 1, concurrency: int = 4,
-                                threads: int | None = None) -> Path:
+                                threads: int | None = None, production_kind: str = "KIND_GPU") -> Path:
     """Write (or add a version to) the Triton model ``name`` serving an exported generative model.
 
     Args:
@@ -78,6 +78,7 @@ def build_generative_repository(export_dir: Path | str, repository: Path | str, 
         version: Version folder to write.
         concurrency: Requests generated at once (worker threads, one KV cache each).
         threads: intra-op threads per generation (default: the export's).
+        production_kind: Instance kind of the production ``config.pbtxt`` (``KIND_GPU`` or ``KIND_CPU``).
 
     Returns:
         The version folder.
@@ -90,6 +91,8 @@ def build_generative_repository(export_dir: Path | str, repository: Path | str, 
     export_dir = Path(export_dir)
     spec = read_spec(export_dir)
     validate_model_name(name)
+    if production_kind not in ("KIND_GPU", "KIND_CPU"):
+        raise ServingError(f"production_kind: expected KIND_GPU or KIND_CPU, got {production_kind!r}")
     chosen = variant or spec["recommended"]
     if chosen not in spec["variants"]:
         raise ServingError(f"variant: {chosen!r} is not in {export_dir / SPEC_FILE} (kept: "
@@ -116,7 +119,8 @@ def build_generative_repository(export_dir: Path | str, repository: Path | str, 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     (model_root / "configs").mkdir(exist_ok=True)
-    for path, kind in ((model_root / "config.pbtxt", "KIND_GPU"), (model_root / "configs" / "local.pbtxt", "KIND_CPU")):
+    local = model_root / "configs" / "local.pbtxt"
+    for path, kind in ((model_root / "config.pbtxt", production_kind), (local, "KIND_CPU")):
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(model_config(name, kind=kind, concurrency=concurrency), encoding="utf-8")
         tmp.replace(path)
@@ -132,9 +136,11 @@ class StreamPiece:
     at: float
 
 
-def _request(url: str, model: str, endpoint: str, text: str, params: dict[str, Any]) -> urllib.request.Request:
+def _request(url: str, model: str, endpoint: str, text: str, params: dict[str, Any],
+             version: int | None = None) -> urllib.request.Request:
     body = json.dumps({"text_input": text, **{k: v for k, v in params.items() if v is not None}}).encode()
-    return urllib.request.Request(f"{url}/v2/models/{model}/{endpoint}", data=body,
+    path = f"{model}/versions/{version}" if version is not None else model
+    return urllib.request.Request(f"{url.rstrip('/')}/v2/models/{path}/{endpoint}", data=body,
                                   headers={"Content-Type": "application/json"})
 
 
@@ -150,28 +156,30 @@ def _http_error(exc: urllib.error.HTTPError) -> ServingError:
     return error
 
 
-def generate(url: str, model: str, text: str, *, timeout: float = 120.0, **params: Any) -> str:
-    """POST ``generate``: the whole generated text.
+def generate(url: str, model: str, text: str, *, timeout: float = 120.0, version: int | None = None,
+             **params: Any) -> str:
+    """POST ``generate`` (of ``version``, default: the served one): the whole generated text.
 
     Raises:
         ServingError: The server refused the request (``status`` attribute: the HTTP code).
     """
     try:
-        with urllib.request.urlopen(_request(url, model, "generate", text, params), timeout=timeout) as response:
+        with urllib.request.urlopen(_request(url, model, "generate", text, params, version),
+                                    timeout=timeout) as response:
             return str(json.loads(response.read())["text_output"])
     except urllib.error.HTTPError as exc:
         raise _http_error(exc) from None
 
 
-def stream_generate(url: str, model: str, text: str, *, timeout: float = 120.0, **params: Any
-                    ) -> Iterator[StreamPiece]:
+def stream_generate(url: str, model: str, text: str, *, timeout: float = 120.0, version: int | None = None,
+                    **params: Any) -> Iterator[StreamPiece]:
     """POST ``generate_stream`` (server-sent events) and yield each piece as it arrives.
 
     Raises:
         ServingError: The server refused the request or sent an error event.
     """
     started = time.perf_counter()
-    request = _request(url, model, "generate_stream", text, {**params, "stream": True})
+    request = _request(url, model, "generate_stream", text, {**params, "stream": True}, version)
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as exc:

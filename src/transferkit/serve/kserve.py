@@ -226,6 +226,12 @@ class KServeDeployer:
         logger.info("Restored the previous InferenceService spec of %s", self.target.name)
 
 
+def service_url(obj: dict[str, Any]) -> str | None:
+    """The InferenceService's base URL (``status.url``), or None before it has one."""
+    url = (obj.get("status") or {}).get("url")
+    return str(url).rstrip("/") if url else None
+
+
 def endpoint_of(obj: dict[str, Any], model_name: str) -> str | None:
     """The inference URL from ``status.url``."""
     url = (obj.get("status") or {}).get("url")

@@ -123,6 +123,8 @@ class RepositoryOptions:
             request are reported either way).
         serving_metrics: The local fast path reports every request's predictions, confidences and token lengths
             as Triton custom metrics (off: only Triton's built-in metrics).
+        generation_concurrency: Generative models: requests generated at once per instance (worker threads, one
+            KV cache each); ``local_threads`` is each generation's intra-op thread count.
     """
 
     max_batch_size: int = 32
@@ -140,6 +142,7 @@ class RepositoryOptions:
     monitor_url: str = ""
     monitor_sample_rate: float = 0.0
     serving_metrics: bool = True
+    generation_concurrency: int = 4
 
     def __post_init__(self) -> None:
         self.preferred_batch_sizes = tuple(int(s) for s in self.preferred_batch_sizes)
@@ -153,7 +156,7 @@ class RepositoryOptions:
         if self.instance_kind not in ("gpu", "cpu"):
             raise ConfigError(f"instance_kind: expected 'gpu' or 'cpu', got {self.instance_kind!r}")
         for name in ("instance_count", "local_threads", "local_instance_count", "versions_to_serve",
-                     "pad_to_multiple_of"):
+                     "pad_to_multiple_of", "generation_concurrency"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= float(self.monitor_sample_rate) <= 1.0:
@@ -214,6 +217,23 @@ class ExportedModel:
     def logits(self) -> TensorSpec:
         """The classifier output (first output of the graph)."""
         return self.spec.outputs[0]
+
+    @property
+    def format_version(self) -> str:
+        """What the model registry records as the model format version (the ONNX opset)."""
+        return str(self.spec.opset)
+
+    def model_names(self, name: str) -> list[str]:
+        """The deployment's models in load order (entry point last), see :func:`model_names`."""
+        return model_names(name, kind=self.kind)
+
+    def endpoint(self, url: str, name: str) -> str:
+        """Where clients send inputs (the ensemble's ``infer``)."""
+        return f"{url.rstrip('/')}/v2/models/{name}/infer"
+
+    def write_tree(self, name: str, root: Path, version: int, options: RepositoryOptions) -> list[str]:
+        """Write every model of deployment ``name`` with one version into ``root`` (:func:`write_model_tree`)."""
+        return write_model_tree(self, name, root, version, options)
 
 
 def load_export(export_dir: str | Path, *, variant: str | None = None, check_onnx: bool = True) -> ExportedModel:

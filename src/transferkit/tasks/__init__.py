@@ -6,6 +6,7 @@ See ``README.md`` in this folder for how to add a task.
 from transferkit.tasks.base import Task
 from transferkit.tasks.registry import (
     DEFAULT_TASK,
+    export_task,
     find_task,
     get_task,
     model_task,
@@ -14,5 +15,5 @@ from transferkit.tasks.registry import (
     unregister_task,
 )
 
-__all__ = ["DEFAULT_TASK", "Task", "find_task", "get_task", "model_task", "register_task", "task_names",
+__all__ = ["DEFAULT_TASK", "Task", "export_task", "find_task", "get_task", "model_task", "register_task", "task_names",
            "unregister_task"]

@@ -144,6 +144,25 @@ class Task(ABC):
     def report_parity(self, report: Any, result: Any, config: Any) -> None:
         """Add the parity-gate paragraph and table of an :class:`~transferkit.export.config.ExportResult`."""
 
+    # ------------------------------------------------------------------------------------- serving
+
+    def owns_export(self, directory: Path) -> bool:
+        """Whether ``directory`` is an export of this task served by :meth:`served_export` (not ``io_spec.json``)."""
+        return False
+
+    def served_export(self, directory: Path, variant: str | None) -> Any:
+        """The export as the deploy step serves it, or None for the shared classification repository.
+
+        A task whose export is not one ONNX graph behind an ensemble (generation: a decoupled python-backend
+        model) returns an object with ``kind``, ``variant``, ``directory``, ``format_version``,
+        ``model_names(name)``, ``endpoint(url, name)``, ``write_tree(name, root, version, options)`` and
+        ``smoke_test(url, name, version, prompts)`` (see :mod:`transferkit.serve.generative_deploy`).
+
+        Raises:
+            ServingError: The export directory is incomplete.
+        """
+        return None
+
     # ------------------------------------------------------------------------------------- monitoring
 
     def monitor_items(self, dataset: Any, split: str) -> list[Any]:

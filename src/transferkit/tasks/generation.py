@@ -12,6 +12,7 @@ python-backend model that streams tokens (:mod:`transferkit.serve.generative`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 from transferkit.errors import ConfigError, ExportError
@@ -142,6 +143,24 @@ class GenerativeTask(Task):
     def report_parity(self, report: Any, result: Any, config: Any) -> None:
         """Not used (the generative export writes its own report)."""
         raise ExportError(f"task {self.name}: no export parity")
+
+    # ------------------------------------------------------------------------------------- serving
+
+    def owns_export(self, directory: Path) -> bool:
+        """An export whose ``generation_spec.json`` names this task."""
+        import json
+
+        try:
+            spec = json.loads((Path(directory) / "generation_spec.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return isinstance(spec, dict) and spec.get("task") == self.name
+
+    def served_export(self, directory: Path, variant: str | None) -> Any:
+        """One decoupled python-backend model running the ONNX Runtime GenAI generator."""
+        from transferkit.serve.generative_deploy import GenerativeExport
+
+        return GenerativeExport.load(directory, variant)
 
 
 class Summarization(GenerativeTask):

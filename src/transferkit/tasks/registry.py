@@ -109,6 +109,16 @@ def _task_of_schema(schema: dict[str, Any], where: Path) -> Task:
     return task
 
 
+def export_task(directory: str | Path) -> Task | None:
+    """The task that serves an export directory itself (:meth:`Task.owns_export`); None: the shared path."""
+    _ensure_builtins()
+    path = Path(directory)
+    for task in reversed(list(_REGISTRY.values())):
+        if task.owns_export(path):
+            return task
+    return None
+
+
 def model_task(reference: str | Path) -> Task | None:
     """The task of a catalog model or a model directory; None when nothing there tells.
 

@@ -169,7 +169,7 @@ def test_runtime_lock_matches_pyproject_pins():
 def test_triton_lock_has_the_python_backend_packages():
     lock = _lock(IMAGES / "triton" / "requirements.lock")
     assert lock["numpy"].startswith("1.")  # the 24.10 stub needs the numpy 1.x ABI
-    assert {"tokenizers", "onnxruntime"} <= set(lock)
+    assert {"tokenizers", "onnxruntime", "onnxruntime-genai"} <= set(lock)  # genai: the generative model
     text = (IMAGES / "triton" / "Dockerfile").read_text(encoding="utf-8")
     assert "ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:24.10-py3" in text
 

@@ -73,3 +73,21 @@ def test_a_second_task_of_the_same_name_is_refused() -> None:
     with pytest.raises(ConfigError, match="already registered"):
         register_task(Clash())
     assert isinstance(get_task(TEXT_CLASSIFICATION), Task)
+
+
+def test_export_task_finds_the_task_that_serves_its_own_exports(tmp_path):
+    from transferkit.tasks import export_task
+
+    for name in ("summarization", "instruction"):
+        directory = tmp_path / name
+        directory.mkdir()
+        (directory / "generation_spec.json").write_text(json.dumps({"kind": "generative", "task": name}))
+        assert export_task(directory) is get_task(name)
+    classifier = tmp_path / "classifier"
+    classifier.mkdir()
+    (classifier / "io_spec.json").write_text("{}")
+    assert export_task(classifier) is None  # the shared classification repository
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "generation_spec.json").write_text("{not json")
+    assert export_task(broken) is None and export_task(tmp_path / "missing") is None

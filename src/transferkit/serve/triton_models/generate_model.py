@@ -3,7 +3,8 @@
 Copied into ``<name>/<version>/model.py`` beside ``generation_spec.json`` and ``model/`` (one exported variant:
 ``model.onnx``, ``genai_config.json``, ``tokenizer.json``). Inputs: ``text_input`` (the user message; the chat
 template's prefix and suffix from the spec wrap it), optional ``max_tokens``, ``temperature`` (0 or absent:
-the saved settings, greedy by default), ``top_p``, ``seed`` and ``stream``. Output: ``text_output``. With
+the saved settings, greedy by default), ``top_p``, ``seed``, ``stream`` and ``adapter`` (the name of a LoRA adapter file
+``model/adapters/<name>.onnx_adapter`` loaded at start; absent: the base model). Output: ``text_output``. With
 ``stream`` true every new piece of text is sent as it is produced (Triton's ``generate_stream`` endpoint and gRPC
 streaming); without it one response carries the whole text (``generate``). Requests run on worker threads, each
 with its own generator (KV cache); a cancelled request (client gone) stops and frees its generator. Bad input is
@@ -52,13 +53,23 @@ class TritonPythonModel:
         self.og = og
         self.model = og.Model(os.path.join(here, "model"))
         self.tokenizer = Tokenizer.from_file(os.path.join(here, "model", "tokenizer.json"))
+        self.adapters, self.adapter_names = None, []
+        adapter_dir = os.path.join(here, "model", "adapters")
+        if os.path.isdir(adapter_dir):
+            for file in sorted(os.listdir(adapter_dir)):
+                if file.endswith(".onnx_adapter"):
+                    if self.adapters is None:
+                        self.adapters = og.Adapters(self.model)
+                    self.adapters.load(os.path.join(adapter_dir, file), file[: -len(".onnx_adapter")])
+                    self.adapter_names.append(file[: -len(".onnx_adapter")])
         parameters = json.loads(args["model_config"]).get("parameters", {})
         workers = int(parameters.get("max_concurrent_requests", {}).get("string_value", "4"))
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="generate")
         self.lock = threading.Lock()
         self.active = 0
         self.logger = pb_utils.Logger
-        self.logger.log_info(f"generative model loaded from {here} ({workers} concurrent requests)")
+        self.logger.log_info(f"generative model loaded from {here} ({workers} concurrent requests, adapters: "
+                             f"{', '.join(self.adapter_names) or 'none'})")
 
     def execute(self, requests):
         """Hand every request to a worker thread; responses go through each request's sender."""
@@ -100,7 +111,11 @@ class TritonPythonModel:
                 search["random_seed"] = seed
         elif temperature == 0:
             search["do_sample"] = False
-        return ids, search, bool(_scalar(request, "stream", bool))
+        adapter = _scalar(request, "adapter", str) or None
+        if adapter is not None and adapter not in self.adapter_names:
+            known = ", ".join(self.adapter_names) or "none (the model has no adapter files)"
+            raise RequestError(f"adapter: unknown adapter {adapter!r}; this model serves: {known}")
+        return ids, search, bool(_scalar(request, "stream", bool)), adapter
 
     def _send(self, sender, text, flags=0):
         output = pb_utils.Tensor("text_output", np.array([text.encode("utf-8")], dtype=np.object_))
@@ -108,7 +123,7 @@ class TritonPythonModel:
 
     def _serve(self, request, sender):
         try:
-            ids, search, stream = self._options(request)
+            ids, search, stream, adapter = self._options(request)
         except (RequestError, ValueError, TypeError) as exc:
             error = pb_utils.TritonError(str(exc).splitlines()[0], pb_utils.TritonError.INVALID_ARG)
             sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
@@ -120,6 +135,8 @@ class TritonPythonModel:
             params = self.og.GeneratorParams(self.model)
             params.set_search_options(**search)
             generator = self.og.Generator(self.model, params)
+            if adapter is not None:
+                generator.set_active_adapter(self.adapters, adapter)
             generator.append_tokens(ids)
             tokens, sent = [], ""
             while not generator.is_done():
