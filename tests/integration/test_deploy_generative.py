@@ -103,7 +103,8 @@ def test_helm_test_script_of_the_generative_chart_passes(first_deploy: dict, ser
     """The chart's `helm test` hook, rendered with generative values, against the served generative model.
 
     Runs before the rollback tests: after a version fails to load, Triton 2.51 keeps it in its index as UNAVAILABLE
-    and --strict-readiness reports the server not ready although the previous version serves.
+    and --strict-readiness reports the server not ready although the previous version serves (the chart's
+    readiness probe therefore asks the served model's own ready endpoint).
     """
     import os
     import shutil

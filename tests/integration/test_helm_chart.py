@@ -203,6 +203,16 @@ def test_no_model_starts_an_empty_ready_server_and_says_so(chart):
     assert [a for a in triton_container(docs)["args"] if a.startswith("--load-model")] == ["--load-model=movies"]
 
 
+def test_readiness_follows_the_served_model_not_the_whole_index(chart):
+    # Triton keeps a version that failed to load as UNAVAILABLE: with --strict-readiness /v2/health/ready stays 400
+    # after a rollback (seen on the real 2.51 server), while the model's own endpoint answers for its ready version.
+    assert triton_container(render(chart))["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    docs = render(chart, {"model": {"name": "movies", "version": ""}})
+    assert triton_container(docs)["readinessProbe"]["httpGet"]["path"] == "/v2/models/movies/ready"
+    docs = render(chart, {"models": ["movies", "reviews"], "test": {"model": "reviews"}})
+    assert triton_container(docs)["readinessProbe"]["httpGet"]["path"] == "/v2/models/reviews/ready"
+
+
 def test_template_rejects_inverted_autoscaling_bounds(chart):
     with pytest.raises(helm.HelmError, match=r"minReplicas \(5\) must not exceed autoscaling.maxReplicas \(2\)"):
         render(chart, {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}})
@@ -305,10 +315,11 @@ def test_pvc_gpu_values(chart):
     assert pod["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert "nodeAffinity" in pod["spec"]["affinity"]
     assert pod["metadata"]["annotations"]["transferkit.io/model-version"] == "3"
-    # The startup probe's budget covers the model load; liveness/readiness hit Triton's health API.
+    # The startup probe's budget covers loading every model; readiness follows the served model afterwards.
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
-    assert startup["httpGet"]["path"] == container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert startup["httpGet"]["path"] == "/v2/health/ready"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/models/sentiment/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     service = by_kind(docs, "Service")[0]
     assert {(p["name"], p["port"]) for p in service["spec"]["ports"]} == {("http", 8000), ("grpc", 8001),

@@ -60,6 +60,19 @@ app.kubernetes.io/part-of: transferkit
 {{- join "," $models }}
 {{- end }}
 
+{{/*
+Readiness: the served model's own ready endpoint. Triton keeps a version that failed to load in its index as
+UNAVAILABLE, and with --strict-readiness /v2/health/ready then stays 400 after a rollback although the previous
+version serves; /v2/models/<name>/ready answers for the model's ready version.
+*/}}
+{{- define "tkt.readinessPath" -}}
+{{- if or .Values.test.model (compact (splitList "," (include "tkt.loadModels" .))) -}}
+/v2/models/{{ include "tkt.testModel" . }}/ready
+{{- else -}}
+/v2/health/ready
+{{- end }}
+{{- end }}
+
 {{/* The model helm test calls: test.model, else model.name, else the first loaded model. */}}
 {{- define "tkt.testModel" -}}
 {{- .Values.test.model | default .Values.model.name | default (first (compact (splitList "," (include "tkt.loadModels" .)))) }}
