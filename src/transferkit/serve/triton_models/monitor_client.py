@@ -31,6 +31,7 @@ class ServingMetrics:
     """Counters of one served model in Triton's metrics registry."""
 
     def __init__(self, pb_utils, model, labels):
+        self.pb_utils = pb_utils
         counter = pb_utils.MetricFamily.COUNTER
 
         # Triton invalidates a family's metrics when the family object is collected: keep every family.
@@ -83,8 +84,11 @@ class ServingMetrics:
                                                             (self.confidence_sum, self.pending_confidence),
                                                             (self.length_sum, self.pending_length)) if value]
         self._reset()
-        for metric, value in pending:
-            metric.increment(float(value))
+        try:
+            for metric, value in pending:
+                metric.increment(float(value))
+        except Exception as exc:  # monitoring never fails a request
+            self.pb_utils.Logger.log_warn(f"monitoring metrics: {exc}")
 
 
 class RecordSender:

@@ -89,13 +89,7 @@ class TritonPythonModel:
                 pb_utils.Tensor(self.label_name, labels),
                 pb_utils.Tensor(self.passthrough_name, logits),
             ]))
-        self._flush_metrics()
+        if self.metrics is not None:
+            self.metrics.flush()  # one round trip per counter for the whole batch
         return responses
 
-    def _flush_metrics(self):
-        """Send this batch's custom-metric counts (one round trip per counter, not per request)."""
-        if self.metrics is not None:
-            try:
-                self.metrics.flush()
-            except Exception as exc:  # monitoring never fails a request
-                pb_utils.Logger.log_warn(f"monitoring metrics: {exc}")

@@ -112,16 +112,10 @@ class TritonPythonModel:
                 pb_utils.Tensor(self.probabilities_name, probabilities),
                 pb_utils.Tensor(self.label_name, labels),
             ]))
-        self._flush_metrics()
+        if self.metrics is not None:
+            self.metrics.flush()  # one round trip per counter for the whole batch
         return responses
 
-    def _flush_metrics(self):
-        """Send this batch's custom-metric counts (one round trip per counter, not per request)."""
-        if self.metrics is not None:
-            try:
-                self.metrics.flush()
-            except Exception as exc:  # monitoring never fails a request
-                pb_utils.Logger.log_warn(f"monitoring metrics: {exc}")
 
     def _observe(self, request, arrays, probabilities, embedding):
         """Count the request's items in the custom metrics; queue the sampled ones for the monitor."""
