@@ -50,3 +50,16 @@ def fine_tuned(data: Path, model: Path, out: Path, max_new_tokens: int = 12) -> 
                              batch_size=4, max_length=MAX_LENGTH, learning_rate=3e-3, max_new_tokens=max_new_tokens,
                              logging_steps=1))
     return out
+
+
+def tiny_generative_export(root: Path) -> tuple[Path, Path]:
+    """A tiny Llama fine-tuned on aclsum pairs and exported with ONNX Runtime GenAI: (model dir, export dir)."""
+    from transferkit.export import export_model
+    from transferkit.export.config import ExportConfig
+
+    llama = tiny_llama(root / "llama")
+    pairs = aclsum_pairs(llama, root / "pairs")
+    model = fine_tuned(pairs, llama, root / "model")
+    export_model(ExportConfig(model_dir=model, data_dir=pairs, out_dir=root / "onnx", threads=1, max_eval_samples=2,
+                              max_drop=100.0))
+    return model, root / "onnx"

@@ -11,10 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.generative import aclsum_pairs, fine_tuned, tiny_llama
+from tests.generative import tiny_generative_export
 from transferkit.errors import DeploymentError, ServingError
-from transferkit.export import export_model
-from transferkit.export.config import ExportConfig
 from transferkit.serve.control import TritonControl
 from transferkit.serve.deploy import DeployConfig, deploy_model
 from transferkit.serve.generative import generate, stream_generate
@@ -33,12 +31,8 @@ CPU = RepositoryOptions(instance_kind="cpu", local_threads=1, generation_concurr
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory: pytest.TempPathFactory, one_torch_thread: None) -> Path:
     root = tmp_path_factory.mktemp("generative-deploy")
-    llama = tiny_llama(root / "llama")
-    pairs = aclsum_pairs(llama, root / "pairs")
-    model = fine_tuned(pairs, llama, root / "model")
-    export_model(ExportConfig(model_dir=model, data_dir=pairs, out_dir=root / "onnx", threads=1, max_eval_samples=2,
-                              max_drop=100.0))
-    return root / "onnx"
+    _, export = tiny_generative_export(root)
+    return export
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.generative import aclsum_pairs, fine_tuned, tiny_llama
+from tests.generative import tiny_generative_export
 from transferkit.errors import ServingError
-from transferkit.export import export_model
-from transferkit.export.config import ExportConfig
 from transferkit.serve.generative import build_generative_repository, generate, read_spec, stream_generate
 from transferkit.serve.local import LocalTriton
 
@@ -30,12 +28,8 @@ TEXT = "We propose a new parser for long documents and evaluate it on three benc
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory: pytest.TempPathFactory, one_torch_thread: None) -> Path:
     root = tmp_path_factory.mktemp("generative")
-    llama = tiny_llama(root / "llama")
-    pairs = aclsum_pairs(llama, root / "pairs")
-    model = fine_tuned(pairs, llama, root / "model")
-    export_model(ExportConfig(model_dir=model, data_dir=pairs, out_dir=root / "onnx", threads=1, max_eval_samples=2,
-                              max_drop=100.0))
-    return root / "onnx"
+    _, export = tiny_generative_export(root)
+    return export
 
 
 @pytest.fixture(scope="module")

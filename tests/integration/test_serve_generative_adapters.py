@@ -14,10 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.generative import aclsum_pairs, fine_tuned, tiny_llama
+from tests.generative import tiny_generative_export
 from transferkit.errors import ExportError, ServingError
-from transferkit.export import export_model
-from transferkit.export.config import ExportConfig
 from transferkit.export.generative_adapters import build_adapter_variant
 from transferkit.serve.generative import build_generative_repository, generate, read_spec, stream_generate
 from transferkit.serve.local import LocalTriton
@@ -44,11 +42,7 @@ def _lora(model: Path, out: Path, seed: int, rank: int = 4) -> Path:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory, one_torch_thread: None) -> dict:
     root = tmp_path_factory.mktemp("adapters")
-    llama = tiny_llama(root / "llama")
-    pairs = aclsum_pairs(llama, root / "pairs")
-    model = fine_tuned(pairs, llama, root / "model")
-    export_model(ExportConfig(model_dir=model, data_dir=pairs, out_dir=root / "onnx", threads=1, max_eval_samples=2,
-                              max_drop=100.0))
+    model, _ = tiny_generative_export(root)
     adapters = {"alpha": _lora(model, root / "lora-alpha", 1), "beta": _lora(model, root / "lora-beta", 2)}
     export = root / "onnx"
     spec = read_spec(export)
