@@ -2,8 +2,9 @@
 
 Data: ``source`` (the document or prompt), ``instruction`` (per row, fixed, or empty) and ``target`` (the
 reference summary or response), prepared by :mod:`transferkit.data.pairs`; ``labels.json`` is empty. Training:
-supervised fine-tuning with the loss on target tokens only (:mod:`transferkit.train.sft`); strategies ``full``
-and ``off_the_shelf`` (zero-shot). Evaluation: ROUGE-1/2/L and lengths against a lead and a zero-shot baseline
+supervised fine-tuning with the loss on target tokens only (:mod:`transferkit.train.sft`); strategies ``full``,
+``lora`` (adapter merged into a plain model directory, the unmerged adapter under ``adapter/``) and
+``off_the_shelf`` (zero-shot). Evaluation: ROUGE-1/2/L and lengths against a lead and a zero-shot baseline
 (:mod:`transferkit.evaluate.generation`). Export: ONNX with a KV cache through the ONNX Runtime GenAI model builder,
 fp32 + int4, parity- and ROUGE-L-gated (:mod:`transferkit.export.generative`); served by a decoupled Triton
 python-backend model that streams tokens (:mod:`transferkit.serve.generative`).

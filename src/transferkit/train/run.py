@@ -240,7 +240,9 @@ class FineTuneRecipe:
 
             # Nothing pinned to eval mode (LoRA dropout stays active); apply_lora freezes all but adapters + head.
             frozen = self.ctx.side.freeze(model, "full", 0)
-            self.lora = apply_lora(model, config, frozen["layout"])
+            side = self.ctx.side
+            self.lora = apply_lora(model, config, frozen["layout"], train_head=side.lora_trains_head,
+                                   task_type=side.lora_task_type)
         else:
             frozen = self.ctx.side.freeze(model, config.strategy, config.unfreeze_top_layers)
         if config.gradient_checkpointing and config.strategy in ("feature_extraction", "lora"):
