@@ -121,6 +121,14 @@ class Task(ABC):
     def source_set(self, reference: str, dataset: Any, labels: list[str]) -> Any:
         """The test split of a prepared dataset as a forgetting-check source set."""
 
+    def forgetting_language_model(self, probe: Any, model_dir: Path | str) -> Any:
+        """What the perplexity forgetting check (decoder bases) measures for a fine-tuned model of this task.
+
+        By default the fine-tuned backbone under the base model's LM head (a classifier has no LM head of its own).
+        ``probe`` is the :class:`~transferkit.evaluate.forgetting_lm.PerplexityProbe`.
+        """
+        return probe.with_base_head(model_dir)
+
     # ------------------------------------------------------------------------------------- export
 
     def export(self, config: Any, dataset: Any) -> Any:

@@ -124,8 +124,14 @@ class GenerativeTask(Task):
         return evaluate_generation(config, dataset, self)
 
     def source_set(self, reference: str, dataset: Any, labels: list[str]) -> Any:
-        """Not built yet: the forgetting check of generative models (perplexity on reference text)."""
-        raise ConfigError(f"task {self.name}: the forgetting check of generative models is not available yet")
+        """Not a source set: the forgetting check of a generative model is its perplexity on reference text."""
+        raise ConfigError(f"{reference}: a {self.name} dataset is not a forgetting source set; the forgetting check "
+                          "of a generative model measures perplexity on reference texts (default "
+                          "builtin:lee-similarity)")
+
+    def forgetting_language_model(self, probe: Any, model_dir: Any) -> Any:
+        """The fine-tuned language model itself, with its own LM head (it is still a language model)."""
+        return probe.as_language_model(model_dir)
 
     # ------------------------------------------------------------------------------------- export
 
