@@ -44,6 +44,7 @@ def fine_tune(
     dora: bool = False,
     lora_scale: float = 1.0,
     quantize_base: str = "none",
+    max_new_tokens: int = 0,
     seed: int = 42,
     checkpoint_root: str = "",
     nproc_per_node: int = 1,
@@ -62,6 +63,7 @@ def fine_tune(
         lora_target: Comma-separated module names or all-linear; "" = the architecture's default.
         lora_scale: Multiplier in (0, 1] of the merged low-rank update (LoRA's preserve-source knob).
         quantize_base: none | 4bit | 8bit (QLoRA, CUDA only).
+        max_new_tokens: Generative tasks: new tokens generated per answer, saved with the model (0 = default 64).
         checkpoint_root: Directory on a PVC for checkpoints; a retried task resumes from
             ``<checkpoint_root>/<digest of its inputs>``. "" keeps checkpoints next to the output.
         nproc_per_node: Training processes on this node (one per GPU) launched with torchrun.
@@ -88,7 +90,7 @@ def fine_tune(
         class_weights=class_weights, preserve_source=preserve_source, min_retention=min_retention, seed=seed,
         tuned_options=tuned_options, tuned_config=tuned_config.path if tuned_config else "",
         lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_target=lora_target, dora=dora,
-        lora_scale=lora_scale, quantize_base=quantize_base,
+        lora_scale=lora_scale, quantize_base=quantize_base, max_new_tokens=max_new_tokens,
     )
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)

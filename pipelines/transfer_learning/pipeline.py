@@ -4,6 +4,10 @@ data_prep → tune_search (optional: off when ``tune_space`` is "") → fine_tun
 options (each followed by its forgetting check) → select_strategy → prune_model (structured pruning +
 distillation when `prune` is on; else a pass-through) → (evaluate, onnx_quantize) → deploy_gate →
 deploy_triton only when every gate holds; an exit handler writes the run summary whatever happens.
+
+The generative tasks (``task=summarization|instruction``, with the ``source_column``/``target_column`` or
+``prompt_column``/``response_column`` parameters) run the same steps; their exports are not deployed by
+deploy_triton (the task registry says so), so their runs end after evaluate and export.
 """
 
 
@@ -43,6 +47,12 @@ def build_pipeline(placement: PlacementConfig | None = None):
         label_column: str = "label",
         group_column: str = "",
         max_rows: int = 0,
+        source_column: str = "",
+        target_column: str = "",
+        prompt_column: str = "",
+        response_column: str = "",
+        instruction_column: str = "",
+        instruction: str = "",
         strategies: list = ["full"],  # noqa: B006 - kfp reads the default from the signature
         epochs: float = 3.0,
         max_steps: int = 0,
@@ -63,6 +73,7 @@ def build_pipeline(placement: PlacementConfig | None = None):
         lora_target: str = "",
         dora: bool = False,
         lora_scale: float = 1.0,
+        max_new_tokens: int = 0,
         seed: int = 42,
         min_primary: float = 0.8,
         forgetting_source: str = "",
@@ -71,6 +82,7 @@ def build_pipeline(placement: PlacementConfig | None = None):
         export_target: str = "cpu",
         max_quantization_drop: float = 0.5,
         export_cpu_isa: str = "portable",
+        export_max_eval_samples: int = 0,
         min_agreement: float = 0.9,
         model_name: str = "transferkit-model",
         deploy_mode: str = "triton",
@@ -96,7 +108,9 @@ def build_pipeline(placement: PlacementConfig | None = None):
         with dsl.ExitHandler(summary, name="run"):
             prep = data_prep(
                 dataset_uri=dataset_uri, task=task, text_column=text_column, label_column=label_column,
-                group_column=group_column, seed=seed, model=base_model, max_rows=max_rows,
+                group_column=group_column, seed=seed, model=base_model, max_rows=max_rows, max_length=max_length,
+                source_column=source_column, target_column=target_column, prompt_column=prompt_column,
+                response_column=response_column, instruction_column=instruction_column, instruction=instruction,
             )
             apply_placement(prep, "data_prep", placement)
             search = tune_search(dataset=prep.outputs["dataset"], base_model=base_model, space=tune_space,
@@ -110,7 +124,8 @@ def build_pipeline(placement: PlacementConfig | None = None):
                     image_size=image_size, early_stopping_patience=early_stopping_patience,
                     preserve_source=preserve_source, min_retention=forgetting_min_retention, seed=seed,
                     lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_target=lora_target,
-                    dora=dora, lora_scale=lora_scale, checkpoint_root=checkpoint_root, nproc_per_node=nproc_per_node,
+                    dora=dora, lora_scale=lora_scale, max_new_tokens=max_new_tokens, checkpoint_root=checkpoint_root,
+                    nproc_per_node=nproc_per_node,
                     tuned_config=search.outputs["best_config"],
                 )
                 apply_placement(tune, "fine_tune", placement)
@@ -136,12 +151,13 @@ def build_pipeline(placement: PlacementConfig | None = None):
             apply_placement(scores, "evaluate", placement)
             exported = onnx_quantize(
                 model=pruned.outputs["pruned_model"], dataset=prep.outputs["dataset"], target=export_target,
-                max_drop=max_quantization_drop, cpu_isa=export_cpu_isa,
+                max_drop=max_quantization_drop, cpu_isa=export_cpu_isa, max_eval_samples=export_max_eval_samples,
             )
             apply_placement(exported, "onnx_quantize", placement)
             gate = deploy_gate(
                 primary=scores.outputs["primary"], min_primary=min_primary,
                 forgetting_passed=pick.outputs["forgetting_passed"], export_passed=exported.outputs["passed"],
+                task=task,
             )
             apply_placement(gate, "deploy_gate", placement)
             with dsl.If(gate.outputs["Output"] == True, name="all-gates-passed"):  # noqa: E712 - kfp condition

@@ -130,9 +130,9 @@ def setup_run(config: TrainConfig) -> RunContext:
     labels = list(dataset.labels)
     resolved = resolve_model(config.model, allow_pickle=config.allow_pickle,
                              trust_remote_code=config.trust_remote_code)
-    if resolved.entry is not None and resolved.entry.task != dataset.task:
-        raise ModelError(f"model {config.model!r} is for {resolved.entry.task}; the data in {dataset.path} is for "
-                         f"{dataset.task}")
+    if resolved.entry is not None and dataset.task not in resolved.entry.tasks:
+        raise ModelError(f"model {config.model!r} is for {' or '.join(resolved.entry.tasks)}; the data in "
+                         f"{dataset.path} is for {dataset.task}")
     side = task.training(config, dataset, resolved)
     digests = {split: file_digest(dataset.path / f"{split}.parquet") for split in ("train", "validation")}
     return RunContext(config, dataset, resolved, side, labels, digests, started)
