@@ -79,6 +79,7 @@ def build_pipeline(placement: PlacementConfig | None = None):
         forgetting_source: str = "",
         forgetting_min_retention: float = 0.5,
         forgetting_max_drop: float = -1.0,
+        forgetting_unseen_task_papers: int = 0,
         export_target: str = "cpu",
         max_quantization_drop: float = 0.5,
         export_cpu_isa: str = "portable",
@@ -132,6 +133,7 @@ def build_pipeline(placement: PlacementConfig | None = None):
                 forgetting = forgetting_check(
                     model=tune.outputs["model"], base_model=base_model, source=forgetting_source,
                     min_retention=forgetting_min_retention, max_drop=forgetting_max_drop,
+                    unseen_task_papers=forgetting_unseen_task_papers,
                 )
                 apply_placement(forgetting, "forgetting_check", placement)
             pick = select_strategy(

@@ -177,4 +177,6 @@ def check_forgetting_lm(cfg: Any) -> Any:
     model_m = probe.measure(task.forgetting_language_model(probe, cfg.model), desc="fine-tuned")
     details = probe.details()
     details["perplexity"] = {"base": 1.0 / base_m.score, "model": 1.0 / model_m.score}
+    if cfg.unseen_task_papers:
+        details["unseen_task"] = task.unseen_task_probe(cfg)
     return _finish(cfg, probe, base_m, model_m, details)

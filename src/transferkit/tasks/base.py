@@ -132,6 +132,19 @@ class Task(ABC):
         """
         return probe.with_base_head(model_dir)
 
+    def unseen_task_probe(self, cfg: Any) -> dict[str, Any]:
+        """Zero-shot quality of the base and the fine-tuned model on a task neither was tuned for.
+
+        ``cfg`` is the :class:`~transferkit.evaluate.forgetting.ForgettingConfig` (``unseen_task_papers``).
+
+        Raises:
+            ConfigError: The task has no unseen-task probe (only generative models answer free-form prompts).
+        """
+        from transferkit.errors import ConfigError
+
+        raise ConfigError(f"unseen_task_papers: the unseen-task probe applies to generative models (summarization, "
+                          f"instruction); {cfg.model} is {self.model_noun}")
+
     # ------------------------------------------------------------------------------------- export
 
     def export(self, config: Any, dataset: Any) -> Any:

@@ -136,6 +136,14 @@ class GenerativeTask(Task):
         """The fine-tuned language model itself, with its own LM head (it is still a language model)."""
         return probe.as_language_model(model_dir)
 
+    def unseen_task_probe(self, cfg: Any) -> dict[str, Any]:
+        """Zero-shot title generation from aclsum abstracts, base vs fine-tuned (ROUGE-L; not gated)."""
+        from transferkit.evaluate.forgetting_unseen import title_probe
+
+        return title_probe(cfg.base, cfg.model, n_papers=cfg.unseen_task_papers, seed=cfg.seed,
+                           progress=cfg.progress, allow_pickle=cfg.allow_pickle,
+                           trust_remote_code=cfg.trust_remote_code)
+
     # ------------------------------------------------------------------------------------- export
 
     def export(self, config: Any, dataset: Any) -> Any:

@@ -68,9 +68,37 @@ def test_cli_takes_the_base_from_the_training_summary_and_exits_non_zero_below_t
         models: tuple[Path, Path, Path], tmp_path: Path) -> None:
     _, model, data = models
     cli = CliRunner().invoke(app, ["forgetting", "--model", str(model), "--out", str(tmp_path / "f"),
-                                   "--max-length", str(MAX_LENGTH), "--min-retention", "1.5"])
+                                   "--max-length", str(MAX_LENGTH), "--min-retention", "1.5",
+                                   "--unseen-task-papers", "2"])
     assert cli.exit_code == ForgettingGateError.exit_code, cli.output
+    assert "unseen task (title generation" in cli.output
     payload = json.loads((tmp_path / "f" / "forgetting.json").read_text())
     assert payload["mode"] == "perplexity" and payload["passed"] is False and payload["min_retention"] == 1.5
     with pytest.raises(ConfigError, match="is not a forgetting source set; the forgetting check of a generative "):
         load_source(str(data))
+
+
+def test_unseen_task_probe_scores_zero_shot_title_generation_before_and_after(models: tuple[Path, Path, Path],
+                                                                              tmp_path: Path) -> None:
+    from transferkit.evaluate.forgetting_unseen import title_pairs
+    from transferkit.evaluate.generation import summarize_outputs
+    from transferkit.models.catalog import resolve_model
+
+    base, model, _ = models
+    result = check_forgetting(ForgettingConfig(base=str(base), model=model, out_dir=tmp_path / "f",
+                                               max_length=MAX_LENGTH, unseen_task_papers=3, progress=False))
+    unseen = result.details["unseen_task"]
+    _, titles = title_pairs(3)
+    assert unseen["n"] == 3 and len(set(titles)) == 3 and [e["title"] for e in unseen["examples"]] == titles
+    for role in ("base", "model"):
+        outputs = [e[role] for e in unseen["examples"]]
+        assert all(len(o.split()) <= 24 for o in outputs)
+        assert unseen[f"{role}_rougeL"] == pytest.approx(summarize_outputs(outputs, titles)[0]["rougeL"])
+    assert json.loads((tmp_path / "f" / "forgetting.json").read_text())["details"]["unseen_task"]["n"] == 3
+    assert "Unseen task (zero-shot, not gated)" in (tmp_path / "f" / "report.md").read_text()
+    with pytest.raises(ConfigError, match="^unseen_task_papers: expected 0"):
+        ForgettingConfig(base=str(base), model=model, out_dir=tmp_path / "g", unseen_task_papers=-1)
+    with pytest.raises(ConfigError, match="^unseen_task_papers: the unseen-task probe applies to generative"):
+        check_forgetting(ForgettingConfig(base="minilm-l6", model=resolve_model("minilm-l6").path,
+                                          out_dir=tmp_path / "h", unseen_task_papers=2))
+    assert not (tmp_path / "h").exists()
