@@ -9,7 +9,7 @@ export TRANSFERKIT_CACHE ?= $(HOME)/.cache/transferkit
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo demo-vision test test-unit test-integration lint bench compile images clean
+.PHONY: setup demo demo-vision demo-generative test test-unit test-integration lint bench compile images clean
 
 setup: $(STAMP)
 	@$(BIN)/python -m transferkit.setup_assets
@@ -31,6 +31,10 @@ demo: setup
 demo-vision: setup
 	$(BIN)/transferkit pipeline run --local --params pipelines/transfer_learning/params/demo-vision.yaml \
 	  --work-dir runs/vision
+
+demo-generative: setup
+	$(BIN)/transferkit pipeline run --local --params pipelines/transfer_learning/params/demo-generative.yaml \
+	  --work-dir runs/generative
 
 test: setup
 	$(BIN)/python -m pytest tests -q

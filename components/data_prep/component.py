@@ -1,4 +1,4 @@
-"""KFP component: validate, split and profile a labelled dataset."""
+"""KFP component: validate, split and profile a labelled dataset (or the pairs of a generative task)."""
 
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Markdown, Metrics, Output
@@ -26,12 +26,18 @@ def data_prep(
     model: str = "minilm-l6",
     max_length: int = 0,
     max_rows: int = 0,
+    source_column: str = "",
+    target_column: str = "",
+    prompt_column: str = "",
+    response_column: str = "",
+    instruction_column: str = "",
+    instruction: str = "",
 ) -> int:
     """Prepare ``dataset_uri`` (path, ``s3://`` or ``builtin:NAME``) into train/validation/test Parquet.
 
     Args:
         dataset_uri: Source data URI.
-        task: Task type; ``text-classification``.
+        task: Task type: ``text-classification``, ``image-classification``, ``summarization`` or ``instruction``.
         text_column: Column with the text.
         label_column: Column with the labels.
         text_pair_column: Optional second text column ("" = none).
@@ -44,9 +50,15 @@ def data_prep(
         max_length: Sequence length for the truncation rate and the tokens kept per long-document choice
             (0 = auto: the 95th percentile of the training split, as fine-tune resolves it).
         max_rows: Seeded sample size for quick runs (0 = all rows).
+        source_column: summarization: column with the document ("" = ``source``).
+        target_column: summarization: column with the reference summary ("" = ``target``).
+        prompt_column: instruction: column with the prompt ("" = ``prompt``).
+        response_column: instruction: column with the reference response ("" = ``response``).
+        instruction_column: Generative tasks: optional column with a per-row instruction ("" = none).
+        instruction: Generative tasks: optional fixed instruction before every input ("" = none).
 
     Returns:
-        The number of classes.
+        The number of classes (0 for the generative tasks).
     """
     import json
     import shutil
@@ -59,6 +71,9 @@ def data_prep(
         text_pair_column=text_pair_column or None, group_column=group_column or None,
         split_column=split_column or None, validation_fraction=validation_fraction, test_fraction=test_fraction,
         seed=seed, model=model, max_length=max_length, max_rows=max_rows or None,
+        source_column=source_column or None, target_column=target_column or None,
+        prompt_column=prompt_column or None, response_column=response_column or None,
+        instruction_column=instruction_column or None, instruction=instruction or None,
     ))
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)

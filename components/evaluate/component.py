@@ -26,7 +26,8 @@ def evaluate(
         baseline_model: Optional model (catalog name or path) evaluated alongside for deltas.
 
     Returns:
-        The primary metric value and accuracy.
+        The primary metric value and accuracy (0.0 for generative tasks, which have no accuracy; their primary
+        metric is ROUGE-L).
     """
     import json
     import shutil
@@ -42,11 +43,13 @@ def evaluate(
     ))
     for name, value in result.scalars.items():
         metrics.log_metric(name, float(value))
-    classification_metrics.log_confusion_matrix(result.labels, result.confusion_matrix)
+    if result.labels:  # generative tasks have no classes
+        classification_metrics.log_confusion_matrix(result.labels, result.confusion_matrix)
     if result.roc:
         classification_metrics.log_roc_curve(result.roc["fpr"], result.roc["tpr"], result.roc["thresholds"])
     for artifact in (metrics, classification_metrics):
         Path(artifact.path).write_text(json.dumps(artifact.metadata, indent=2), encoding="utf-8")
     shutil.copyfile(result.report_html, report.path)
     shutil.copyfile(result.report_md, report_md.path)
-    return namedtuple("EvaluateOutputs", ["primary", "accuracy"])(result.primary, result.scalars["accuracy"])
+    return namedtuple("EvaluateOutputs", ["primary", "accuracy"])(result.primary,
+                                                                       float(result.scalars.get("accuracy", 0.0)))

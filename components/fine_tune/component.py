@@ -48,6 +48,7 @@ def fine_tune(
     student_layers: int = 0,
     distill_alpha: float = 0.5,
     distill_temperature: float = 2.0,
+    max_new_tokens: int = 0,
     seed: int = 42,
     checkpoint_root: str = "",
     nproc_per_node: int = 1,
@@ -71,6 +72,7 @@ def fine_tune(
         student_layers: Strategy distill: bottom encoder layers of the base the student keeps; 0 = half.
         distill_alpha: Strategy distill: weight of the KL to the teacher (the task loss gets 1 - alpha).
         distill_temperature: Strategy distill: softmax temperature of the KL.
+        max_new_tokens: Generative tasks: new tokens generated per answer, saved with the model (0 = default 64).
         checkpoint_root: Directory on a PVC for checkpoints; a retried task resumes from
             ``<checkpoint_root>/<digest of its inputs>``. "" keeps checkpoints next to the output.
         nproc_per_node: Training processes on this node (one per GPU) launched with torchrun.
@@ -98,7 +100,7 @@ def fine_tune(
         tuned_options=tuned_options, tuned_config=tuned_config.path if tuned_config else "",
         lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_target=lora_target, dora=dora,
         lora_scale=lora_scale, quantize_base=quantize_base, teacher=teacher, student_layers=student_layers,
-        distill_alpha=distill_alpha, distill_temperature=distill_temperature,
+        distill_alpha=distill_alpha, distill_temperature=distill_temperature, max_new_tokens=max_new_tokens,
     )
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)

@@ -18,6 +18,7 @@ def forgetting_check(
     mode: str = "",
     min_retention: float = 0.0,
     max_drop: float = -1.0,
+    unseen_task_papers: int = 0,
 ) -> NamedTuple("ForgettingOutputs", [("passed", bool), ("retention", float)]):
     """Score the base and fine-tuned models on the source task and apply the forgetting budget.
 
@@ -29,6 +30,8 @@ def forgetting_check(
         mode: ``similarity``, ``source-task``, ``representation-drift``, ``perplexity``; "" = by base and source.
         min_retention: Smallest allowed model/base score ratio (0 = no ratio budget).
         max_drop: Largest allowed absolute drop (negative = no drop budget).
+        unseen_task_papers: Generative models: also score zero-shot title generation on this many aclsum test
+            abstracts, base vs fine-tuned (reported, not gated; 0 = off).
 
     Returns:
         Whether the budget holds, and the retention ratio.
@@ -43,8 +46,12 @@ def forgetting_check(
     result = check_forgetting(ForgettingConfig(
         base=base_model, model=Path(model.path), out_dir=Path(report.path).parent / "forgetting",
         source=source or None, mode=mode or None, min_retention=min_retention or None,
-        max_drop=None if max_drop < 0 else max_drop, progress=False,
+        max_drop=None if max_drop < 0 else max_drop, progress=False, unseen_task_papers=unseen_task_papers,
     ))
+    unseen = result.details.get("unseen_task")
+    if unseen:
+        metrics.log_metric("unseen_task_base_rougeL", float(unseen["base_rougeL"]))
+        metrics.log_metric("unseen_task_model_rougeL", float(unseen["model_rougeL"]))
     for name in ("base_score", "model_score", "retention", "drop"):
         metrics.log_metric(name, float(getattr(result, name)))
     metrics.log_metric("passed", float(result.passed))

@@ -21,6 +21,7 @@ def onnx_quantize(
     on_drop: str = "fallback",
     opset: int = 0,
     cpu_isa: str = "portable",
+    max_eval_samples: int = 0,
 ) -> NamedTuple("ExportOutputs", [("passed", bool), ("recommended_variant", str)]):
     """Export ``model`` to ONNX (parity-checked) and keep the quantized variant that holds its accuracy.
 
@@ -33,6 +34,7 @@ def onnx_quantize(
         on_drop: ``fallback`` to fp32 or ``fail``.
         opset: ONNX opset (0 = the exporter's default).
         cpu_isa: CPU int8 recipe: ``portable`` (any CPU), ``vnni`` (serve on VNNI nodes) or ``native``.
+        max_eval_samples: Validation items the gates use (generative models: prompts; 0 = the default).
 
     Returns:
         Whether the export gates passed, and the variant to deploy.
@@ -46,7 +48,8 @@ def onnx_quantize(
     from transferkit.options import from_kfp_parameters
 
     options = from_kfp_parameters(ExportConfig, {"target": target, "atol": atol, "max_drop": max_drop,
-                                                 "on_drop": on_drop, "opset": opset, "cpu_isa": cpu_isa})
+                                                 "on_drop": on_drop, "opset": opset, "cpu_isa": cpu_isa,
+                                                 "max_eval_samples": max_eval_samples})
     result = export_model(ExportConfig(
         model_dir=Path(model.path), data_dir=Path(dataset.path), out_dir=Path(onnx_model.path), **options,
     ))

@@ -4,6 +4,10 @@ data_prep → tune_search (optional: off when ``tune_space`` is "") → fine_tun
 options (each followed by its forgetting check) → select_strategy → prune_model (structured pruning +
 distillation when `prune` is on; else a pass-through) → (evaluate, onnx_quantize) → deploy_gate →
 deploy_triton only when every gate holds; an exit handler writes the run summary whatever happens.
+
+The generative tasks (``task=summarization|instruction``, with the ``source_column``/``target_column`` or
+``prompt_column``/``response_column`` parameters) run the same steps; their exports are not deployed by
+deploy_triton (the task registry says so), so their runs end after evaluate and export.
 """
 
 
@@ -43,6 +47,12 @@ def build_pipeline(placement: PlacementConfig | None = None):
         label_column: str = "label",
         group_column: str = "",
         max_rows: int = 0,
+        source_column: str = "",
+        target_column: str = "",
+        prompt_column: str = "",
+        response_column: str = "",
+        instruction_column: str = "",
+        instruction: str = "",
         strategies: list = ["full"],  # noqa: B006 - kfp reads the default from the signature
         epochs: float = 3.0,
         max_steps: int = 0,
@@ -67,14 +77,17 @@ def build_pipeline(placement: PlacementConfig | None = None):
         student_layers: int = 0,
         distill_alpha: float = 0.5,
         distill_temperature: float = 2.0,
+        max_new_tokens: int = 0,
         seed: int = 42,
         min_primary: float = 0.8,
         forgetting_source: str = "",
         forgetting_min_retention: float = 0.5,
         forgetting_max_drop: float = -1.0,
+        forgetting_unseen_task_papers: int = 0,
         export_target: str = "cpu",
         max_quantization_drop: float = 0.5,
         export_cpu_isa: str = "portable",
+        export_max_eval_samples: int = 0,
         min_agreement: float = 0.9,
         model_name: str = "transferkit-model",
         deploy_mode: str = "triton",
@@ -100,7 +113,9 @@ def build_pipeline(placement: PlacementConfig | None = None):
         with dsl.ExitHandler(summary, name="run"):
             prep = data_prep(
                 dataset_uri=dataset_uri, task=task, text_column=text_column, label_column=label_column,
-                group_column=group_column, seed=seed, model=base_model, max_rows=max_rows,
+                group_column=group_column, seed=seed, model=base_model, max_rows=max_rows, max_length=max_length,
+                source_column=source_column, target_column=target_column, prompt_column=prompt_column,
+                response_column=response_column, instruction_column=instruction_column, instruction=instruction,
             )
             apply_placement(prep, "data_prep", placement)
             search = tune_search(dataset=prep.outputs["dataset"], base_model=base_model, space=tune_space,
@@ -115,7 +130,7 @@ def build_pipeline(placement: PlacementConfig | None = None):
                     preserve_source=preserve_source, min_retention=forgetting_min_retention, seed=seed,
                     lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_target=lora_target,
                     dora=dora, lora_scale=lora_scale, teacher=teacher, student_layers=student_layers,
-                    distill_alpha=distill_alpha, distill_temperature=distill_temperature,
+                    distill_alpha=distill_alpha, distill_temperature=distill_temperature, max_new_tokens=max_new_tokens,
                     checkpoint_root=checkpoint_root, nproc_per_node=nproc_per_node,
                     tuned_config=search.outputs["best_config"],
                 )
@@ -123,6 +138,7 @@ def build_pipeline(placement: PlacementConfig | None = None):
                 forgetting = forgetting_check(
                     model=tune.outputs["model"], base_model=base_model, source=forgetting_source,
                     min_retention=forgetting_min_retention, max_drop=forgetting_max_drop,
+                    unseen_task_papers=forgetting_unseen_task_papers,
                 )
                 apply_placement(forgetting, "forgetting_check", placement)
             pick = select_strategy(
@@ -143,12 +159,13 @@ def build_pipeline(placement: PlacementConfig | None = None):
             apply_placement(scores, "evaluate", placement)
             exported = onnx_quantize(
                 model=pruned.outputs["pruned_model"], dataset=prep.outputs["dataset"], target=export_target,
-                max_drop=max_quantization_drop, cpu_isa=export_cpu_isa,
+                max_drop=max_quantization_drop, cpu_isa=export_cpu_isa, max_eval_samples=export_max_eval_samples,
             )
             apply_placement(exported, "onnx_quantize", placement)
             gate = deploy_gate(
                 primary=scores.outputs["primary"], min_primary=min_primary,
                 forgetting_passed=pick.outputs["forgetting_passed"], export_passed=exported.outputs["passed"],
+                task=task,
             )
             apply_placement(gate, "deploy_gate", placement)
             with dsl.If(gate.outputs["Output"] == True, name="all-gates-passed"):  # noqa: E712 - kfp condition

@@ -69,6 +69,11 @@ def forgetting(
     image_size: int | None = typer.Option(
         None, "--image-size", help="Image models: input size instead of the base model's preprocessing size."
     ),
+    unseen_task_papers: int = typer.Option(
+        0, "--unseen-task-papers",
+        help="Generative models: also score zero-shot title generation (ROUGE-L, base vs fine-tuned) on this many "
+             "builtin:aclsum test abstracts; reported, not gated (0 = off).",
+    ),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pickle weights (runs code on load)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Accept custom model code."),
 ) -> None:
@@ -83,11 +88,16 @@ def forgetting(
         base=base, model=model, out_dir=out, source=source, mode=mode, metric=metric, max_drop=max_drop,
         min_retention=min_retention, max_length=max_length, batch_size=batch_size, probe_size=probe_size,
         image_size=image_size, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+        unseen_task_papers=unseen_task_papers,
     ))
     console.print(
         f"{result.mode} ({result.metric}): base {result.base_score:.4f} -> model {result.model_score:.4f}, "
         f"retention {result.retention:.4f}, drop {result.drop:.4f}"
     )
+    unseen = result.details.get("unseen_task")
+    if unseen:
+        console.print(f"unseen task ({unseen['description']}): ROUGE-L base {unseen['base_rougeL']:.4f} -> model "
+                      f"{unseen['model_rougeL']:.4f} on {unseen['n']} abstracts")
     console.print(f"wrote {result.forgetting_path} and {result.report_html}")
     if report_only:
         if not result.passed:

@@ -77,6 +77,9 @@ class ForgettingConfig:
         allow_pickle: Accept pickle weights.
         trust_remote_code: Accept models with custom code.
         progress: Show progress bars.
+        unseen_task_papers: Generative models (perplexity mode): also score zero-shot title generation on this
+            many aclsum test abstracts, base vs fine-tuned (:mod:`transferkit.evaluate.forgetting_unseen`;
+            reported, not gated); 0 = off.
 
     """
 
@@ -96,6 +99,7 @@ class ForgettingConfig:
     trust_remote_code: bool = False
     progress: bool = True
     image_size: int | None = None
+    unseen_task_papers: int = 0
 
     def __post_init__(self) -> None:
         self.base = str(self.base)
@@ -116,6 +120,9 @@ class ForgettingConfig:
             raise ConfigError(f"batch_size: expected a positive integer, got {self.batch_size}")
         if self.probe_size < 3:
             raise ConfigError(f"probe_size: expected at least 3 texts, got {self.probe_size}")
+        if self.unseen_task_papers < 0:
+            raise ConfigError(f"unseen_task_papers: expected 0 (off) or a number of papers, got "
+                              f"{self.unseen_task_papers}")
         if self.image_size is not None and not 8 <= self.image_size <= 1024:
             raise ConfigError(f"image_size: expected 8..1024 pixels, got {self.image_size}")
 
@@ -446,12 +453,18 @@ def check_forgetting(config: ForgettingConfig) -> ForgettingResult:
             f"{cfg.base} is a{'n' if base_modality == 'image' else ''} {base_modality} model; the forgetting "
             "check compares a fine-tuned model with its own base"
         )
+    unseen_refused = ConfigError("unseen_task_papers: the unseen-task probe applies to generative models, checked "
+                                 "in perplexity mode")
     if "image" in (base_modality, model_modality_):
+        if cfg.unseen_task_papers:
+            raise unseen_refused
         return _check_forgetting_images(cfg)
     from transferkit.evaluate.forgetting_lm import check_forgetting_lm, wants_perplexity
 
     if wants_perplexity(cfg):
         return check_forgetting_lm(cfg)
+    if cfg.unseen_task_papers:
+        raise unseen_refused
     probe = build_probe(
         cfg.base, cfg.source, mode=cfg.mode, metric=cfg.metric, max_length=cfg.max_length,
         batch_size=cfg.batch_size, probe_size=cfg.probe_size, seed=cfg.seed, allow_pickle=cfg.allow_pickle,

@@ -4,7 +4,9 @@ The source skill of a language model is predicting the next token. A fine-tuned 
 the decoder backbone but drops the LM head, so, as image forgetting does with the classification head, the
 base model's LM head is put on the fine-tuned backbone (untied from the fine-tuned embeddings) and both
 models' perplexity is computed on a fixed reference text set shipped offline: the 50 documents of gensim's
-Lee corpus (``builtin:lee-similarity``'s texts). The score is ``1 / perplexity``, so that the shared gate's
+Lee corpus (``builtin:lee-similarity``'s texts). A fine-tuned generative model (summarization, instruction)
+is still a language model: its task (:meth:`~transferkit.tasks.base.Task.forgetting_language_model`) has it
+measured whole, with its own LM head. The score is ``1 / perplexity``, so that the shared gate's
 ``retention = model / base`` is ``base perplexity / fine-tuned perplexity`` (1 = nothing forgotten).
 """
 
@@ -74,6 +76,30 @@ class PerplexityProbe:
                                   f"({source.describe()})")
         lengths = [len(ids) for ids in self.tokenizer(self.texts, add_special_tokens=False)["input_ids"]]
         self.truncated = sum(n > self.max_length for n in lengths)
+        self.head = "base model's LM head on the fine-tuned backbone"
+
+    def as_language_model(self, model_dir: Path | str) -> Any:
+        """The fine-tuned causal LM of ``model_dir`` with its own LM head (a generative model).
+
+        Raises:
+            ModelError: Not a causal LM of the base's architecture and vocabulary.
+
+        """
+        from transformers import AutoModelForCausalLM
+
+        try:
+            lm = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelError(f"{model_dir}: cannot load as a causal language model ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0]})") from exc
+        base, tuned = self.base_model.config, lm.config
+        if (tuned.model_type, tuned.vocab_size, tuned.hidden_size) != (base.model_type, base.vocab_size,
+                                                                       base.hidden_size):
+            raise ModelError(f"{model_dir}: {tuned.model_type} (vocabulary {tuned.vocab_size}, width "
+                             f"{tuned.hidden_size}) is not a fine-tune of the base {self.resolved.reference} "
+                             f"({base.model_type}, {base.vocab_size}, {base.hidden_size})")
+        self.head = "the fine-tuned model's own LM head"
+        return lm.eval()
 
     def with_base_head(self, model_dir: Path) -> Any:
         """The fine-tuned backbone of ``model_dir`` under a copy of the base model's LM head.
@@ -133,20 +159,24 @@ class PerplexityProbe:
         """What the report and forgetting.json record about the probe."""
         return {"max_length": self.max_length, "length_cap": MAX_LENGTH, "truncated_texts": self.truncated,
                 "n_texts": len(self.texts), "n_items": len(self.texts), "source_description": self.source.describe(),
-                "head": "base model's LM head on the fine-tuned backbone"}
+                "head": self.head}
 
 
 def check_forgetting_lm(cfg: Any) -> Any:
     """The decoder branch of :func:`~transferkit.evaluate.forgetting.check_forgetting` (mode ``perplexity``)."""
     from transferkit.evaluate.forgetting import DEFAULT_SOURCE, _finish
     from transferkit.evaluate.sources import load_source
+    from transferkit.tasks import DEFAULT_TASK, get_task, model_task
 
     source = load_source(cfg.source or DEFAULT_SOURCE)
     probe = PerplexityProbe(cfg.base, source, max_length=cfg.max_length, batch_size=min(cfg.batch_size, 4),
                             allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code,
                             progress=cfg.progress)
     base_m = probe.measure(probe.base_model, desc="base")
-    model_m = probe.measure(probe.with_base_head(cfg.model), desc="fine-tuned")
+    task = model_task(cfg.model) or get_task(DEFAULT_TASK)
+    model_m = probe.measure(task.forgetting_language_model(probe, cfg.model), desc="fine-tuned")
     details = probe.details()
     details["perplexity"] = {"base": 1.0 / base_m.score, "model": 1.0 / model_m.score}
+    if cfg.unseen_task_papers:
+        details["unseen_task"] = task.unseen_task_probe(cfg)
     return _finish(cfg, probe, base_m, model_m, details)

@@ -100,8 +100,17 @@ def write_forgetting_report(
     )
     if "perplexity" in details:
         ppl = details["perplexity"]
-        report.paragraph(f"Perplexity on the reference texts: base {ppl['base']:.3f}, fine-tuned backbone under the "
-                         f"base LM head {ppl['model']:.3f} (lower is better).")
+        head = details.get("head", "base model's LM head on the fine-tuned backbone")
+        report.paragraph(f"Perplexity on the reference texts: base {ppl['base']:.3f}, fine-tuned ({head}) "
+                         f"{ppl['model']:.3f} (lower is better).")
+    if "unseen_task" in details:
+        unseen = details["unseen_task"]
+        report.heading("Unseen task (zero-shot, not gated)")
+        report.paragraph(f"{unseen['description']}: ROUGE-L base {unseen['base_rougeL']:.4f}, fine-tuned "
+                         f"{unseen['model_rougeL']:.4f} on {unseen['n']} abstracts (instruction "
+                         f"\"{unseen['instruction']}\", greedy, {unseen['max_new_tokens']} new tokens).")
+        report.table(["title", "base", "fine-tuned"],
+                     [[e["title"], e["base"], e["model"]] for e in unseen["examples"]])
     gates = []
     if payload["max_drop"] is not None:
         gates.append(f"max_drop {payload['max_drop']:g}")

@@ -209,17 +209,18 @@ def load_source(reference: str | Path) -> SourceSet:
     path = Path(ref).expanduser()
     if path.is_dir():
         from transferkit.data.prepared import load_prepared
+        from transferkit.tasks import get_task
 
         prepared = load_prepared(path)
+        task = get_task(prepared)
         names = prepared.labels
-        ids = prepared.label_ids("test")
+        # A task without labels (generation) gets none and says what it offers instead.
+        ids = prepared.label_ids("test") if "label" in task.required_columns else []
         if any(i < 0 or i >= len(names) for i in ids):
             bad = next(i for i in ids if i < 0 or i >= len(names))
             raise SchemaError(f"{path / 'test.parquet'}: label id {bad} is outside labels.json "
                               f"(0..{len(names) - 1})")
-        from transferkit.tasks import get_task
-
-        return get_task(prepared).source_set(str(path), prepared, [names[i] for i in ids])
+        return task.source_set(str(path), prepared, [names[i] for i in ids])
     if not path.is_file():
         raise DatasetNotFoundError(f"{path}: source set not found (expected builtin:NAME, a prepared dataset "
                                    "directory or a .csv/.tsv/.parquet/.jsonl file)")

@@ -97,7 +97,7 @@ class ExportConfig:
     eval_batch_size: int = field(default=64, metadata=option(
         "--eval-batch-size", help="Batch size of the accuracy evaluation."))
     max_eval_samples: int | None = field(default=None, metadata=option(
-        "--max-eval-samples", help="Cap on test rows for the gate."))
+        "--max-eval-samples", kfp_unset=0, help="Cap on test rows for the gate."))
     latency_runs: int = field(default=50, metadata=option(
         "--latency-runs", help="Timed batch-1 runs per variant (0: skip)."))
     throughput_runs: int = field(default=5, metadata=option(

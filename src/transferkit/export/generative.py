@@ -96,6 +96,22 @@ class GenerativeExportResult:
         """The recommended variant's folder (``int4``)."""
         return self.variants[self.recommended_variant].dir
 
+    def scalar_metrics(self) -> dict[str, float]:
+        """Flat numeric metrics (KFP ``Metrics`` artifact): parity, and per variant size, ROUGE-L and speed."""
+        scalars: dict[str, float] = {
+            "parity_token_agreement": float(self.parity_token_agreement),
+            "parity_logits_max_abs_diff": float(self.parity_logits_max_abs_diff),
+            "passed": float(self.passed),
+            "export_seconds": float(self.seconds),
+        }
+        for name, variant in self.variants.items():
+            scalars[f"{name}_size_mb"] = round(variant.size_bytes / 1e6, 3)
+            for key in ("rougeL", "rougeL_drop_pt", "tokens_per_s", "ttft_ms"):
+                value = getattr(variant, key)
+                if value is not None:
+                    scalars[f"{name}_{key}"] = float(value)
+        return scalars
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly view."""
         out = asdict(self)

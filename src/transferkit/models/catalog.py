@@ -62,6 +62,13 @@ class CatalogEntry:
     weights_note: str | None = None
     """File name of non-Hugging-Face weights inside the located directory (``None``: a transformers model
     directory with ``config.json`` and safetensors)."""
+    also_tasks: tuple[str, ...] = ()
+    """Tasks besides ``task`` the model can be fine-tuned for (a GPT-class decoder: the generative tasks)."""
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """Every task the model can be fine-tuned for (``task`` first)."""
+        return (self.task, *self.also_tasks)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable description (without the locator)."""
@@ -166,6 +173,7 @@ CATALOG: dict[str, CatalogEntry] = {
             forgetting_source="builtin:lee-similarity",
             forgetting_mode="perplexity",
             pooling="cls",
+            also_tasks=("summarization", "instruction"),
             locate=_locate_smollm2,
             weights_note="stored as 4-bit GGUF (Q4_1) in the package and expanded to fp32 safetensors at setup "
                          "($TRANSFERKIT_CACHE/models/smollm2-135m-fp32): quantization error is baked into the "

@@ -36,6 +36,8 @@ class Task(ABC):
         min_labels: Fewest label names ``labels.json`` must hold (0 for generative tasks, which have none).
         auto_max_length: Whether ``max_length auto`` is measured on the training split (data prep and training);
             otherwise data prep's ``auto`` takes 64 and training the catalog's length.
+        pipeline_deploy_unsupported: Why the pipeline's deploy step cannot publish this task's exports (a pipeline
+            run of this task then ends at export), or None when it can.
     """
 
     name: ClassVar[str]
@@ -53,6 +55,7 @@ class Task(ABC):
     export_assets: ClassVar[tuple[str, ...]] = ()
     min_labels: ClassVar[int] = 2
     auto_max_length: ClassVar[bool] = False
+    pipeline_deploy_unsupported: ClassVar[str | None] = None
 
     def __repr__(self) -> str:
         return f"<task {self.name}>"
@@ -120,6 +123,27 @@ class Task(ABC):
     @abstractmethod
     def source_set(self, reference: str, dataset: Any, labels: list[str]) -> Any:
         """The test split of a prepared dataset as a forgetting-check source set."""
+
+    def forgetting_language_model(self, probe: Any, model_dir: Path | str) -> Any:
+        """What the perplexity forgetting check (decoder bases) measures for a fine-tuned model of this task.
+
+        By default the fine-tuned backbone under the base model's LM head (a classifier has no LM head of its own).
+        ``probe`` is the :class:`~transferkit.evaluate.forgetting_lm.PerplexityProbe`.
+        """
+        return probe.with_base_head(model_dir)
+
+    def unseen_task_probe(self, cfg: Any) -> dict[str, Any]:
+        """Zero-shot quality of the base and the fine-tuned model on a task neither was tuned for.
+
+        ``cfg`` is the :class:`~transferkit.evaluate.forgetting.ForgettingConfig` (``unseen_task_papers``).
+
+        Raises:
+            ConfigError: The task has no unseen-task probe (only generative models answer free-form prompts).
+        """
+        from transferkit.errors import ConfigError
+
+        raise ConfigError(f"unseen_task_papers: the unseen-task probe applies to generative models (summarization, "
+                          f"instruction); {cfg.model} is {self.model_noun}")
 
     # ------------------------------------------------------------------------------------- export
 

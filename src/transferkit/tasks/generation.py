@@ -2,8 +2,9 @@
 
 Data: ``source`` (the document or prompt), ``instruction`` (per row, fixed, or empty) and ``target`` (the
 reference summary or response), prepared by :mod:`transferkit.data.pairs`; ``labels.json`` is empty. Training:
-supervised fine-tuning with the loss on target tokens only (:mod:`transferkit.train.sft`); strategies ``full``
-and ``off_the_shelf`` (zero-shot). Evaluation: ROUGE-1/2/L and lengths against a lead and a zero-shot baseline
+supervised fine-tuning with the loss on target tokens only (:mod:`transferkit.train.sft`); strategies ``full``,
+``lora`` (adapter merged into a plain model directory, the unmerged adapter under ``adapter/``) and
+``off_the_shelf`` (zero-shot). Evaluation: ROUGE-1/2/L and lengths against a lead and a zero-shot baseline
 (:mod:`transferkit.evaluate.generation`). Export: ONNX with a KV cache through the ONNX Runtime GenAI model builder,
 fp32 + int4, parity- and ROUGE-L-gated (:mod:`transferkit.export.generative`); served by a decoupled Triton
 python-backend model that streams tokens (:mod:`transferkit.serve.generative`).
@@ -37,6 +38,9 @@ class GenerativeTask(Task):
     export_variants: ClassVar[dict[str, tuple[str, ...]]] = {}
     export_cpu_preference: ClassVar[str] = "fp32"
     min_labels: ClassVar[int] = 0
+    pipeline_deploy_unsupported: ClassVar[str | None] = (
+        "the deploy step publishes classification exports only; serve a generative export with "
+        "transferkit.serve.generative.build_generative_repository (streaming Triton)")
     # DataPrepConfig fields naming the input and output columns, their defaults, and the other task's fields.
     input_field: ClassVar[str]
     output_field: ClassVar[str]
@@ -124,8 +128,22 @@ class GenerativeTask(Task):
         return evaluate_generation(config, dataset, self)
 
     def source_set(self, reference: str, dataset: Any, labels: list[str]) -> Any:
-        """Not built yet: the forgetting check of generative models (perplexity on reference text)."""
-        raise ConfigError(f"task {self.name}: the forgetting check of generative models is not available yet")
+        """Not a source set: the forgetting check of a generative model is its perplexity on reference text."""
+        raise ConfigError(f"{reference}: a {self.name} dataset is not a forgetting source set; the forgetting check "
+                          "of a generative model measures perplexity on reference texts (default "
+                          "builtin:lee-similarity)")
+
+    def forgetting_language_model(self, probe: Any, model_dir: Any) -> Any:
+        """The fine-tuned language model itself, with its own LM head (it is still a language model)."""
+        return probe.as_language_model(model_dir)
+
+    def unseen_task_probe(self, cfg: Any) -> dict[str, Any]:
+        """Zero-shot title generation from aclsum abstracts, base vs fine-tuned (ROUGE-L; not gated)."""
+        from transferkit.evaluate.forgetting_unseen import title_probe
+
+        return title_probe(cfg.base, cfg.model, n_papers=cfg.unseen_task_papers, seed=cfg.seed,
+                           progress=cfg.progress, allow_pickle=cfg.allow_pickle,
+                           trust_remote_code=cfg.trust_remote_code)
 
     # ------------------------------------------------------------------------------------- export
 

@@ -194,8 +194,8 @@ class TrainConfig:
     zero_shot_temperature: float = field(default=0.05, metadata=option(
         "--zero-shot-temperature", help="off_the_shelf: logits are cosine / temperature."))
     max_new_tokens: int = field(default=64, metadata=option(
-        "--max-new-tokens", help="Generative tasks: longest generated output in tokens (saved with the model in "
-        "generation_config.json, used by evaluate)."))
+        "--max-new-tokens", kfp_unset=0, help="Generative tasks: longest generated output in tokens (saved with "
+        "the model in generation_config.json, used by evaluate)."))
     decoding: str = field(default="greedy", metadata=option(
         "--decoding", help="Generative tasks: " + " | ".join(DECODINGS) + " (sampling is seeded with --seed)."))
     num_beams: int = field(default=4, metadata=option(

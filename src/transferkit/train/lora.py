@@ -1,5 +1,8 @@
 """Strategy ``lora``: low-rank adapters (peft) on a frozen base, a fully trained new head, a merged output.
 
+A language model (the generative tasks) has no new head: its pre-trained LM head stays frozen with the base
+(``train_head=False``) and the adapter alone is trained.
+
 The adapters are injected in place with :func:`peft.inject_adapter_in_model` rather than wrapping the model
 in a ``PeftModel``: parameter names keep their ``<base>.<layers>.<i>...`` shape, so layer discovery, LR groups,
 checkpoints and resume work exactly as for the other strategies. At the end the adapter is exported (peft's
@@ -96,13 +99,17 @@ def resolve_target_modules(model: Any, requested: list[str] | None, classify: An
     return selected
 
 
-def apply_lora(model: Any, config: Any, layout: Any) -> dict[str, Any]:
-    """Inject LoRA adapters into ``model`` in place; train only them and the head.
+def apply_lora(model: Any, config: Any, layout: Any, *, train_head: bool = True,
+               task_type: str | None = None) -> dict[str, Any]:
+    """Inject LoRA adapters into ``model`` in place; train only them and (``train_head``) the head.
 
     Args:
-        model: The classifier (new head already in place).
+        model: The classifier (new head already in place), or a language model.
         config: The :class:`~transferkit.train.config.TrainConfig` (``lora_*`` options).
         layout: The model's layer layout (``classify`` and the fixed pooling layer).
+        train_head: Train the parameters ``layout.classify`` calls ``head`` (a new classification head); False
+            keeps a pre-trained output layer (an LM head, tied to the embeddings in most decoders) frozen.
+        task_type: peft ``task_type`` recorded in the adapter config (``CAUSAL_LM``), or None.
 
     Returns:
         What the summary records: targets, rank, alpha, dropout, DoRA, adapter parameter count.
@@ -114,14 +121,15 @@ def apply_lora(model: Any, config: Any, layout: Any) -> dict[str, Any]:
     pooling_prefix = None if pooling_layer is None else f"{layout.layers_prefix}.{pooling_layer}."
     targets = resolve_target_modules(model, config.lora_targets, layout.classify, pooling_prefix)
     lora_config = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                             target_modules=targets, use_dora=config.dora, bias="none")
+                             target_modules=targets, use_dora=config.dora, bias="none", task_type=task_type)
     inject_adapter_in_model(lora_config, model)
     adapter_params = 0
     for name, parameter in model.named_parameters():
         is_adapter = "lora_" in name
-        parameter.requires_grad = is_adapter or layout.classify(name)[0] == "head"
+        parameter.requires_grad = is_adapter or (train_head and layout.classify(name)[0] == "head")
         adapter_params += parameter.numel() if is_adapter else 0
     model._transferkit_lora_config = lora_config
+    model._transferkit_lora_trains_head = train_head
     kinds = sorted({t.rsplit(".", 1)[-1] for t in targets})
     logger.info("LoRA r=%d alpha=%g on %d modules (%s): %d adapter parameters", config.lora_rank,
                 config.lora_alpha, len(targets), ", ".join(kinds), adapter_params)
@@ -134,14 +142,18 @@ def adapter_state(model: Any, classify: Any) -> tuple[dict[str, Any], Any]:
     """The adapter and head weights in peft's file layout, and the ``LoraConfig`` to save beside them.
 
     Keys are those of a ``PeftModel`` (``base_model.model.<name>``); the fully trained head is saved as
-    ``modules_to_save`` so ``PeftModel.from_pretrained`` restores it.
+    ``modules_to_save`` so ``PeftModel.from_pretrained`` restores it. A frozen pre-trained head (a language
+    model's) is not saved: the adapter applies to the base model as published.
     """
     from peft import get_peft_model_state_dict
 
     lora_config = model._transferkit_lora_config
     state = {f"base_model.model.{k}": v.detach().to("cpu").contiguous().clone()
              for k, v in get_peft_model_state_dict(model, adapter_name="default").items()}
-    head = set()
+    head: set[str] = set()
+    if not getattr(model, "_transferkit_lora_trains_head", True):
+        lora_config.modules_to_save = None
+        return state, lora_config
     for name, parameter in model.named_parameters():
         if "lora_" not in name and classify(name)[0] == "head":
             head.add(name.rsplit(".", 1)[0])
@@ -163,8 +175,9 @@ def merge_lora(model: Any, scale: float = 1.0) -> Any:
         setattr(model.get_submodule(parent) if parent else model, child, module.get_base_layer())
     for parameter in model.parameters():
         parameter.requires_grad = False
-    if hasattr(model, "_transferkit_lora_config"):
-        del model._transferkit_lora_config
+    for attr in ("_transferkit_lora_config", "_transferkit_lora_trains_head"):
+        if hasattr(model, attr):
+            delattr(model, attr)
     for attr in ("peft_config", "_hf_peft_config_loaded"):
         if attr in model.__dict__:
             delattr(model, attr)

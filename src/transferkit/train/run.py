@@ -130,9 +130,9 @@ def setup_run(config: TrainConfig) -> RunContext:
     labels = list(dataset.labels)
     resolved = resolve_model(config.model, allow_pickle=config.allow_pickle,
                              trust_remote_code=config.trust_remote_code)
-    if resolved.entry is not None and resolved.entry.task != dataset.task:
-        raise ModelError(f"model {config.model!r} is for {resolved.entry.task}; the data in {dataset.path} is for "
-                         f"{dataset.task}")
+    if resolved.entry is not None and dataset.task not in resolved.entry.tasks:
+        raise ModelError(f"model {config.model!r} is for {' or '.join(resolved.entry.tasks)}; the data in "
+                         f"{dataset.path} is for {dataset.task}")
     side = task.training(config, dataset, resolved)
     if config.strategy == "distill":
         from transferkit.train.distill import check_distill
@@ -252,7 +252,9 @@ class FineTuneRecipe:
 
             # Nothing pinned to eval mode (LoRA dropout stays active); apply_lora freezes all but adapters + head.
             frozen = self.ctx.side.freeze(model, "full", 0)
-            self.lora = apply_lora(model, config, frozen["layout"])
+            side = self.ctx.side
+            self.lora = apply_lora(model, config, frozen["layout"], train_head=side.lora_trains_head,
+                                   task_type=side.lora_task_type)
         elif config.strategy == "distill":
             from transferkit.train.distill import check_distill, make_student
 

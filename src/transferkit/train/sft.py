@@ -8,6 +8,12 @@ config, e.g. T5) is trained as ``AutoModelForSeq2SeqLM`` instead: the prompt is 
 labels are the target. The model computes its own loss from ``labels``; validation reports the loss and the
 perplexity of the targets.
 The generation settings are saved with the model in ``generation_config.json``.
+
+Strategy ``lora`` (the recipe's :mod:`transferkit.train.lora`) adapts the attention projections of the frozen
+model; the LM head (tied to the input embeddings in most decoders) stays frozen, so only the adapter trains.
+The adapter is merged into a plain model directory (what evaluate, forgetting and export load) and also saved
+unmerged in peft's format under ``adapter/`` (``task_type`` ``CAUSAL_LM`` or ``SEQ_2_SEQ_LM``) for serving
+adapters on a shared base.
 """
 
 from __future__ import annotations
@@ -182,15 +188,17 @@ class TokenizedPairs:
 
 
 class SFTSide(TrainingSide):
-    """The generative tasks' side of the training recipe (strategies ``full`` and ``off_the_shelf``)."""
+    """The generative tasks' side of the training recipe (strategies ``full``, ``lora`` and ``off_the_shelf``)."""
 
     model_computes_loss = True
+    lora_trains_head = False
 
     def __init__(self, config: Any, resolved: Any, tokenizer: Any, hp: dict[str, Any], train: PairSplit,
                  validation: PairSplit, task: Any) -> None:
         self.config, self.resolved, self.tokenizer, self.hp, self.task = config, resolved, tokenizer, hp, task
         self.train_split, self.validation_split = train, validation
         self.seq2seq = bool(resolved.config.get("is_encoder_decoder"))
+        self.lora_task_type = "SEQ_2_SEQ_LM" if self.seq2seq else "CAUSAL_LM"
         self.processing_class = tokenizer
         self.pooling = "none"
         self.generation = generation_settings(config, tokenizer)

@@ -37,6 +37,10 @@ class TrainingSide(ABC):
         preprocessing: Input preprocessing recorded in ``training_summary.json``, or None.
         model_computes_loss: The model returns its own loss from the batch's ``labels`` (a causal LM with
             masked prompt tokens); otherwise the recipe's (class-weighted) cross-entropy on the logits.
+        lora_trains_head: Strategy ``lora`` also trains the parameters the layer layout calls ``head`` (a new
+            classification head); False for a pre-trained output layer (a language model's LM head) that stays
+            frozen like the rest of the base.
+        lora_task_type: peft ``task_type`` written to the saved adapter's config (``CAUSAL_LM``), or None.
     """
 
     hp: dict[str, Any]
@@ -46,6 +50,8 @@ class TrainingSide(ABC):
     processing_class: Any = None
     preprocessing: dict[str, Any] | None = None
     model_computes_loss: bool = False
+    lora_trains_head: bool = True
+    lora_task_type: str | None = None
 
     def selection_metric(self, config: Any) -> str:
         """The validation metric that selects the best checkpoint (``--metric`` for classification)."""

@@ -72,6 +72,10 @@ def test_export_builds_fp32_and_int4_with_gates_and_report(exported: tuple[Path,
     assert metrics["variants"]["int4"]["tokens_per_s"] == int4.tokens_per_s
     report = (out / "report.md").read_text()
     assert "Parity gate" in report and "| int4 |" in report and "tokens/s" in report
+    scalars = result.scalar_metrics()  # what the pipeline's onnx_quantize step logs to KFP Metrics
+    assert scalars["parity_token_agreement"] == result.parity_token_agreement and scalars["passed"] == 1.0
+    assert scalars["int4_rougeL"] == int4.rougeL and scalars["fp32_size_mb"] == round(fp32.size_bytes / 1e6, 3)
+    assert scalars["int4_tokens_per_s"] == int4.tokens_per_s
 
 
 def test_served_prompt_format_rebuilds_the_training_prompt_ids(exported: tuple[Path, object], model: Path) -> None:
