@@ -90,7 +90,7 @@ def test_unchanged_backbone_keeps_all_of_its_language_modelling(base_dir, tmp_pa
     assert saved["mode"] == "perplexity" and saved["details"]["perplexity"]["model"] == pytest.approx(expected,
                                                                                                        rel=1e-4)
     report = result.report_md.read_text()
-    assert "base LM head" in report and "Perplexity on the reference texts" in report
+    assert "base model's LM head on the fine-tuned backbone" in report and "Perplexity on the reference texts" in report
 
 
 def test_changed_backbone_is_measured_under_the_base_lm_head(base_dir, tmp_path, one_torch_thread):
