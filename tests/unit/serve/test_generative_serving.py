@@ -20,7 +20,8 @@ def test_decoupled_config_parses_as_a_triton_model_config() -> None:
     parsed = text_format.Parse(model_config("summarizer", kind="KIND_CPU", concurrency=3),
                                model_config_pb2.ModelConfig())
     assert parsed.backend == "python" and parsed.model_transaction_policy.decoupled
-    assert [i.name for i in parsed.input] == ["text_input", "max_tokens", "temperature", "top_p", "seed", "stream"]
+    assert [i.name for i in parsed.input] == ["text_input", "max_tokens", "temperature", "top_p", "seed", "stream",
+                                             "adapter"]
     assert all(i.optional for i in parsed.input[1:]) and not parsed.input[0].optional
     assert parsed.output[0].name == "text_output" and parsed.parameters["max_concurrent_requests"].string_value == "3"
     assert parsed.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
