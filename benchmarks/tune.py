@@ -9,8 +9,8 @@ MiniLM-L6 on movie sentiment, both evaluated on the full test split (1,057 rows)
   rate, epochs, batch size, weight decay, warmup and scheduler; no trial is pruned before 500 steps.
 - ``--strategy full``: a full fine-tune, short schedule (1 epoch on a seeded 800-row sample of the training split
   and a 256-row validation sample, max_length 64, an evaluation every 5 steps); the search explores learning
-  rate, LLRD, L2-SP and warmup; no pruning before step 10. On a shared 2-core machine one run takes minutes,
-  13 runs too long for a routine benchmark.
+  rate, LLRD, L2-SP and warmup; no pruning before step 20 of 25 (earlier, the warmup phase decides). On a
+  shared 2-core machine one run takes minutes, 13 runs too long for a routine benchmark.
 
 An untimed warm-up run fills the feature cache first; then the default run and the search run in this process
 one after the other; the best trial's model is evaluated on test as it was trained (no retraining). The search's
@@ -34,7 +34,7 @@ from feature_extraction import subset
 from transfer_quality import prepared_movie_data
 
 # No pruning before this many optimizer steps: the first evaluations mostly measure warmup and batch size.
-PRUNE_WARMUP_STEPS = {"feature_extraction": 500, "full": 10}
+PRUNE_WARMUP_STEPS = {"feature_extraction": 500, "full": 20}
 SPACES = {
     "feature_extraction": """
 objective: accuracy
