@@ -13,11 +13,13 @@ run:
 
 The LAST stdout line is one JSON object with ``int4_vs_pytorch_tokens_per_s``, ``triton_vs_inprocess_c4``,
 ``int4_rougeL_drop_pt``, ``ttft_p50_ms`` (Triton, concurrency 1) and ``failed_requests``. The machine is shared:
-only the ratios of this one run mean something. ``TK_BENCH_QUICK=1``: a smoke run of the script.
+only the ratios of this one run mean something. ``TK_BENCH_QUICK=1``: a smoke run of the script. ``--model-dir``
+measures an already fine-tuned summarizer (benchmarks/summarization.py's LoRA model) instead of training here.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -144,6 +146,11 @@ def genai_concurrent(variant: Path, prompts: list[list[int]], clients: int) -> f
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="A fine-tuned SmolLM2 summarizer to measure (e.g. benchmarks/summarization.py's "
+                             "$TRANSFERKIT_CACHE/bench/summarization/lora) instead of training one here.")
+    args = parser.parse_args()
     import torch
 
     from transferkit.data.prepare import DataPrepConfig, prepare_dataset
@@ -166,11 +173,12 @@ def main() -> int:
         data = root / "aclsum"
         prepare_dataset(DataPrepConfig(dataset="builtin:aclsum", out=data, task="summarization", model=str(base),
                                        max_length=MAX_LENGTH, max_rows=120 if not QUICK else 60))
-        model = root / "model"
-        run_training(TrainConfig(data_dir=data, model=str(base), out_dir=model, strategy=STRATEGY,
-                                 max_steps=TRAIN_STEPS, batch_size=4, max_length=MAX_LENGTH, learning_rate=5e-5,
-                                 max_new_tokens=MAX_NEW, logging_steps=5))
-        print(f"prepare + train ({STRATEGY}): {time.perf_counter() - t0:.0f}s", flush=True)
+        model = args.model_dir or root / "model"
+        if args.model_dir is None:
+            run_training(TrainConfig(data_dir=data, model=str(base), out_dir=model, strategy=STRATEGY,
+                                     max_steps=TRAIN_STEPS, batch_size=4, max_length=MAX_LENGTH, learning_rate=5e-5,
+                                     max_new_tokens=MAX_NEW, logging_steps=5))
+            print(f"prepare + train ({STRATEGY}): {time.perf_counter() - t0:.0f}s", flush=True)
         t0 = time.perf_counter()
         export = export_model(ExportConfig(model_dir=model, data_dir=data, out_dir=root / "onnx", threads=THREADS,
                                            max_eval_samples=8 if not QUICK else 2, max_drop=100.0))
@@ -211,7 +219,8 @@ def main() -> int:
               "pytorch_tokens_per_s": round(torch_speed, 2), "fp32_tokens_per_s": round(speeds["fp32"], 2),
               "int4_tokens_per_s": round(speeds["int4"], 2), "itl_p50_ms_c1": c1.itl_ms["p50"],
               "triton_c4_tokens_per_s": c4.output_tokens_per_s, "inprocess_c4_tokens_per_s": round(inprocess_c4, 2),
-              "strategy": STRATEGY, "rougeL_fp32": rouge["fp32"], "rougeL_int4": rouge["int4"], "prompts": len(prompts),
+              "model": STRATEGY if args.model_dir is None else str(args.model_dir),
+              "rougeL_fp32": rouge["fp32"], "rougeL_int4": rouge["int4"], "prompts": len(prompts),
               "export_parity_agreement": export.parity_token_agreement,
               "export_logits_max_abs_diff": export.parity_logits_max_abs_diff,
               "sizes_mb": {n: round(v.size_bytes / 1e6, 1) for n, v in export.variants.items()}}
