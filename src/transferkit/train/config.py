@@ -130,9 +130,9 @@ class TrainConfig:
     gradient_accumulation_steps: int = field(default=1, metadata=option(
         "--gradient-accumulation-steps", "--grad-accum", help="Micro-batches per optimizer step."))
     max_length: str | None = field(default=None, metadata=option(
-        "--max-length", kfp_unset=0, help="Tokens per input, or auto (text classification's default: the 95th "
-        "percentile of the training split's token lengths, rounded up to a multiple of 8, capped by the model's "
-        "limit); saved with the model."))
+        "--max-length", kfp_unset=0, help="Tokens per input, or auto (the default for text: the 95th percentile "
+        "of the training split's token lengths, rounded up to a multiple of 8, capped by the model's limit; for "
+        "summarization/instruction the length of prompt + target, capped at 1024); saved with the model."))
     truncation: str = field(default="head", metadata=option(
         "--truncation", help="Text longer than max_length: head (first tokens) | tail (last tokens) | head_tail "
         "(first quarter and last three quarters of the budget)."))

@@ -18,15 +18,24 @@ adapters on a shared base.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from transferkit.data.long_text import auto_max_length
 from transferkit.errors import ConfigError, ModelError, PreparedDataError, TrainingError
 from transferkit.io import write_json
 from transferkit.train.side import TrainingSide, resolve_hyperparameters
 
+logger = logging.getLogger(__name__)
+# An unset max_length is the p95 of the training examples' lengths, at most this (memory grows with length) ...
+MAX_AUTO_LENGTH = 1024
+# ... measured on a seeded sample of at most this many pairs.
+AUTO_SAMPLE = 20_000
 # Strategies that do not apply to a generative model, with the reason given to the user.
 REFUSED_STRATEGIES = {
     "feature_extraction": "a language model has no separate head to train on frozen features; use full (or "
@@ -153,11 +162,40 @@ def sft_side_for(config: Any, dataset: Any, resolved: Any, task: Any) -> SFTSide
     check_generator(resolved.config, resolved.path, task.name)
     train, validation = read_pairs(dataset, "train"), read_pairs(dataset, "validation")
     tokenizer = load_tokenizer(resolved, trust_remote_code=config.trust_remote_code)
-    hp = resolve_hyperparameters(config, resolved.entry, model_max_length(AutoConfig.from_pretrained(resolved.path),
-                                                                          tokenizer))
+    limit = model_max_length(AutoConfig.from_pretrained(resolved.path), tokenizer)
+    auto = None
+    if not isinstance(config.max_length, int):
+        # A catalog max_length is a classification input length (64 for SmolLM2): it would cut most prompts.
+        lengths = pair_token_lengths(tokenizer, train, seed=config.seed,
+                                     seq2seq=bool(resolved.config.get("is_encoder_decoder")))
+        auto = min(auto_max_length(lengths, limit), MAX_AUTO_LENGTH)
+        logger.info("max_length auto: %d tokens (p95 of %d training prompt+target lengths = %.0f tokens, model "
+                    "limit %d, auto cap %d)", auto, len(lengths), float(np.percentile(lengths, 95)), limit,
+                    MAX_AUTO_LENGTH)
+    hp = resolve_hyperparameters(config, resolved.entry, limit, auto_length=auto)
+    hp["max_length_source"] = "auto" if auto is not None else "given"
     if hp["max_length"] < 4:
         raise ConfigError(f"max_length: expected at least 4 tokens, got {hp['max_length']}")
     return SFTSide(config, resolved, tokenizer, hp, train, validation, task)
+
+
+def pair_token_lengths(tokenizer: Any, split: PairSplit, *, seed: int, seq2seq: bool = False) -> np.ndarray:
+    """Tokens per training example as trained, on a seeded sample of at most ``AUTO_SAMPLE`` pairs.
+
+    A decoder's example is the prompt (chat template applied) + target + EOS; a seq2seq example counts the
+    longer of prompt and target.
+    """
+    from transferkit.data.prompts import prompt_ids, target_ids
+
+    rows = np.arange(len(split.sources))
+    if len(rows) > AUTO_SAMPLE:
+        rows = np.sort(np.random.default_rng(seed).choice(len(rows), size=AUTO_SAMPLE, replace=False))
+    lengths = []
+    for i in rows:
+        prompt = len(prompt_ids(tokenizer, split.instructions[i], split.sources[i], seq2seq=seq2seq))
+        target = len(target_ids(tokenizer, split.labels[i]))
+        lengths.append(max(prompt, target) if seq2seq else prompt + target)
+    return np.asarray(lengths, dtype=np.int64)
 
 
 class TokenizedPairs:

@@ -79,6 +79,26 @@ def test_examples_mask_the_prompt_and_the_loss_covers_targets_only(tiny_llama: P
     assert ctx.metric == "loss" and side.trainer_metrics() is None
 
 
+def test_unset_max_length_is_the_p95_of_prompt_plus_target_not_the_catalog_default(tiny_llama: Path,
+                                                                                     aclsum_slice: Path,
+                                                                                     tmp_path: Path) -> None:
+    import numpy as np
+
+    from transferkit.data.prompts import prompt_ids, target_ids
+
+    ctx = setup_run(TrainConfig(data_dir=aclsum_slice, model=str(tiny_llama), strategy="full",
+                                out_dir=tmp_path / "m"))
+    split, tokenizer = ctx.train_split, ctx.side.tokenizer
+    lengths = [len(prompt_ids(tokenizer, i, s)) + len(target_ids(tokenizer, t))
+               for i, s, t in zip(split.instructions, split.sources, split.labels, strict=True)]
+    expected = min(int(np.ceil(np.percentile(lengths, 95) / 8) * 8), 256)  # the tiny Llama's 256 positions
+    assert ctx.hp["max_length"] == expected and ctx.hp["max_length_source"] == "auto"
+    assert ctx.hp["max_length"] > MAX_LENGTH  # whole abstracts, not a classification-sized cut
+    given = setup_run(TrainConfig(data_dir=aclsum_slice, model=str(tiny_llama), strategy="full",
+                                  out_dir=tmp_path / "g", max_length=96))
+    assert given.hp["max_length"] == 96 and given.hp["max_length_source"] == "given"
+
+
 def test_full_fine_tune_then_evaluate_with_lead_and_zero_shot_baselines(tiny_llama: Path, aclsum_slice: Path,
                                                                         tmp_path: Path) -> None:
     result = _train(aclsum_slice, tiny_llama, tmp_path / "model", strategy="full", decoding="beam", num_beams=2,
