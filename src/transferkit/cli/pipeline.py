@@ -104,7 +104,7 @@ def _value_problem(name: str, value: Any) -> str | None:
               "image_size": (0, None), "early_stopping_patience": (0, None), "seed": (0, None),
               "nproc_per_node": (1, None), "epochs": (1e-9, None), "learning_rate": (0, None), "llrd": (1e-9, 1),
               "l2sp": (0, None), "min_primary": (0, 1), "forgetting_min_retention": (0, 1.5),
-              "min_agreement": (0, 1), "max_quantization_drop": (0, 100),
+              "min_agreement": (0, 1), "max_quantization_drop": (0, 100), "generation_concurrency": (1, None),
               "monitor_sample_rate": (0, 1), "student_layers": (0, None), "distill_alpha": (0, 1),
               "distill_temperature": (1e-9, None)}
     if name in choices and value not in choices[name]:

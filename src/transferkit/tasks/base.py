@@ -36,8 +36,6 @@ class Task(ABC):
         min_labels: Fewest label names ``labels.json`` must hold (0 for generative tasks, which have none).
         auto_max_length: Whether ``max_length auto`` is measured on the training split (data prep and training);
             otherwise data prep's ``auto`` takes 64 and training the catalog's length.
-        pipeline_deploy_unsupported: Why the pipeline's deploy step cannot publish this task's exports (a pipeline
-            run of this task then ends at export), or None when it can.
     """
 
     name: ClassVar[str]
@@ -55,7 +53,6 @@ class Task(ABC):
     export_assets: ClassVar[tuple[str, ...]] = ()
     min_labels: ClassVar[int] = 2
     auto_max_length: ClassVar[bool] = False
-    pipeline_deploy_unsupported: ClassVar[str | None] = None
 
     def __repr__(self) -> str:
         return f"<task {self.name}>"

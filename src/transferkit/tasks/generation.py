@@ -38,9 +38,6 @@ class GenerativeTask(Task):
     export_variants: ClassVar[dict[str, tuple[str, ...]]] = {}
     export_cpu_preference: ClassVar[str] = "fp32"
     min_labels: ClassVar[int] = 0
-    pipeline_deploy_unsupported: ClassVar[str | None] = (
-        "the deploy step publishes classification exports only; serve a generative export with "
-        "transferkit.serve.generative.build_generative_repository (streaming Triton)")
     # DataPrepConfig fields naming the input and output columns, their defaults, and the other task's fields.
     input_field: ClassVar[str]
     output_field: ClassVar[str]
