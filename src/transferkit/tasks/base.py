@@ -184,6 +184,28 @@ class Task(ABC):
         """
         return None
 
+    def sample_request(self, http_url: str, model_name: str, *, dataset_dir: Path | None, export_dir: Path | None,
+                       work_dir: Path, sample_text: str) -> dict[str, Any]:
+        """Ask a deployed model of this task for one answer (what a local pipeline run shows at its end).
+
+        Args:
+            http_url: The Triton HTTP URL.
+            model_name: The deployed model (or ensemble).
+            dataset_dir: The run's prepared dataset (a sample input may come from its test split).
+            export_dir: The run's export (the generation spec of a generative model).
+            work_dir: Where a sample input may be saved for the user to look at.
+            sample_text: The sentence sent to a text model.
+
+        Returns:
+            The request and the answer (JSON-friendly; ``input`` always names what was sent).
+
+        Raises:
+            ServingError: The task has no sample request, or the server refused it.
+        """
+        from transferkit.errors import ServingError
+
+        raise ServingError(f"task {self.name}: no sample request for a deployed model of this task")
+
     # ------------------------------------------------------------------------------------- monitoring
 
     def monitor_items(self, dataset: Any, split: str) -> list[Any]:

@@ -177,6 +177,21 @@ class GenerativeTask(Task):
 
         return GenerativeExport.load(directory, variant)
 
+    def sample_request(self, http_url: str, model_name: str, *, dataset_dir: Any, export_dir: Any, work_dir: Any,
+                       sample_text: str) -> dict[str, Any]:
+        """The first test pair's user message on ``generate_stream``: the streamed text, tokens, time to first token.
+
+        Raises:
+            ServingError: The run has no export, or the server refused the request or streamed nothing.
+        """
+        from transferkit.errors import ServingError
+        from transferkit.serve.sample import stream_first_pair
+
+        if export_dir is None:
+            raise ServingError(f"task {self.name}: the run has no export to read the prompt format from")
+        return stream_first_pair(http_url, model_name, dataset_dir, export_dir)
+
+
 
 class Summarization(GenerativeTask):
     """A document in, its summary out (``--source-column`` / ``--target-column``)."""
