@@ -52,7 +52,7 @@ def deploy_triton(
 
     Args:
         variant: Export variant to serve (classifiers: ``fp32``, ``int8``, ``qdq``, ``fp16``; generative models:
-            ``fp32``, ``int4``, ``fp16``); "" = the export's recommended one.
+            ``fp32``, ``int4``, ``fp16``, ``lora`` with per-request adapters); "" = the export's recommended one.
         generation_concurrency: Generative models: requests generated at once per instance (one KV cache each).
         local_threads: Intra-op threads per local (CPU) python-backend instance; for a generative model, per
             generation.
