@@ -22,8 +22,9 @@ def deploy_gate(
         min_primary: Threshold the primary metric must reach.
         forgetting_passed: The forgetting check's verdict.
         export_passed: The export step's verdict.
-        task: The pipeline's task; a task whose exports the deploy step cannot publish (generative models) ends
-            the run here, after evaluate and export, without deploying ("" = text-classification).
+        task: The pipeline's task, named in the decision ("" = text-classification). Every task's export is
+            deployable: classifiers as an ensemble, generative models (summarization, instruction) as a streaming
+            decoupled model (the task registry's ``served_export``).
 
     Returns:
         Whether to deploy.
@@ -37,11 +38,9 @@ def deploy_gate(
     ]
     lines = ["# Deploy decision", "", "| check | result |", "|---|---|"]
     lines += [f"| {text} | {'pass' if ok else 'FAIL'} |" for text, ok in checks]
-    unsupported = get_task(task or DEFAULT_TASK).pipeline_deploy_unsupported
-    deploy = all(ok for _, ok in checks) and unsupported is None
-    if unsupported is not None:
-        lines += ["", f"Task {task}: the run ends after evaluate and export, without deploying: {unsupported}."]
-    lines += ["", f"**{'Deploying' if deploy else 'Not deploying'}.**"]
+    name = get_task(task or DEFAULT_TASK).name  # an unknown task fails here, before anything is deployed
+    deploy = all(ok for _, ok in checks)
+    lines += ["", f"**{'Deploying' if deploy else 'Not deploying'}** the {name} model."]
     with open(decision.path, "w", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")
     return deploy

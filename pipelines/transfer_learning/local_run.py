@@ -120,45 +120,6 @@ def collect_outputs(run_dir: Path, cached: dict[str, str] | None = None,
     return outputs
 
 
-def sample_inference(http_url: str, model_name: str, *, text: str | None = None,
-                     image: bytes | None = None) -> dict[str, Any]:
-    """Send one raw sentence or one encoded image to the deployed ensemble; return its label and probabilities."""
-    import numpy as np
-    import tritonclient.http as httpclient
-
-    client = httpclient.InferenceServerClient(http_url.removeprefix("http://"))
-    name, payload = ("text", text.encode("utf-8")) if text is not None else ("image", image)
-    batch = np.empty((1, 1), dtype=object)
-    batch[0, 0] = payload
-    request = httpclient.InferInput(name, list(batch.shape), "BYTES")
-    request.set_data_from_numpy(batch)
-    response = client.infer(model_name, [request])
-    label = response.as_numpy("label").reshape(-1)[0]
-    return {
-        "input": text if text is not None else f"PNG image ({len(payload)} bytes)",
-        "label": label.decode() if isinstance(label, bytes) else str(label),
-        "probabilities": [round(float(v), 4) for v in response.as_numpy("probabilities").reshape(-1)],
-    }
-
-
-def sample_image(outputs: dict[str, dict[str, Any]], work_dir: Path) -> tuple[bytes, str, Path]:
-    """The first test image of the run's prepared dataset: (PNG bytes, true label, a copy saved as PNG).
-
-    Raises:
-        PipelineError: The run has no prepared image dataset.
-    """
-    import pyarrow.parquet as pq
-
-    uri = ((outputs.get("data-prep") or {}).get("dataset") or {}).get("uri")
-    if not uri:
-        raise PipelineError("the run has no data-prep dataset output to take a sample image from")
-    table = pq.read_table(Path(uri) / "test.parquet", columns=["image", "label_name"]).slice(0, 1)
-    data, label = table.column("image")[0].as_py(), table.column("label_name")[0].as_py()
-    path = work_dir / "sample.png"
-    path.write_bytes(data)
-    return data, str(label), path
-
-
 def start_monitor(outputs: dict[str, dict[str, Any]], model_name: str, *, port: int, report_dir: Path,
                   host: str = "127.0.0.1") -> Any:
     """Start ``transferkit monitor`` on the baseline of the run's export (the onnx-quantize output).
@@ -206,7 +167,8 @@ def run_local(
         work_dir: Holds ``pipeline_root/``, ``cache/`` and ``model_repository/`` across runs.
         caching: Reuse results of identical steps from earlier runs (deploy is never cached).
         serve_forever: Keep Triton (and the monitor) running after the run until interrupted or ``stop`` is set.
-        sample_text: Sentence sent to a deployed text model at the end (image models get the first test image).
+        sample_text: Sentence sent to a deployed text classifier at the end (the task registry's ``sample_request``:
+            image models get the first test image, generative models stream an answer to the first test pair).
         monitor_sample_rate: Fraction of served items sent to the monitor with ``serve_forever`` (0: no monitor;
             ignored when ``params`` name a ``monitor_url`` of their own).
         monitor_port: Monitor port (0 picks a free one).
@@ -277,7 +239,9 @@ def run_local(
             result.monitor_url = monitor.url if monitor is not None else None
         try:
             if deployed:
-                result.endpoint = f"{server.http_url}/v2/models/{result.model_name}/infer"
+                # The deploy step's endpoint: the ensemble's infer (classifiers) or generate (generative models).
+                result.endpoint = ((result.outputs.get("deploy-triton") or {}).get("endpoint")
+                                   or f"{server.http_url}/v2/models/{result.model_name}/infer")
                 _sample(result, server.http_url, str(arguments.get("task") or ""), work_dir, sample_text)
             if serve_forever:
                 _serve(server, result, report_dir=work_dir / "monitor", on_serving=on_serving,
@@ -288,16 +252,20 @@ def run_local(
     return result
 
 
+def _artifact_dir(outputs: dict[str, dict[str, Any]], task: str, name: str) -> Path | None:
+    """The local directory of artifact ``name`` output by ``task`` (None when the run has none)."""
+    uri = ((outputs.get(task) or {}).get(name) or {}).get("uri")
+    return Path(uri) if uri else None
+
+
 def _sample(result: LocalRunResult, http_url: str, task: str, work_dir: Path, sample_text: str) -> None:
-    """Ask the deployed model once: a sentence, or the first test image for image tasks."""
+    """Ask the deployed model once, as its task says (a sentence, the first test image, a streamed summary)."""
     from transferkit.tasks import DEFAULT_TASK, get_task
 
-    if get_task(task or DEFAULT_TASK).modality == "image":
-        image, expected, path = sample_image(result.outputs, work_dir)
-        result.sample = sample_inference(http_url, str(result.model_name), image=image)
-        result.sample.update(expected=expected, image=str(path))
-    else:
-        result.sample = sample_inference(http_url, str(result.model_name), text=sample_text)
+    result.sample = get_task(task or DEFAULT_TASK).sample_request(
+        http_url, str(result.model_name), dataset_dir=_artifact_dir(result.outputs, "data-prep", "dataset"),
+        export_dir=_artifact_dir(result.outputs, "onnx-quantize", "onnx_model"), work_dir=work_dir,
+        sample_text=sample_text)
 
 
 def _serve(server: Any, result: LocalRunResult, *, report_dir: Path,

@@ -6,8 +6,11 @@ distillation when `prune` is on; else a pass-through) → (evaluate, onnx_quanti
 deploy_triton only when every gate holds; an exit handler writes the run summary whatever happens.
 
 The generative tasks (``task=summarization|instruction``, with the ``source_column``/``target_column`` or
-``prompt_column``/``response_column`` parameters) run the same steps; their exports are not deployed by
-deploy_triton (the task registry says so), so their runs end after evaluate and export.
+``prompt_column``/``response_column`` parameters) run the same steps, deploy included: deploy_triton serves
+their export (the task registry's ``served_export``) as a decoupled Triton model that streams tokens on
+``generate_stream``, smoke-tested by a greedy generation. ``deploy_variant`` picks the served variant ("" = the
+export's recommendation), ``generation_concurrency`` the requests generated at once per instance; ``min_agreement``
+applies to classifiers only.
 """
 
 
@@ -89,6 +92,8 @@ def build_pipeline(placement: PlacementConfig | None = None):
         export_cpu_isa: str = "portable",
         export_max_eval_samples: int = 0,
         min_agreement: float = 0.9,
+        deploy_variant: str = "",
+        generation_concurrency: int = 4,
         model_name: str = "transferkit-model",
         deploy_mode: str = "triton",
         repository: str = "/mnt/model-repository",
@@ -174,6 +179,7 @@ def build_pipeline(placement: PlacementConfig | None = None):
                     repository=repository, storage_uri=storage_uri, triton_url=triton_url,
                     instance_kind=instance_kind, git_repo=git_repo, values_file=values_file, namespace=namespace,
                     min_agreement=min_agreement, monitor_url=monitor_url, monitor_sample_rate=monitor_sample_rate,
+                    variant=deploy_variant, generation_concurrency=generation_concurrency,
                 )
                 apply_placement(deployed, "deploy_triton", placement)
 

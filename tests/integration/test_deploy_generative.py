@@ -238,3 +238,29 @@ def test_variant_missing_from_the_export_is_refused_before_publishing(export_dir
                                   git_repo=tmp_path / "git", options=RepositoryOptions(variant="fp16")))
     assert not (tmp_path / "r" / NAME).exists()
 
+
+
+def test_pipeline_deploy_component_serves_the_chosen_generative_variant(export_dir: Path, server: LocalTriton,
+                                                                          tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pipeline's deploy_triton step (its Python function, as kfp.local runs it) on a generative export."""
+    from kfp.dsl import Artifact, Markdown, Model
+
+    from components.deploy_triton.component import deploy_triton
+
+    monkeypatch.setenv("TRANSFERKIT_TRITON_API_KEY", KEY)  # the component reads the key from the environment only
+    name = "pipeline-summarizer"
+    deployment = Artifact(uri=str(tmp_path / "deployment.json"))
+    version, endpoint = deploy_triton.python_func(
+        onnx_model=Model(uri=str(export_dir)), deployment=deployment, record=Markdown(uri=str(tmp_path / "r.md")),
+        model_name=name, repository=str(server.repository), triton_url=server.http_url, instance_kind="cpu",
+        min_agreement=0.9, variant="fp32", generation_concurrency=3, local_threads=1)
+    assert version == 1 and endpoint == f"{server.http_url}/v2/models/{name}/generate"
+    record = json.loads((tmp_path / "deployment.json").read_text())
+    assert record["smoke_test"]["passed"] is True and record["agreement"] is None  # min_agreement: classifiers only
+    model = server.repository / name
+    assert json.loads((model / "1" / "generation_spec.json").read_text())["served_variant"] == "fp32"
+    assert 'string_value: "3"' in (model / "configs" / "local.pbtxt").read_text()
+    genai = json.loads((model / "1" / "model" / "genai_config.json").read_text())
+    assert genai["model"]["decoder"]["session_options"]["intra_op_num_threads"] == 1
+    assert "".join(p.text for p in stream_generate(server.http_url, name, TEXT, max_tokens=6)).strip()

@@ -207,3 +207,34 @@ def test_bad_requests_under_load_count_as_failed(server: LocalTriton) -> None:
     result = run_generative_load(server.http_url, NAME, concurrency=(2,), requests=2, max_tokens=4,
                                  prompts=(" ".join(["parsing"] * 300),))
     assert result.failed_requests == 2 and "exceeds the model's context" in result.levels[0].first_error
+
+
+def test_sample_request_streams_the_first_test_pair(server: LocalTriton, export_dir: Path) -> None:
+    """The end of a local pipeline run: the task registry's sample request, printed by `pipeline run --local`."""
+    import pyarrow.parquet as pq
+
+    from transferkit.cli._common import console
+    from transferkit.cli.pipeline import _print_sample
+    from transferkit.data.prompts import user_message
+    from transferkit.tasks import get_task
+
+    pairs = export_dir.parent / "pairs"  # the prepared data the export was gated on (tests/generative.py)
+    sample = get_task("summarization").sample_request(server.http_url, NAME, dataset_dir=pairs, export_dir=export_dir,
+                                                      work_dir=export_dir.parent, sample_text="unused")
+    first = pq.read_table(pairs / "test.parquet").slice(0, 1).to_pylist()[0]
+    spec = read_spec(export_dir)
+    # The pipeline's own user message (instruction, blank line, source), its source cut at the end to the budget
+    # evaluation uses: the trained length minus the saved max_new_tokens.
+    budget = max(spec["seq_len_trained"] - spec["max_new_tokens"], spec["seq_len_trained"] // 2)
+    assert sample["source_tokens_cut"] > 0 and 0 < sample["prompt_tokens"] <= budget
+    cut_source = sample["input"].removeprefix(f"{first['instruction'].strip()}\n\n")
+    assert first["source"].startswith(cut_source) and sample["input"] == user_message(first["instruction"], cut_source)
+    assert sample["reference"] == first["target"]
+    tokens, expected = _in_process(export_dir, sample["input"], spec["max_new_tokens"])
+    assert sample["generated"] == expected.strip() != ""  # greedy: the streamed text is the in-process one
+    assert 1 <= sample["tokens"] <= len(tokens) and 0 < sample["ttft_ms"] <= sample["seconds"] * 1000
+    assert sample["endpoint"] == f"{server.http_url}/v2/models/{NAME}/generate_stream"
+    with console.capture() as captured:
+        _print_sample(sample, None)
+    shown = captured.get()
+    assert f"{sample['tokens']} tokens" in shown and "generated:" in shown and sample["generated"].split()[0] in shown

@@ -17,7 +17,8 @@ def deploy(
     mode: str = typer.Option("triton", "--mode", help="triton | gitops | kserve."),
     repository: str = typer.Option(..., "--repository", help="Model repository: path/PVC mount or s3://bucket/prefix."),
     storage_uri: str = typer.Option("", help="Repository URI as the cluster sees it (default: --repository)."),
-    variant: str = typer.Option("", help="Graph variant (fp32, int8, qdq, fp16); default: the recommended one."),
+    variant: str = typer.Option("", help="Graph variant (fp32, int8, qdq, fp16; generative: fp32, int4, fp16, lora); "
+                                "default: the recommended one."),
     keep: int = typer.Option(3, help="Versions kept in the repository."),
     instance_kind: str = typer.Option("gpu", help="Production instance kind: gpu or cpu."),
     instance_count: int = typer.Option(1, help="Production instances per device."),

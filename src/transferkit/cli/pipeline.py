@@ -104,7 +104,7 @@ def _value_problem(name: str, value: Any) -> str | None:
               "image_size": (0, None), "early_stopping_patience": (0, None), "seed": (0, None),
               "nproc_per_node": (1, None), "epochs": (1e-9, None), "learning_rate": (0, None), "llrd": (1e-9, 1),
               "l2sp": (0, None), "min_primary": (0, 1), "forgetting_min_retention": (0, 1.5),
-              "min_agreement": (0, 1), "max_quantization_drop": (0, 100),
+              "min_agreement": (0, 1), "max_quantization_drop": (0, 100), "generation_concurrency": (1, None),
               "monitor_sample_rate": (0, 1), "student_layers": (0, None), "distill_alpha": (0, 1),
               "distill_temperature": (1e-9, None)}
     if name in choices and value not in choices[name]:
@@ -232,15 +232,31 @@ def _print_summary(result: Any) -> None:
         table.add_row(name, task["status"], f"{task['seconds']:.1f}", ", ".join(shown))
     console.print(table)
     if result.sample:
-        sample = result.sample
-        expected = f" (true label {sample['expected']}, image {sample['image']})" if "expected" in sample else ""
-        console.print(f"Triton answer from {result.endpoint}: {sample['input']!r} -> "
-                      f"{sample['label']} {sample['probabilities']}{expected}")
+        _print_sample(result.sample, result.endpoint)
         if result.monitor_url:
             url = result.monitor_url
             console.print(f"Monitor of the served traffic: {url}/metrics, {url}/v1/windows")
     else:
         console.print("Deploy was skipped: a gate did not pass (see the deploy-gate decision in the run outputs).")
+
+
+def _print_sample(sample: dict[str, Any], endpoint: str | None) -> None:
+    """The deployed model's sample answer: a label with probabilities, or a streamed text with its timing."""
+    from rich.markup import escape
+
+    if "generated" in sample:  # a generative model's streamed answer (the task's sample_request)
+        message = " ".join(str(sample["input"]).split())
+        shown = message if len(message) <= 300 else f"{message[:240]} ... {message[-50:]}"
+        console.print(f"Triton streamed from {sample.get('endpoint') or endpoint}: {sample['tokens']} tokens, first "
+                      f"after {sample['ttft_ms']:.0f} ms, {sample['seconds']:.1f} s in all "
+                      f"({sample['prompt_tokens']} prompt tokens)")
+        console.print(f"  input:     {escape(shown)}")
+        console.print(f"  generated: {escape(str(sample['generated']))}")
+        console.print(f"  reference: {escape(str(sample['reference']))}")
+        return
+    expected = f" (true label {sample['expected']}, image {sample['image']})" if "expected" in sample else ""
+    console.print(f"Triton answer from {endpoint}: {sample['input']!r} -> "
+                  f"{sample['label']} {sample['probabilities']}{expected}")
 
 
 @app.command("submit")

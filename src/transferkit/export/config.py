@@ -116,6 +116,10 @@ class ExportConfig:
     monitor_baseline_size: int = field(default=500, metadata=option(
         "--monitor-baseline-size", help="Validation rows of the drift-monitoring baseline written beside the graphs "
         "(transferkit.monitor.baseline; 0: none)."))
+    adapter_variant: str = field(default="", metadata=option(
+        "--adapter-variant", help="LoRA-trained generative models: also build variant `lora`, the base model as an "
+        "fp32 graph with the model's adapter/ as a per-request adapter file of this name (a request activates it "
+        "with `adapter`); \"\" = none."))
 
     def __post_init__(self) -> None:
         self.model_dir = Path(self.model_dir) if not isinstance(self.model_dir, Path) else self.model_dir
@@ -146,6 +150,12 @@ class ExportConfig:
                 raise ConfigError(f"{name}: {getattr(self, name)!r} must be >= 0 (0 skips the measurement)")
         if self.max_eval_samples is not None and self.max_eval_samples < 1:
             raise ConfigError(f"max_eval_samples: {self.max_eval_samples!r} must be >= 1 or None")
+        if self.adapter_variant:
+            from transferkit.export.generative_adapters import valid_adapter_name
+
+            if not valid_adapter_name(self.adapter_variant):
+                raise ConfigError(f"adapter_variant: {self.adapter_variant!r} must be 1-63 letters, digits, '_', '.', "
+                                  "'-' (starting with a letter or digit)")
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise ConfigError(f"out_dir: {self.out_dir} exists and is not a directory")
         if self.out_dir.absolute() in (self.model_dir.absolute(), self.data_dir.absolute()):

@@ -4,7 +4,9 @@
 and ``int4/`` for ``--target cpu``; ``fp16/`` and ``int4/`` for ``--target gpu``), each holding the builder's
 ``model.onnx`` (+ ``model.onnx.data``), ``genai_config.json`` and the tokenizer files, and beside them
 ``generation_spec.json`` (variants, recommended variant, prompt format, context and token limits, the saved
-generation settings), ``metrics.json`` and ``report.md``/``report.html``; all-or-nothing.
+generation settings), ``metrics.json`` and ``report.md``/``report.html``; all-or-nothing. With ``adapter_variant``
+a LoRA-trained model also gets ``lora/``: its base as an fp32 graph plus its adapter as a per-request adapter file
+(:func:`adapter_variant`, :mod:`transferkit.export.generative_adapters`).
 
 Gates (on the validation split):
 
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from transferkit.errors import ExportError, ModelError, ParityError, PreparedDataError, QuantizationGateError
+from transferkit.export.generative_adapters import ADAPTER_VARIANT
 
 logger = logging.getLogger(__name__)
 
@@ -197,8 +200,12 @@ def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def og_generate(model: Any, ids: list[int], max_new: int, *, min_new: int = 0) -> tuple[list[int], float, float]:
-    """Greedy decoding with ONNX Runtime GenAI: (new tokens, seconds to the first token, total seconds)."""
+def og_generate(model: Any, ids: list[int], max_new: int, *, min_new: int = 0,
+                adapter: tuple[Any, str] | None = None) -> tuple[list[int], float, float]:
+    """Greedy decoding with ONNX Runtime GenAI: (new tokens, seconds to the first token, total seconds).
+
+    ``adapter``: ``(og.Adapters, name)`` of the adapter to activate (the per-request adapter variant).
+    """
     import onnxruntime_genai as og
 
     params = og.GeneratorParams(model)
@@ -206,6 +213,8 @@ def og_generate(model: Any, ids: list[int], max_new: int, *, min_new: int = 0) -
                               num_beams=1)
     started = time.perf_counter()
     generator = og.Generator(model, params)
+    if adapter is not None:
+        generator.set_active_adapter(*adapter)
     generator.append_tokens(ids)
     tokens: list[int] = []
     first = 0.0
@@ -310,6 +319,44 @@ def _load(config: Any, task: Any) -> tuple[Any, Any, Any]:
     return resolved, tokenizer, model
 
 
+def adapter_variant(config: Any, model_dir: Path, out: Path, merged: Any, prompts: list[list[int]],
+                    generation: Any, threads: int) -> GenerativeVariant:
+    """Build the per-request adapter variant of a LoRA-trained model and check it against the merged fp32 graph.
+
+    With its adapter active, greedy decoding must reproduce the merged graph's first ``PARITY_TOKENS`` tokens for
+    at least ``PARITY_AGREEMENT`` of the prompts.
+
+    Raises:
+        ExportError: Not a LoRA-trained model (no ``adapter/``), or a builder failure.
+        ParityError: The adapter variant decodes differently from the merged model.
+    """
+    import onnxruntime_genai as og
+
+    from transferkit.export.generative_adapters import ADAPTER_DIR, ADAPTER_SUFFIX, export_adapter_variant
+
+    name = config.adapter_variant
+    started = time.perf_counter()
+    export_adapter_variant(model_dir, name, out, allow_pickle=config.allow_pickle,
+                           trust_remote_code=config.trust_remote_code)
+    seconds = time.perf_counter() - started
+    _configure(out, generation, threads)
+    model = og.Model(str(out))
+    adapters = og.Adapters(model)
+    adapters.load(str(out / ADAPTER_DIR / f"{name}{ADAPTER_SUFFIX}"), name)
+    identical = sum(og_generate(model, ids, PARITY_TOKENS, min_new=PARITY_TOKENS, adapter=(adapters, name))[0]
+                    == og_generate(merged, ids, PARITY_TOKENS, min_new=PARITY_TOKENS)[0] for ids in prompts)
+    agreement = identical / len(prompts)
+    if agreement < PARITY_AGREEMENT:
+        raise ParityError(f"adapter_variant: base graph + adapter {name!r} vs the merged fp32 graph: first "
+                          f"{PARITY_TOKENS} greedy tokens identical for {agreement:.0%} of {len(prompts)} validation "
+                          f"prompts (need >= {PARITY_AGREEMENT:.0%})")
+    logger.info("Adapter variant: base + adapter %r matches the merged model on %.0f%% of %d prompts", name,
+                100 * agreement, len(prompts))
+    return GenerativeVariant(out.name, out.name, "fp32", _dir_size(out), seconds_to_build=round(seconds, 3),
+                             reason=f"base + adapter {name!r} per request (without it: the base model); "
+                             f"{agreement:.0%} of {len(prompts)} prompts token-identical to the merged model")
+
+
 def _settings(model_dir: Path, config: Any) -> tuple[Any, int]:
     """The saved generation settings and the max_length prompts were cut to in training."""
     from transferkit.evaluate.generation import _generation_config, _read_summary
@@ -395,6 +442,9 @@ def export_generative(config: Any, dataset: Any, task: Any) -> GenerativeExportR
                 if not variant.kept and config.on_drop == "fail":
                     raise QuantizationGateError(f"{name}: {variant.reason} on {len(prompts)} validation prompts")
             variants[reference_name].reason = variants[reference_name].reason or "reference"
+            if config.adapter_variant:  # after the quality gate: without its adapter the variant is the base model
+                variants[ADAPTER_VARIANT] = adapter_variant(config, resolved.path, tmp / ADAPTER_VARIANT,
+                                                            og.Model(str(parity_dir)), prompts, generation, threads)
             shutil.rmtree(tmp / ".parity-fp32", ignore_errors=True)
             for variant in variants.values():
                 if not variant.kept:
@@ -403,7 +453,9 @@ def export_generative(config: Any, dataset: Any, task: Any) -> GenerativeExportR
             recommended = next(name for name in preference if variants[name].kept)
             context = json.loads((tmp / reference_name / "genai_config.json").read_text())["model"]["context_length"]
             spec = {"kind": "generative", "task": task.name, "target": config.target, "recommended": recommended,
-                    "variants": {n: {"dir": v.dir, "precision": v.precision} for n, v in variants.items() if v.kept},
+                    "variants": {n: {"dir": v.dir, "precision": v.precision,
+                                     **({"adapters": [config.adapter_variant]} if n == ADAPTER_VARIANT else {})}
+                                 for n, v in variants.items() if v.kept},
                     "prompt": fmt, "context_length": int(context), "max_new_tokens": max_new,
                     "max_tokens_limit": int(context) - 1, "eos_token_id": generation.eos_token_id,
                     "generation": generation.to_diff_dict(), "threads": threads,

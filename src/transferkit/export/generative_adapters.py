@@ -34,8 +34,17 @@ logger = logging.getLogger(__name__)
 
 ADAPTER_DIR = "adapters"
 ADAPTER_SUFFIX = ".onnx_adapter"
+# The variant `transferkit export --adapter-variant NAME` adds to a LoRA-trained model's export.
+ADAPTER_VARIANT = "lora"
+# Where training saves a LoRA model's unmerged PEFT adapter (transferkit.train.lora.ADAPTER_DIR).
+TRAINED_ADAPTER_DIR = "adapter"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _LORA_MARK = (".lora_A.", ".lora_B.")
+
+
+def valid_adapter_name(name: str) -> bool:
+    """Whether ``name`` can name an adapter file (1-63 letters, digits, ``_``, ``.``, ``-``)."""
+    return bool(_NAME_RE.match(name))
 
 
 def _adapter_shape(name: str, adapter_dir: Path) -> tuple[Any, Any]:
@@ -139,3 +148,45 @@ def build_adapter_variant(model_dir: Path | str, adapters: Mapping[str, Path | s
     logger.info("Built %s: fp32 base with %d LoRA weights as inputs, adapters %s", out, len(weights[first]),
                 ", ".join(dirs))
     return list(dirs)
+
+
+def export_adapter_variant(model_dir: Path | str, name: str, out: Path | str, *, allow_pickle: bool = False,
+                           trust_remote_code: bool = False) -> Path:
+    """Build the per-request adapter variant of a LoRA-trained model (its base graph + its adapter file).
+
+    The base model the adapter was trained on becomes the fp32 graph of :func:`build_adapter_variant`, and the
+    model's own ``adapter/`` its adapter file ``name``.
+
+    Args:
+        model_dir: A model directory trained with ``--strategy lora`` (merged weights + ``adapter/``).
+        name: The adapter's name (requests activate it with ``adapter``).
+        out: Folder to write.
+        allow_pickle: Accept a base model with pickle weights.
+        trust_remote_code: Accept a base model with custom code.
+
+    Returns:
+        The base model directory the adapter was trained on.
+
+    Raises:
+        ExportError: No ``adapter/`` (not a LoRA-trained model), its base does not resolve, or a builder failure.
+    """
+    from transferkit.errors import TransferkitError
+    from transferkit.models.catalog import resolve_model
+
+    adapter = Path(model_dir) / TRAINED_ADAPTER_DIR
+    config_path = adapter / "adapter_config.json"
+    try:
+        base_ref = json.loads(config_path.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"{config_path}: no readable PEFT adapter config ({type(exc).__name__}); adapter_variant "
+                          "needs a model trained with --strategy lora") from None
+    if not base_ref:
+        raise ExportError(f"{config_path}: base_model_name_or_path is empty; the base the adapter was trained on "
+                          "is unknown")
+    try:
+        base = Path(resolve_model(str(base_ref), allow_pickle=allow_pickle, trust_remote_code=trust_remote_code).path)
+    except TransferkitError as exc:
+        raise ExportError(f"{config_path}: base model {base_ref!r} does not resolve: {str(exc).splitlines()[0]}") \
+            from None
+    build_adapter_variant(base, {name: adapter}, out)
+    return base

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from transferkit.data.prepared import PreparedDataset, load_prepared
-from transferkit.errors import PreparedDataError, QuantizationGateError
+from transferkit.errors import ConfigError, PreparedDataError, QuantizationGateError
 from transferkit.export.config import (
     ExportConfig,
     ExportResult,
@@ -114,7 +114,7 @@ def export_model(config: ExportConfig) -> ExportResult:
 
     Raises:
         ModelError: Model without weights or tokenizer, not loadable, or not for the dataset's task.
-        ConfigError: An image model without usable preprocessing settings.
+        ConfigError: An image model without usable preprocessing settings, or adapter_variant for a classifier.
         PreparedDataError: Dataset missing, or an empty validation/test/calibration split.
         DataError: An image of the dataset does not decode.
         ExportError: Unsupported architecture, exporter or quantizer failure, mismatching labels.
@@ -129,6 +129,9 @@ def export_model(config: ExportConfig) -> ExportResult:
     own = get_task(dataset.task).export(config, dataset)
     if own is not None:
         return own
+    if config.adapter_variant:
+        raise ConfigError(f"adapter_variant: applies to LoRA-trained generative models (summarization, instruction); "
+                          f"{config.data_dir} is a {dataset.task} dataset")
     plan = variant_plan(dataset.task, config.target, config.gpu_prefer)
     _check_data(dataset, plan)
     threads = config.resolved_threads

@@ -36,8 +36,6 @@ class Task(ABC):
         min_labels: Fewest label names ``labels.json`` must hold (0 for generative tasks, which have none).
         auto_max_length: Whether ``max_length auto`` is measured on the training split (data prep and training);
             otherwise data prep's ``auto`` takes 64 and training the catalog's length.
-        pipeline_deploy_unsupported: Why the pipeline's deploy step cannot publish this task's exports (a pipeline
-            run of this task then ends at export), or None when it can.
     """
 
     name: ClassVar[str]
@@ -55,7 +53,6 @@ class Task(ABC):
     export_assets: ClassVar[tuple[str, ...]] = ()
     min_labels: ClassVar[int] = 2
     auto_max_length: ClassVar[bool] = False
-    pipeline_deploy_unsupported: ClassVar[str | None] = None
 
     def __repr__(self) -> str:
         return f"<task {self.name}>"
@@ -186,6 +183,28 @@ class Task(ABC):
             ServingError: The export directory is incomplete.
         """
         return None
+
+    def sample_request(self, http_url: str, model_name: str, *, dataset_dir: Path | None, export_dir: Path | None,
+                       work_dir: Path, sample_text: str) -> dict[str, Any]:
+        """Ask a deployed model of this task for one answer (what a local pipeline run shows at its end).
+
+        Args:
+            http_url: The Triton HTTP URL.
+            model_name: The deployed model (or ensemble).
+            dataset_dir: The run's prepared dataset (a sample input may come from its test split).
+            export_dir: The run's export (the generation spec of a generative model).
+            work_dir: Where a sample input may be saved for the user to look at.
+            sample_text: The sentence sent to a text model.
+
+        Returns:
+            The request and the answer (JSON-friendly; ``input`` always names what was sent).
+
+        Raises:
+            ServingError: The task has no sample request, or the server refused it.
+        """
+        from transferkit.errors import ServingError
+
+        raise ServingError(f"task {self.name}: no sample request for a deployed model of this task")
 
     # ------------------------------------------------------------------------------------- monitoring
 

@@ -38,9 +38,6 @@ class GenerativeTask(Task):
     export_variants: ClassVar[dict[str, tuple[str, ...]]] = {}
     export_cpu_preference: ClassVar[str] = "fp32"
     min_labels: ClassVar[int] = 0
-    pipeline_deploy_unsupported: ClassVar[str | None] = (
-        "the deploy step publishes classification exports only; serve a generative export with "
-        "transferkit.serve.generative.build_generative_repository (streaming Triton)")
     # DataPrepConfig fields naming the input and output columns, their defaults, and the other task's fields.
     input_field: ClassVar[str]
     output_field: ClassVar[str]
@@ -179,6 +176,21 @@ class GenerativeTask(Task):
         from transferkit.serve.generative_deploy import GenerativeExport
 
         return GenerativeExport.load(directory, variant)
+
+    def sample_request(self, http_url: str, model_name: str, *, dataset_dir: Any, export_dir: Any, work_dir: Any,
+                       sample_text: str) -> dict[str, Any]:
+        """The first test pair's user message on ``generate_stream``: the streamed text, tokens, time to first token.
+
+        Raises:
+            ServingError: The run has no export, or the server refused the request or streamed nothing.
+        """
+        from transferkit.errors import ServingError
+        from transferkit.serve.sample import stream_first_pair
+
+        if export_dir is None:
+            raise ServingError(f"task {self.name}: the run has no export to read the prompt format from")
+        return stream_first_pair(http_url, model_name, dataset_dir, export_dir)
+
 
 
 class Summarization(GenerativeTask):

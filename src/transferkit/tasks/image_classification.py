@@ -120,6 +120,14 @@ class ImageClassification(Task):
              for c in result.parity_cases],
         )
 
+    def sample_request(self, http_url: str, model_name: str, *, dataset_dir: Any, export_dir: Any, work_dir: Any,
+                       sample_text: str) -> dict[str, Any]:
+        """The first test image of the prepared data (saved as ``work_dir/sample.png``): label, probabilities."""
+        from transferkit.serve.sample import classify, first_test_image
+
+        image, expected, path = first_test_image(dataset_dir, work_dir)
+        return {**classify(http_url, model_name, image=image), "expected": expected, "image": str(path)}
+
     def monitor_items(self, dataset: Any, split: str) -> list[Any]:
         """Encoded image bytes."""
         return list(dataset.images(split))

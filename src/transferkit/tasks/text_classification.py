@@ -115,6 +115,13 @@ class TextClassification(Task):
              for c in result.parity_cases],
         )
 
+    def sample_request(self, http_url: str, model_name: str, *, dataset_dir: Any, export_dir: Any, work_dir: Any,
+                       sample_text: str) -> dict[str, Any]:
+        """The sentence ``sample_text`` on the ensemble's ``infer``: its label and probabilities."""
+        from transferkit.serve.sample import classify
+
+        return classify(http_url, model_name, text=sample_text)
+
     def monitor_items(self, dataset: Any, split: str) -> list[Any]:
         """Texts, or ``(text, text_pair)`` tuples for pair datasets."""
         texts, pairs = dataset.texts(split), dataset.text_pairs(split)

@@ -1,6 +1,6 @@
 """A summarization run through the pipeline's components (their Python functions, as kfp.local runs them):
 data_prep -> fine_tune (lora and full) -> forgetting_check -> select_strategy -> evaluate -> deploy_gate, on the
-tiny random Llama and real builtin:aclsum pairs."""
+tiny random Llama and real builtin:aclsum pairs; the deploy decision of a generative run is the classifier's."""
 
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ def _outputs(root: Path, *names: str) -> dict[str, object]:
     return {name: kinds[name](uri=str(root / f"{name}{suffix[kinds[name]]}")) for name in names}
 
 
-def test_summarization_flows_through_the_components_and_ends_before_deploy(tmp_path: Path,
-                                                                           one_torch_thread: None) -> None:
+def test_summarization_flows_through_the_components_to_the_deploy_decision(
+        tmp_path: Path, one_torch_thread: None) -> None:
     base = tiny_llama(tmp_path / "base")
     dataset = Dataset(uri=str(tmp_path / "data"))
     n_labels = data_prep.python_func(dataset_uri="builtin:aclsum", dataset=dataset, task="summarization",
@@ -70,11 +70,17 @@ def test_summarization_flows_through_the_components_and_ends_before_deploy(tmp_p
     assert 0.0 <= primary <= 1.0 and primary == pytest.approx(scores["rougeL"]) and accuracy == 0.0
 
     gate = _outputs(tmp_path / "gate", "decision")
+    decision = tmp_path / "gate" / "decision.md"
+    # A generative run deploys like a classifier when its gates hold (ROUGE-L threshold, forgetting, export).
     assert deploy_gate.python_func(primary=primary, min_primary=0.0, forgetting_passed=True, export_passed=True,
-                                   task="summarization", **gate) is False
-    assert "ends after evaluate and export, without deploying" in (tmp_path / "gate" / "decision.md").read_text()
+                                   task="summarization", **gate) is True
+    assert "**Deploying** the summarization model." in decision.read_text()
+    assert deploy_gate.python_func(primary=primary, min_primary=primary + 0.01, forgetting_passed=True,
+                                   export_passed=True, task="summarization", **gate) is False
+    assert "| FAIL |" in decision.read_text() and "**Not deploying**" in decision.read_text()
     assert deploy_gate.python_func(primary=0.9, min_primary=0.8, forgetting_passed=True, export_passed=True,
                                    **gate) is True
+    assert "the text-classification model" in decision.read_text()
 
 
 def test_demo_params_files_fit_the_compiled_pipeline(repo_root: Path) -> None:
