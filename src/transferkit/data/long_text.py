@@ -39,6 +39,8 @@ AGGREGATIONS = ("mean", "max")
 AUTO = "auto"
 AUTO_PERCENTILE = 95
 AUTO_FLOOR = 16
+# max_length auto measures lengths on a seeded sample of at most this many training rows.
+AUTO_SAMPLE = 20_000
 # Share of the content budget head_tail takes from the start of the text (Sun et al.: 128 of 510).
 HEAD_SHARE = 0.25
 
@@ -60,6 +62,14 @@ def parse_max_length(value: Any, field: str = "max_length") -> int | str | None:
     if isinstance(number, bool) or number < 1:
         raise ConfigError(f"{field}: expected a positive number of tokens or 'auto', got {value!r}")
     return number
+
+
+def auto_sample_rows(count: int, seed: int) -> np.ndarray:
+    """Indices of the training rows whose lengths ``max_length auto`` measures (all, or a seeded sorted sample)."""
+    rows = np.arange(count)
+    if count > AUTO_SAMPLE:
+        rows = np.sort(np.random.default_rng(seed).choice(count, size=AUTO_SAMPLE, replace=False))
+    return rows
 
 
 def auto_max_length(lengths: Sequence[int] | np.ndarray, model_limit: int) -> int:

@@ -26,16 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from transferkit.data.long_text import auto_max_length
+from transferkit.data.long_text import auto_max_length, auto_sample_rows
 from transferkit.errors import ConfigError, ModelError, PreparedDataError, TrainingError
 from transferkit.io import write_json
 from transferkit.train.side import TrainingSide, resolve_hyperparameters
 
 logger = logging.getLogger(__name__)
-# An unset max_length is the p95 of the training examples' lengths, at most this (memory grows with length) ...
+# An unset max_length is the p95 of the training examples' lengths, at most this (memory grows with length).
 MAX_AUTO_LENGTH = 1024
-# ... measured on a seeded sample of at most this many pairs.
-AUTO_SAMPLE = 20_000
 # Strategies that do not apply to a generative model, with the reason given to the user.
 REFUSED_STRATEGIES = {
     "feature_extraction": "a language model has no separate head to train on frozen features; use full (or "
@@ -180,18 +178,15 @@ def sft_side_for(config: Any, dataset: Any, resolved: Any, task: Any) -> SFTSide
 
 
 def pair_token_lengths(tokenizer: Any, split: PairSplit, *, seed: int, seq2seq: bool = False) -> np.ndarray:
-    """Tokens per training example as trained, on a seeded sample of at most ``AUTO_SAMPLE`` pairs.
+    """Tokens per training example as trained, on the pairs of :func:`auto_sample_rows`.
 
     A decoder's example is the prompt (chat template applied) + target + EOS; a seq2seq example counts the
     longer of prompt and target.
     """
     from transferkit.data.prompts import prompt_ids, target_ids
 
-    rows = np.arange(len(split.sources))
-    if len(rows) > AUTO_SAMPLE:
-        rows = np.sort(np.random.default_rng(seed).choice(len(rows), size=AUTO_SAMPLE, replace=False))
     lengths = []
-    for i in rows:
+    for i in auto_sample_rows(len(split.sources), seed):
         prompt = len(prompt_ids(tokenizer, split.instructions[i], split.sources[i], seq2seq=seq2seq))
         target = len(target_ids(tokenizer, split.labels[i]))
         lengths.append(max(prompt, target) if seq2seq else prompt + target)

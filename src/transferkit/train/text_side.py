@@ -17,6 +17,7 @@ import numpy as np
 from transferkit.data.long_text import (
     TextInputs,
     auto_max_length,
+    auto_sample_rows,
     check_long_document_options,
     special_token_count,
 )
@@ -77,15 +78,12 @@ def text_side_for(config: Any, dataset: Any, resolved: Any) -> TextSide:
     return TextSide(config, resolved, tokenizer, hp, train_split, validation_split, spec)
 
 
-AUTO_SAMPLE = 20_000
 
 
 def _train_token_lengths(tokenizer: Any, split: Any, seed: int) -> np.ndarray:
     """Token lengths (special tokens included) of the training texts (a seeded sample of 20,000 at most)."""
     texts, pairs = list(split.texts), split.text_pairs
-    rows = np.arange(len(texts))
-    if len(rows) > AUTO_SAMPLE:
-        rows = np.sort(np.random.default_rng(seed).choice(len(rows), size=AUTO_SAMPLE, replace=False))
+    rows = auto_sample_rows(len(texts), seed)
     sample = [texts[i] for i in rows]
     sample_pairs = [pairs[i] for i in rows] if pairs is not None else None
     encoded = tokenizer(sample, sample_pairs, truncation=False, verbose=False, return_attention_mask=False,
