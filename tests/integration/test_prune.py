@@ -144,7 +144,10 @@ def test_pipeline_prune_step_passes_through_when_off_and_prunes_within_budget(te
     # The comparison table: both models exported (parity-gated), every variant's numbers in the metrics.
     assert on.metrics["pruned_int8_size_mb"] < on.metrics["pruned_fp32_size_mb"] < on.metrics["fp32_size_mb"]
     assert sum(on.metrics[f"{v}_pareto"] for v in ("fp32", "int8", "pruned_fp32", "pruned_int8")) >= 1
-    assert on.metrics["pruned_int8_pareto"] == 1.0  # the smallest variant is never dominated
+    sizes = {v: on.metrics[f"{v}_size_mb"] for v in ("fp32", "int8", "pruned_fp32", "pruned_int8")}
+    smallest = min(sizes, key=sizes.get)
+    if sorted(sizes.values())[0] < sorted(sizes.values())[1]:  # a strictly smallest variant is never dominated
+        assert on.metrics[f"{smallest}_pareto"] == 1.0, sizes
     html = on.report_html.read_text()
     assert "Pareto front" in html and "pruned int8" in html
     assert json.loads((tmp_path / "on" / "config.json").read_text())["intermediate_size"] < 64
