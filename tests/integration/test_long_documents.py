@@ -67,6 +67,18 @@ def test_chunked_training_uses_every_window_with_the_document_label(chunk_run, d
     assert best["eval_accuracy"] == pytest.approx(validation["accuracy"], abs=1e-9)
 
 
+def test_document_loss_trains_on_whole_documents_per_batch(data, tmp_path, one_torch_thread):
+    out = tmp_path / "model"
+    run_training(TrainConfig(data_dir=data, model="minilm-l6", strategy="full", out_dir=out, epochs=1.0,
+                             max_length="32", long_documents="chunk", stride=6, aggregation="max",
+                             chunk_loss="document", batch_size=16, seed=0))
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["resolved"]["chunk_loss"] == "document"
+    assert summary["global_step"] == 3  # one epoch of 48 documents in batches of 16 documents (not of windows)
+    assert "window_accuracy" in summary["validation"]  # validation is still scored per document
+    assert json.loads((out / "text_inputs.json").read_text())["aggregation"] == "max"
+
+
 def test_evaluation_aggregates_window_logits_per_document(chunk_run, data, tmp_path):
     evaluate_model(EvaluateConfig(model_dir=chunk_run.out_dir, data_dir=data, out_dir=tmp_path / "eval",
                                            progress=False))

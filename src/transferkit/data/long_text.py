@@ -36,6 +36,7 @@ TEXT_INPUTS_FILE = "text_inputs.json"
 TRUNCATIONS = ("head", "tail", "head_tail")
 LONG_DOCUMENTS = ("truncate", "chunk")
 AGGREGATIONS = ("mean", "max")
+CHUNK_LOSSES = ("window", "document")
 AUTO = "auto"
 AUTO_PERCENTILE = 95
 AUTO_FLOOR = 16
@@ -264,6 +265,24 @@ def aggregate(logits: np.ndarray, doc_index: np.ndarray, n_docs: int, how: str) 
     np.add.at(out, doc_index, logits)
     counts = np.bincount(doc_index, minlength=n_docs).astype(np.float64)
     return out / np.maximum(counts, 1.0)[:, None]
+
+
+def aggregate_tensor(logits: Any, doc_ids: Any, n_docs: int, how: str) -> Any:
+    """:func:`aggregate` on torch tensors, differentiable (training with ``--chunk-loss document``).
+
+    Args:
+        logits: ``(windows, classes)`` window logits.
+        doc_ids: ``(windows,)`` document of each window, in ``range(n_docs)``, every document present.
+        n_docs: Number of documents.
+        how: ``mean`` or per-class ``max``.
+    """
+    import torch
+
+    index = doc_ids.to(logits.device).unsqueeze(1).expand_as(logits)
+    out = torch.zeros((n_docs, logits.shape[1]), dtype=logits.dtype, device=logits.device)
+    if how == "max":
+        return out.scatter_reduce(0, index, logits, reduce="amax", include_self=False)
+    return out.scatter_reduce(0, index, logits, reduce="mean", include_self=False)
 
 
 def kept_fractions(content_lengths: Sequence[int] | np.ndarray, window: int) -> dict[str, float]:

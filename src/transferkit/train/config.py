@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transferkit.data.long_text import AGGREGATIONS, LONG_DOCUMENTS, TRUNCATIONS, parse_max_length
+from transferkit.data.long_text import AGGREGATIONS, CHUNK_LOSSES, LONG_DOCUMENTS, TRUNCATIONS, parse_max_length
 from transferkit.errors import ConfigError
 from transferkit.options import option, to_cli_args
 
@@ -145,6 +145,10 @@ class TrainConfig:
     aggregation: str = field(default="mean", metadata=option(
         "--aggregation", help="chunk: mean of the windows' logits (the document's overall label) | max (per class, "
         "the strongest window: 'any window' labels)."))
+    chunk_loss: str = field(default="window", metadata=option(
+        "--chunk-loss", help="chunk: window (every window trained on its document's label) | document (a "
+        "document's windows share a batch and the loss is on their logits aggregated by --aggregation, as "
+        "documents are scored: multiple-instance learning; --batch-size then counts documents)."))
     image_size: int | None = field(default=None, metadata=option(
         "--image-size", kfp_unset=0, help="Images: input size in pixels (default: the model's); saved in "
         "preprocessor.json so export and serving use it."))
@@ -266,6 +270,9 @@ class TrainConfig:
             raise ConfigError(f"stride: expected a non-negative number of overlapping tokens, got {self.stride!r}")
         if self.stride is not None and self.long_documents != "chunk":
             raise ConfigError("stride: applies to --long-documents chunk")
+        _choice("chunk_loss", self.chunk_loss, CHUNK_LOSSES)
+        if self.chunk_loss == "document" and self.long_documents != "chunk":
+            raise ConfigError("chunk_loss: document applies to --long-documents chunk")
         for name in ("learning_rate", "head_learning_rate", "epochs", "batch_size", "eval_batch_size",
                      "max_steps", "image_size", "eval_steps", "save_steps"):
             _positive(name, getattr(self, name))

@@ -184,6 +184,62 @@ class TokenizedDataset:
         return {k: encoded[k] for k in self.encodings[index]}
 
 
+class DocumentWindows:
+    """The chunked training documents, one item per document holding all its windows (``--chunk-loss document``).
+
+    Args:
+        windows: A :class:`TokenizedDataset` of chunk windows (its ``doc_index`` set).
+    """
+
+    def __init__(self, windows: TokenizedDataset) -> None:
+        self.windows = windows
+        self.augment = windows.augment
+        self.groups: list[list[int]] = [[] for _ in windows.split.labels]
+        for window, document in enumerate(windows.doc_index):
+            self.groups[int(document)].append(window)
+        self.lengths = [sum(windows.lengths[i] for i in group) for group in self.groups]
+
+    @property
+    def labels(self) -> list[int]:
+        """Label id of every document."""
+        return list(self.windows.split.labels)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Augmentation of the windows differs per epoch."""
+        self.windows.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        windows = [self.windows[i] for i in self.groups[index]]
+        for window in windows:
+            window.pop("labels")
+        return {"windows": windows, "labels": self.windows.split.labels[index]}
+
+
+class DocumentCollator:
+    """Pads the windows of a batch of documents into one batch; adds each window's position ``doc_ids``.
+
+    Batches of plain examples (validation windows) go to ``pad`` unchanged.
+    """
+
+    def __init__(self, pad: Any) -> None:
+        self.pad = pad
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        """One padded batch; of documents' windows (with ``doc_ids`` and per-document ``labels``) or plain."""
+        import torch
+
+        if "windows" not in features[0]:
+            return self.pad(features)
+        flat = [window for feature in features for window in feature["windows"]]
+        batch = self.pad(flat)
+        batch["doc_ids"] = torch.tensor([d for d, feature in enumerate(features) for _ in feature["windows"]])
+        batch["labels"] = torch.tensor([feature["labels"] for feature in features])
+        return batch
+
+
 class SeededLengthGroupedSampler:
     """Length-grouped random order that depends only on ``(seed, epoch)``.
 

@@ -417,6 +417,7 @@ class FineTuneRecipe:
             "train_lengths": side.train_lengths(data.train) if config.group_by_length else None,
             "compute_metrics": side.trainer_metrics(),
             "model_computes_loss": side.model_computes_loss,
+            "document_aggregation": side.document_aggregation(),
             "callbacks": callbacks,
         }
         feature_info: dict[str, Any] | None = None

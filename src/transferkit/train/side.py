@@ -61,6 +61,13 @@ class TrainingSide(ABC):
         """The Trainer's ``compute_metrics`` (accuracy and macro F1 of logits); None evaluates the loss only."""
         return compute_metrics
 
+    def document_aggregation(self) -> str | None:
+        """The per-document reduction of window logits when training batches hold whole documents.
+
+        None (the default): every training example is scored on its own.
+        """
+        return None
+
     def derived_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         """Validation metrics completed from the Trainer's (e.g. perplexity from the loss); unchanged by default."""
         return metrics

@@ -74,7 +74,8 @@ def text_side_for(config: Any, dataset: Any, resolved: Any) -> TextSide:
                       long_documents=config.long_documents, stride=stride, aggregation=config.aggregation,
                       special_tokens=specials).check()
     hp.update(max_length_source="auto" if auto is not None else "given", truncation=spec.truncation,
-              long_documents=spec.long_documents, stride=spec.stride, aggregation=spec.aggregation)
+              long_documents=spec.long_documents, stride=spec.stride, aggregation=spec.aggregation,
+              chunk_loss=config.chunk_loss)
     return TextSide(config, resolved, tokenizer, hp, train_split, validation_split, spec)
 
 
@@ -172,15 +173,21 @@ class TextSide(TrainingSide):
 
     def datasets(self, ctx: Any) -> tuple[Any, Any]:
         """Tokenized training (with text augmentation if chosen) and validation datasets."""
-        from transferkit.train.data import TokenizedDataset
+        from transferkit.train.data import DocumentWindows, TokenizedDataset
 
         config, max_length = self.config, self.hp["max_length"]
         spec = None if self.spec.plain else self.spec
         self._validation_windows = TokenizedDataset(self.validation_split, self.tokenizer, max_length,
                                                     text_inputs=spec)
-        return (TokenizedDataset(self.train_split, self.tokenizer, max_length, augment=config.augment,
-                                 augment_prob=config.augment_prob, seed=config.seed, text_inputs=spec),
-                self._validation_windows)
+        train = TokenizedDataset(self.train_split, self.tokenizer, max_length, augment=config.augment,
+                                 augment_prob=config.augment_prob, seed=config.seed, text_inputs=spec)
+        if self.document_aggregation() is not None:
+            train = DocumentWindows(train)
+        return train, self._validation_windows
+
+    def document_aggregation(self) -> str | None:
+        """``--chunk-loss document``: the spec's aggregation, applied to each training document's windows."""
+        return self.spec.aggregation if self.config.chunk_loss == "document" else None
 
     def trainer_metrics(self) -> Any:
         """Chunked documents: every evaluation is scored per document, so checkpoints are selected on them."""
@@ -220,10 +227,10 @@ class TextSide(TrainingSide):
         return {**per_document, **{f"window_{k}": v for k, v in metrics.items()}}
 
     def supports_feature_cache(self, model: Any) -> bool:
-        """Whether the fast path knows where this model's head starts."""
+        """Whether the fast path knows where this model's head starts (and scores examples one by one)."""
         from transferkit.train.features import supports_feature_cache
 
-        return supports_feature_cache(model)
+        return self.document_aggregation() is None and supports_feature_cache(model)
 
     def cached_features(self, model: Any, ctx: Any, datasets: dict[str, Any]) -> tuple[dict[str, Any], str, bool]:
         """Encoder outputs of every split, from the cache or computed once."""
@@ -242,7 +249,10 @@ class TextSide(TrainingSide):
         """Dynamic padding (to multiples of 8 on CUDA, for tensor cores)."""
         from transformers import DataCollatorWithPadding
 
-        return DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=8 if device == "cuda" else None)
+        from transferkit.train.data import DocumentCollator
+
+        pad = DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=8 if device == "cuda" else None)
+        return DocumentCollator(pad) if self.document_aggregation() is not None else pad
 
     def eval_order(self, eval_ds: Any) -> list[int]:
         """Validation rows by length: less padding, same metrics."""

@@ -1,9 +1,10 @@
 """A Hugging Face ``Trainer`` with what transfer learning needs on top of it.
 
-Only three hooks are overridden: ``create_optimizer`` (layer-wise LR decay and a separate head LR),
-``compute_loss`` (class weights and the L2-SP penalty) and ``_get_train_sampler`` (length grouping whose
-order depends only on seed and epoch, so resumed runs are exact). Everything else (loop, schedules,
-mixed precision, checkpointing, DDP, early stopping) is the stock Trainer.
+The hooks overridden: ``create_optimizer`` (layer-wise LR decay and a separate head LR), ``compute_loss``
+(class weights, the L2-SP penalty, per-document loss of chunked documents), ``_get_train_sampler`` (length
+grouping whose order depends only on seed and epoch, so resumed runs are exact) and the signature columns
+(document batches). Everything else (loop, schedules, mixed precision, checkpointing, DDP, early stopping)
+is the stock Trainer.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class TransferTrainer(Trainer):
         train_lengths: Token lengths of the training examples; enables length-grouped batches.
         model_computes_loss: Use the loss the model returns for the batch's ``labels`` (causal LM) instead of
             cross-entropy on the logits.
+        document_aggregation: Training batches of whole documents (``doc_ids`` per window, ``labels`` per
+            document): reduce the windows' logits per document (``mean`` / ``max``) before the loss.
         **kwargs: Passed to :class:`transformers.Trainer`.
 
     """
@@ -51,6 +54,7 @@ class TransferTrainer(Trainer):
         l2sp: L2SPPenalty | None = None,
         train_lengths: list[int] | None = None,
         model_computes_loss: bool = False,
+        document_aggregation: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -62,6 +66,7 @@ class TransferTrainer(Trainer):
         self.l2sp = l2sp
         self.train_lengths = train_lengths
         self.model_computes_loss = model_computes_loss
+        self.document_aggregation = document_aggregation
         self._last_penalty: float | None = None
         self._weight_tensor: Any = None
 
@@ -102,8 +107,13 @@ class TransferTrainer(Trainer):
             loss = outputs["loss"]
         else:
             labels = inputs.pop("labels")
+            doc_ids = inputs.pop("doc_ids", None)
             outputs = model(**inputs)
             logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+            if doc_ids is not None:
+                from transferkit.data.long_text import aggregate_tensor
+
+                logits = aggregate_tensor(logits, doc_ids, labels.shape[0], self.document_aggregation or "mean")
             weight = None
             if self.class_weights is not None:
                 if self._weight_tensor is None or self._weight_tensor.device != logits.device:
@@ -115,6 +125,13 @@ class TransferTrainer(Trainer):
             self._last_penalty = float(penalty.detach())
             loss = loss + penalty
         return (loss, outputs) if return_outputs else loss
+
+    def _set_signature_columns_if_needed(self) -> None:
+        # Batches of whole documents arrive as {"windows": [...], "labels": ...}: keep the key the forward
+        # signature does not name (the collator flattens it).
+        super()._set_signature_columns_if_needed()
+        if self.document_aggregation is not None and "windows" not in self._signature_columns:
+            self._signature_columns.append("windows")
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         if self.train_lengths is not None:
