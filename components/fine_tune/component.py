@@ -27,6 +27,8 @@ def fine_tune(
     truncation: str = "head",
     long_documents: str = "truncate",
     stride: int = -1,
+    aggregation: str = "mean",
+    chunk_loss: str = "window",
     image_size: int = 0,
     warmup_ratio: float = -1.0,
     weight_decay: float = -1.0,
@@ -62,6 +64,8 @@ def fine_tune(
         truncation: head | tail | head_tail: which tokens of a longer text are kept.
         long_documents: truncate | chunk (overlapping windows classified and aggregated per document).
         stride: chunk: tokens a window shares with the previous one (-1 = a quarter of the window).
+        aggregation: chunk: mean | max of the windows' logits per document.
+        chunk_loss: chunk: window (each window on its document's label) | document (loss on aggregated logits).
         preserve_source: Apply the forgetting mitigation (text models; skipped for image data).
         lora_rank: Strategy lora (the other strategies ignore the lora_* options, dora and quantize_base): rank.
         lora_target: Comma-separated module names or all-linear; "" = the architecture's default.
@@ -93,7 +97,8 @@ def fine_tune(
         dataset.path, model.path, checkpoint_root=checkpoint_root, nproc_per_node=nproc_per_node,
         base_model=base_model, strategy=strategy, epochs=epochs, max_steps=max_steps, learning_rate=learning_rate,
         head_learning_rate=head_learning_rate, llrd=llrd, l2sp=l2sp, batch_size=batch_size, max_length=max_length,
-        truncation=truncation, long_documents=long_documents, stride=stride, image_size=image_size,
+        truncation=truncation, long_documents=long_documents, stride=stride,
+        aggregation=aggregation, chunk_loss=chunk_loss, image_size=image_size,
         warmup_ratio=warmup_ratio, weight_decay=weight_decay, scheduler=scheduler,
         unfreeze_top_layers=unfreeze_top_layers, early_stopping_patience=early_stopping_patience, augment=augment,
         class_weights=class_weights, preserve_source=preserve_source, min_retention=min_retention, seed=seed,
