@@ -79,7 +79,8 @@ def test_document_loss_is_cross_entropy_of_the_aggregated_window_logits(windows,
 
 def test_document_loss_needs_chunked_documents(tmp_path):
     with pytest.raises(ConfigError, match="^chunk_loss: document applies to --long-documents chunk$"):
-        TrainConfig(data_dir=tmp_path, model="minilm-l6", strategy="full", out_dir=tmp_path / "m", chunk_loss="document")
+        TrainConfig(data_dir=tmp_path, model="minilm-l6", strategy="full", out_dir=tmp_path / "m",
+                    chunk_loss="document")
     with pytest.raises(ConfigError, match="^chunk_loss: unknown value 'doc'; expected one of window, document$"):
-        TrainConfig(data_dir=tmp_path, model="minilm-l6", strategy="full", out_dir=tmp_path / "m", long_documents="chunk",
-                    chunk_loss="doc")
+        TrainConfig(data_dir=tmp_path, model="minilm-l6", strategy="full", out_dir=tmp_path / "m",
+                    long_documents="chunk", chunk_loss="doc")
