@@ -280,9 +280,7 @@ def aggregate_tensor(logits: Any, doc_ids: Any, n_docs: int, how: str) -> Any:
 
     index = doc_ids.to(logits.device).unsqueeze(1).expand_as(logits)
     out = torch.zeros((n_docs, logits.shape[1]), dtype=logits.dtype, device=logits.device)
-    if how == "max":
-        return out.scatter_reduce(0, index, logits, reduce="amax", include_self=False)
-    return out.scatter_reduce(0, index, logits, reduce="mean", include_self=False)
+    return out.scatter_reduce(0, index, logits, reduce="amax" if how == "max" else "mean", include_self=False)
 
 
 def kept_fractions(content_lengths: Sequence[int] | np.ndarray, window: int) -> dict[str, float]:

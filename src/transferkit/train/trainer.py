@@ -113,7 +113,7 @@ class TransferTrainer(Trainer):
             if doc_ids is not None:
                 from transferkit.data.long_text import aggregate_tensor
 
-                logits = aggregate_tensor(logits, doc_ids, labels.shape[0], self.document_aggregation or "mean")
+                logits = aggregate_tensor(logits, doc_ids, labels.shape[0], self.document_aggregation)
             weight = None
             if self.class_weights is not None:
                 if self._weight_tensor is None or self._weight_tensor.device != logits.device:
