@@ -4,6 +4,9 @@ The saved directory must be a plain merged transformers model (what evaluate/exp
 adapter in ``adapter/`` must reproduce it: merged weight - base weight == scale * (alpha / r) * B @ A.
 """
 
+import sys
+import types
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -146,3 +149,17 @@ def test_preserve_source_on_a_decoder_is_refused_before_training(data, tiny_llam
     with pytest.raises(ConfigError, match=r"^preserve_source: .* is a decoder \(llama\): use --strategy lora") as info:
         run_training(config)
     assert "\n" not in str(info.value) and not out.exists()
+
+
+def test_preserve_source_on_a_lora_model_marks_the_adapter_as_not_the_served_weights(data, tmp_path, monkeypatch,
+                                                                                     one_torch_thread):
+    def preserve_source(model_dir, *, base, data_dir, source, min_retention):
+        assert (model_dir / "adapter" / "adapter_model.safetensors").is_file()  # written before the mitigation
+        return {"changed": True, "retention": 0.71, "split_layer": 4, "alpha": 0.25}
+
+    stub = types.SimpleNamespace(preserve_source=preserve_source)
+    monkeypatch.setitem(sys.modules, "transferkit.train.preserve", stub)
+    config = TrainConfig(data_dir=data, model="minilm-l6", strategy="lora", out_dir=tmp_path / "model",
+                         preserve_source=True, min_retention=0.7, **TINY)
+    summary = read_json(run_training(config).out_dir / "training_summary.json")
+    assert summary["lora"]["adapter_matches_model"] is False and summary["preserve_source"]["changed"] is True

@@ -210,6 +210,11 @@ def apply_preserve_source(ctx: Any, directory: Path, outcome: RunOutcome) -> Non
     )
     outcome.validation_before_preserve = outcome.validation
     outcome.validation = ctx.side.validation_metrics(ctx, directory)
+    if outcome.lora is not None and outcome.preserve_source.get("changed"):
+        # The mitigation moved merged weights layer by layer; a low-rank adapter cannot express that.
+        outcome.lora = {**outcome.lora, "adapter_matches_model": False}
+        logger.info("preserve-source changed the merged model: adapter/ holds the trained adapter, not the "
+                    "mitigated weights (serve the merged model)")
 
 
 def write_reports(directory: Path, ctx: Any, outcome: RunOutcome, curves: Any, *, tensorboard: bool
