@@ -22,6 +22,7 @@ def onnx_quantize(
     opset: int = 0,
     cpu_isa: str = "portable",
     max_eval_samples: int = 0,
+    int4_recipe: str = "rtn",
 ) -> NamedTuple("ExportOutputs", [("passed", bool), ("recommended_variant", str)]):
     """Export ``model`` to ONNX (parity-checked) and keep the quantized variant that holds its accuracy.
 
@@ -35,6 +36,7 @@ def onnx_quantize(
         opset: ONNX opset (0 = the exporter's default).
         cpu_isa: CPU int8 recipe: ``portable`` (any CPU), ``vnni`` (serve on VNNI nodes) or ``native``.
         max_eval_samples: Validation items the gates use (generative models: prompts; 0 = the default).
+        int4_recipe: Generative models: ``rtn``, ``rtn-int8-head`` or ``k-quant-mixed`` int4 weights.
 
     Returns:
         Whether the export gates passed, and the variant to deploy.
@@ -49,7 +51,8 @@ def onnx_quantize(
 
     options = from_kfp_parameters(ExportConfig, {"target": target, "atol": atol, "max_drop": max_drop,
                                                  "on_drop": on_drop, "opset": opset, "cpu_isa": cpu_isa,
-                                                 "max_eval_samples": max_eval_samples})
+                                                 "max_eval_samples": max_eval_samples,
+                                                 "int4_recipe": int4_recipe})
     result = export_model(ExportConfig(
         model_dir=Path(model.path), data_dir=Path(dataset.path), out_dir=Path(onnx_model.path), **options,
     ))

@@ -93,6 +93,7 @@ def build_pipeline(placement: PlacementConfig | None = None):
         max_quantization_drop: float = 0.5,
         export_cpu_isa: str = "portable",
         export_max_eval_samples: int = 0,
+        export_int4_recipe: str = "rtn",
         min_agreement: float = 0.9,
         deploy_variant: str = "",
         generation_concurrency: int = 4,
@@ -168,6 +169,7 @@ def build_pipeline(placement: PlacementConfig | None = None):
             exported = onnx_quantize(
                 model=pruned.outputs["pruned_model"], dataset=prep.outputs["dataset"], target=export_target,
                 max_drop=max_quantization_drop, cpu_isa=export_cpu_isa, max_eval_samples=export_max_eval_samples,
+                int4_recipe=export_int4_recipe,
             )
             apply_placement(exported, "onnx_quantize", placement)
             gate = deploy_gate(

@@ -16,6 +16,7 @@ TARGETS = ("cpu", "gpu")
 ON_DROP = ("fallback", "fail")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 GPU_PREFERENCES = ("fp16", "qdq")
+INT4_RECIPE_NAMES = ("rtn", "rtn-int8-head", "k-quant-mixed")  # transferkit.export.generative.INT4_RECIPES
 # torch.onnx's legacy exporter emits LayerNormalization natively from opset 17 (fewer, faster nodes);
 # 20 is the newest opset it supports.
 MIN_OPSET, MAX_OPSET = 14, 20
@@ -121,6 +122,10 @@ class ExportConfig:
         "fp32 graph with the model's adapter/ as a per-request adapter file of this name (a request activates it "
         "with `adapter`); \"\" = none."))
 
+    int4_recipe: str = field(default="rtn", metadata=option(
+        "--int4-recipe", help="Generative models: the int4 variant's weight-only recipe: rtn (the GenAI builder's "
+        "default) | rtn-int8-head (the LM head in int8) | k-quant-mixed (k-quant; LM head and sensitive layers int8)."))
+
     def __post_init__(self) -> None:
         self.model_dir = Path(self.model_dir) if not isinstance(self.model_dir, Path) else self.model_dir
         self.data_dir = Path(self.data_dir)
@@ -130,6 +135,7 @@ class ExportConfig:
         _choice("calibration_method", self.calibration_method, CALIBRATION_METHODS)
         _choice("gpu_prefer", self.gpu_prefer, GPU_PREFERENCES)
         _choice("cpu_isa", self.cpu_isa, CPU_ISAS)
+        _choice("int4_recipe", self.int4_recipe, INT4_RECIPE_NAMES)
         if not isinstance(self.opset, int) or not MIN_OPSET <= self.opset <= MAX_OPSET:
             raise ConfigError(
                 f"opset: {self.opset!r} is not supported; expected an integer in [{MIN_OPSET}, {MAX_OPSET}]"

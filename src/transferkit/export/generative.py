@@ -51,6 +51,15 @@ PARITY_AGREEMENT = 0.95
 LOGITS_ATOL = 1e-3
 # Validation prompts the gates use at most (generation is the expensive part of the export).
 DEFAULT_GATE_PROMPTS = 32
+# int4 recipes: ONNX Runtime GenAI model builder ``--extra_options`` of the int4 variant (weight-only MatMulNBits).
+INT4_RECIPES: dict[str, tuple[str, ...]] = {
+    "rtn": (),  # the builder's default: round-to-nearest, blocks of 32, int8 activations on CPU
+    # The LM head (the largest matmul) in int8. Not "matmul_mixed_precision=last_matmul:int8" on the default
+    # method: GenAI 0.18 writes a graph that does not load (lm_head.MatMul.weight_Q8G32 has no initializer).
+    "rtn-int8-head": ("algo_config=rtn_last",),
+    "k-quant-mixed": ("algo_config=k_quant_mixed",),  # k-quant; LM head and the sensitive layers in int8
+}
+DEFAULT_INT4_RECIPE = "rtn"
 _MARKER = "\u2063TRANSFERKIT_MESSAGE\u2063"
 
 
@@ -69,6 +78,7 @@ class GenerativeVariant:
     tokens_per_s: float | None = None
     ttft_ms: float | None = None
     seconds_to_build: float | None = None
+    recipe: str = ""
 
 
 @dataclass
@@ -157,8 +167,11 @@ def prompt_format(tokenizer: Any) -> dict[str, Any]:
             "drop_trailing_id": tokenizer.sep_token_id}
 
 
-def build_variant(model_dir: Path, out: Path, precision: str, target: str, cache: Path) -> float:
+def build_variant(model_dir: Path, out: Path, precision: str, target: str, cache: Path,
+                  extra_options: tuple[str, ...] = ()) -> float:
     """Run the ONNX Runtime GenAI model builder (a subprocess: it prints and holds the whole model).
+
+    ``extra_options``: the builder's ``KEY=VALUE`` options (an :data:`INT4_RECIPES` entry for int4).
 
     Returns:
         Seconds taken.
@@ -169,6 +182,8 @@ def build_variant(model_dir: Path, out: Path, precision: str, target: str, cache
     started = time.perf_counter()
     command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model_dir), "-o", str(out),
                "-p", precision, "-e", BUILDER_PROVIDER[target], "-c", str(cache)]
+    if extra_options:
+        command += ["--extra_options", *extra_options]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0 or not (out / "genai_config.json").is_file():
         lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
@@ -405,10 +420,12 @@ def export_generative(config: Any, dataset: Any, task: Any) -> GenerativeExportR
         with atomic_output_dir(config.out_dir, owned_files=(GENERATION_SPEC_FILE,)) as tmp:
             variants: dict[str, GenerativeVariant] = {}
             for name in (reference_name, *quantized):
-                seconds = build_variant(resolved.path, tmp / name, name, config.target, tmp / ".builder-cache")
+                recipe = config.int4_recipe if name == "int4" else ""
+                seconds = build_variant(resolved.path, tmp / name, name, config.target, tmp / ".builder-cache",
+                                        INT4_RECIPES[recipe] if recipe else ())
                 _configure(tmp / name, generation, threads)
                 variants[name] = GenerativeVariant(name, name, name, _dir_size(tmp / name),
-                                                   seconds_to_build=round(seconds, 3))
+                                                   seconds_to_build=round(seconds, 3), recipe=recipe)
                 logger.info("Built %s (%.1f MB) in %.1f s", name, variants[name].size_bytes / 1e6, seconds)
             shutil.rmtree(tmp / ".builder-cache", ignore_errors=True)
             # The gates run on CPU: fp32 for cpu targets; a gpu target's fp16 graph needs CUDA, so the gpu
@@ -454,6 +471,7 @@ def export_generative(config: Any, dataset: Any, task: Any) -> GenerativeExportR
             context = json.loads((tmp / reference_name / "genai_config.json").read_text())["model"]["context_length"]
             spec = {"kind": "generative", "task": task.name, "target": config.target, "recommended": recommended,
                     "variants": {n: {"dir": v.dir, "precision": v.precision,
+                                     **({"recipe": v.recipe} if v.recipe else {}),
                                      **({"adapters": [config.adapter_variant]} if n == ADAPTER_VARIANT else {})}
                                  for n, v in variants.items() if v.kept},
                     "prompt": fmt, "context_length": int(context), "max_new_tokens": max_new,

@@ -14,10 +14,17 @@ from typer.testing import CliRunner
 
 from tests.generative import aclsum_pairs, fine_tuned, tiny_llama
 from transferkit.cli.main import app
-from transferkit.errors import ModelError, ParityError
+from transferkit.errors import ConfigError, ModelError, ParityError
 from transferkit.export import export_model
-from transferkit.export.config import ExportConfig
-from transferkit.export.generative import PARITY_TOKENS, og_generate, parity_gate, prompt_format
+from transferkit.export.config import INT4_RECIPE_NAMES, ExportConfig
+from transferkit.export.generative import (
+    DEFAULT_INT4_RECIPE,
+    INT4_RECIPES,
+    PARITY_TOKENS,
+    og_generate,
+    parity_gate,
+    prompt_format,
+)
 
 
 @pytest.fixture(scope="module")
@@ -108,12 +115,31 @@ def test_parity_gate_raises_when_the_graph_is_another_model(exported: tuple[Path
     assert len(tokens) == PARITY_TOKENS and 0 < first <= total
 
 
+def _lm_head_bits(variant: Path) -> int:
+    import onnx
+
+    graph = onnx.load(variant / "model.onnx", load_external_data=False).graph
+    (head,) = [n for n in graph.node if n.op_type == "MatMulNBits" and "lm_head" in n.name]
+    return next(a.i for a in head.attribute if a.name == "bits")
+
+
+def test_int4_recipes_are_the_builders_options(exported: tuple[Path, object]) -> None:
+    assert set(INT4_RECIPES) == set(INT4_RECIPE_NAMES) and ExportConfig.int4_recipe == DEFAULT_INT4_RECIPE
+    out, result = exported
+    assert result.variants["int4"].recipe == DEFAULT_INT4_RECIPE == "rtn" and _lm_head_bits(out / "int4") == 4
+    spec = json.loads((out / "generation_spec.json").read_text())
+    assert spec["variants"]["int4"]["recipe"] == "rtn" and "recipe" not in spec["variants"]["fp32"]
+    with pytest.raises(ConfigError, match=r"^int4_recipe: 'gptq' is not one of rtn, rtn-int8-head, k-quant-mixed$"):
+        ExportConfig(model_dir=out, data_dir=out, out_dir=out / "x", int4_recipe="gptq")
+
+
 def test_cli_export_of_a_generative_model_prints_the_variants(model: Path, pairs: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["export", "--model", str(model), "--data", str(pairs), "--out",
                                       str(tmp_path / "onnx"), "--threads", "1", "--max-eval-samples", "2",
-                                      "--max-drop", "100"])
+                                      "--max-drop", "100", "--int4-recipe", "rtn-int8-head"])
     assert result.exit_code == 0, result.output
     assert "recommended int4" in result.output and "tokens/s" in result.output and "fp32" in result.output
+    assert _lm_head_bits(tmp_path / "onnx" / "int4") == 8  # the recipe's LM head in int8, the rest int4
 
 
 def test_a_classifier_given_to_the_generative_export_is_refused(pairs: Path, tmp_path: Path) -> None:
