@@ -156,6 +156,8 @@ def main() -> int:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="Prepared aclsum to take test prompts from; pass the one --model-dir was trained on "
                              "($TRANSFERKIT_CACHE/bench/summarization/aclsum) so no test prompt was seen in training.")
+    parser.add_argument("--int4-recipe", default=None,
+                        help="The export's --int4-recipe (default: the export's default).")
     args = parser.parse_args()
     import torch
 
@@ -189,7 +191,8 @@ def main() -> int:
             print(f"prepare + train ({STRATEGY}): {time.perf_counter() - t0:.0f}s", flush=True)
         t0 = time.perf_counter()
         export = export_model(ExportConfig(model_dir=model, data_dir=data, out_dir=root / "onnx", threads=THREADS,
-                                           max_eval_samples=8 if not QUICK else 2, max_drop=100.0))
+                                           max_eval_samples=8 if not QUICK else 2, max_drop=100.0,
+                                           **({"int4_recipe": args.int4_recipe} if args.int4_recipe else {})))
         print(f"export: {time.perf_counter() - t0:.0f}s; " + "; ".join(export.summary_lines()), flush=True)
         # max_drop 100 keeps int4 so that it is measured; the 1-point goal is judged on the test prompts below
         # (a real export with --max-drop 1 drops int4 when it misses it).
@@ -231,7 +234,8 @@ def main() -> int:
               "rougeL_fp32": rouge["fp32"], "rougeL_int4": rouge["int4"], "prompts": len(prompts),
               "export_parity_agreement": export.parity_token_agreement,
               "export_logits_max_abs_diff": export.parity_logits_max_abs_diff,
-              "sizes_mb": {n: round(v.size_bytes / 1e6, 1) for n, v in export.variants.items()}}
+              "sizes_mb": {n: round(v.size_bytes / 1e6, 1) for n, v in export.variants.items()},
+              "int4_recipe": export.variants["int4"].recipe}
     print(json.dumps({**result, **benchmark_host()}, sort_keys=True))
     return 0
 
