@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -61,6 +62,7 @@ INT4_RECIPES: dict[str, tuple[str, ...]] = {
 }
 DEFAULT_INT4_RECIPE = "rtn"
 _MARKER = "\u2063TRANSFERKIT_MESSAGE\u2063"
+_EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception)\b.*:")
 
 
 @dataclass
@@ -186,9 +188,11 @@ def build_variant(model_dir: Path, out: Path, precision: str, target: str, cache
         command += ["--extra_options", *extra_options]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0 or not (out / "genai_config.json").is_file():
-        lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
+        lines = [line.strip() for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+        # The builder's progress bars print after its traceback: quote the exception line, not the last line.
+        errors = [line for line in lines if _EXCEPTION_LINE.match(line)]
         raise ExportError(f"{model_dir}: the ONNX Runtime GenAI model builder failed for {precision}/{target}: "
-                          f"{lines[-1] if lines else 'no output'}")
+                          f"{(errors or lines or ['no output'])[-1]}")
     return time.perf_counter() - started
 
 

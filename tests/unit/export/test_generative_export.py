@@ -157,3 +157,14 @@ def test_prompt_format_without_a_chat_template_uses_the_plain_separator(model: P
     tokenizer.chat_template = None
     fmt = prompt_format(tokenizer)
     assert fmt["prefix"] == "" and fmt["suffix"].endswith("### Response:\n") and fmt["add_special_tokens"]
+
+
+def test_a_recipe_the_builder_cannot_apply_fails_in_one_line_with_nothing_written(model: Path, pairs: Path,
+                                                                                  tmp_path: Path) -> None:
+    from transferkit.errors import ExportError
+
+    out = tmp_path / "onnx"
+    with pytest.raises(ExportError, match=r"model builder failed for int4/cpu: ValueError: cannot reshape") as info:
+        export_model(ExportConfig(model_dir=model, data_dir=pairs, out_dir=out, threads=1, max_eval_samples=2,
+                                  int4_recipe="k-quant-mixed"))  # k-quant on the tiny Llama's 32-wide layers
+    assert "\n" not in str(info.value) and not out.exists() and not list(tmp_path.glob(".onnx.tmp-*"))
