@@ -509,11 +509,12 @@ def _report(result: GenerativeExportResult, model_path: Path) -> Any:
                  [[result.parity_prompts, f"{result.parity_token_agreement:.0%} (need >= {PARITY_AGREEMENT:.0%})",
                    f"{result.parity_logits_max_abs_diff:.3g} (need <= {LOGITS_ATOL})"]])
     report.heading("Variants")
-    rows = [[v.name, f"{v.size_bytes / 1e6:.1f}", "n/a" if v.rougeL is None else v.rougeL,
+    rows = [[v.name, v.recipe or "-", f"{v.size_bytes / 1e6:.1f}", "n/a" if v.rougeL is None else v.rougeL,
              "n/a" if v.rougeL_drop_pt is None else v.rougeL_drop_pt,
              "n/a" if v.tokens_per_s is None else v.tokens_per_s, "n/a" if v.ttft_ms is None else v.ttft_ms,
              "kept" if v.kept else "dropped", v.reason] for v in result.variants.values()]
-    report.table(["variant", "size (MB)", "ROUGE-L", "drop (pt)", "tokens/s", "TTFT (ms)", "kept", "reason"], rows)
+    report.table(["variant", "int4 recipe", "size (MB)", "ROUGE-L", "drop (pt)", "tokens/s", "TTFT (ms)", "kept",
+                  "reason"], rows)
     if result.pytorch_tokens_per_s is not None:
         report.paragraph(f"PyTorch eager generate (KV cache): {result.pytorch_tokens_per_s:.1f} tokens/s.")
     return report

@@ -129,6 +129,8 @@ def test_int4_recipes_are_the_builders_options(exported: tuple[Path, object]) ->
     assert result.variants["int4"].recipe == DEFAULT_INT4_RECIPE == "rtn" and _lm_head_bits(out / "int4") == 4
     spec = json.loads((out / "generation_spec.json").read_text())
     assert spec["variants"]["int4"]["recipe"] == "rtn" and "recipe" not in spec["variants"]["fp32"]
+    report = (out / "report.md").read_text()
+    assert "| int4 recipe |" in report and "| int4 | rtn |" in report and "| fp32 | - |" in report
     with pytest.raises(ConfigError, match=r"^int4_recipe: 'gptq' is not one of rtn, rtn-int8-head, k-quant-mixed$"):
         ExportConfig(model_dir=out, data_dir=out, out_dir=out / "x", int4_recipe="gptq")
 
