@@ -133,7 +133,7 @@ def main() -> int:
     print(json.dumps({"recipes": results, "best": best, "prompts": len(prompts), "rougeL_fp32": fp32_scalars["rougeL"],
                       "fp32_tokens_per_s": round(fp32_speed, 2), "pytorch_tokens_per_s": [round(s, 2) for s in
                                                                                          torch_speeds],
-                      **benchmark_host()}, sort_keys=True))
+                      "load_average": os.getloadavg(), **benchmark_host()}, sort_keys=True))
     return 0
 
 

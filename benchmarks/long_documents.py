@@ -13,6 +13,7 @@ Three fine-tunes of ``minilm-l6`` with the same seed and settings (strategy full
   to 8, capped at MiniLM's 512);
 - ``chunk``: ``--long-documents chunk --max-length 128 --stride 32 --aggregation max`` (every window
   inherits its document's label; the per-class max over windows says "some window holds the sentence");
+  ``--window/--stride/--aggregation/--learning-rate`` change these;
 - ``chunk_document``: the same windows with ``--chunk-loss document`` (a batch holds 2 whole documents, ~17
   windows as the 16 of ``chunk``; the loss is on the max-aggregated logits, as documents are scored), same
   number of optimizer steps.
@@ -129,6 +130,10 @@ def main() -> None:
     parser.add_argument("--chunk-steps", type=int, default=None,
                         help="Optimizer steps of the chunk run (default 4 x --steps: a 128-token window is a quarter "
                         "of head_tail's 512 tokens, so both runs train on the same number of tokens).")
+    parser.add_argument("--learning-rate", type=float, default=5e-5)
+    parser.add_argument("--window", type=int, default=128, help="The chunk runs' max_length (tokens per window).")
+    parser.add_argument("--stride", type=int, default=32, help="The chunk runs' overlap between windows.")
+    parser.add_argument("--aggregation", default="max", choices=("max", "mean"))
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--triton-documents", type=int, default=8 if QUICK else 50)
     parser.add_argument("--only", default="head64,head_tail,chunk,chunk_document", help="Comma-separated runs.")
@@ -148,13 +153,15 @@ def main() -> None:
         runs = {
             "head64": {"max_length": "64", "truncation": "head"},
             "head_tail": {"truncation": "head_tail"},
-            "chunk": {"max_length": "128", "long_documents": "chunk", "stride": 32, "aggregation": "max"},
-            "chunk_document": {"max_length": "128", "long_documents": "chunk", "stride": 32, "aggregation": "max",
-                               "chunk_loss": "document", "batch_size": 2},
+            "chunk": {"max_length": str(args.window), "long_documents": "chunk", "stride": args.stride,
+                      "aggregation": args.aggregation},
+            "chunk_document": {"max_length": str(args.window), "long_documents": "chunk", "stride": args.stride,
+                               "aggregation": args.aggregation, "chunk_loss": "document", "batch_size": 2},
         }
         chunk_steps = args.chunk_steps or 4 * args.steps
         results = {name: train_and_evaluate(name, data, work, args.seed,
-                                            chunk_steps if name.startswith("chunk") else args.steps, **runs[name])
+                                            chunk_steps if name.startswith("chunk") else args.steps,
+                                            **{"learning_rate": args.learning_rate, **runs[name]})
                    for name in args.only.split(",")}
         chunked = [name for name in ("chunk", "chunk_document") if name in results]
         best_chunk = max(chunked, key=lambda name: results[name]["accuracy"]) if chunked else None
@@ -170,7 +177,9 @@ def main() -> None:
             "data": {"rows": prepared.rows, "token_length": prepared.token_length,
                      "long_documents": prepared.long_documents},
             "runs": {name: {k: v for k, v in r.items() if k != "model_dir"} for name, r in results.items()},
-            "triton": triton, "steps": args.steps, "chunk_steps": chunk_steps, "seed": args.seed, "quick": QUICK,
+            "triton": triton, "steps": args.steps, "chunk_steps": chunk_steps, "seed": args.seed,
+            "learning_rate": args.learning_rate, "window": args.window, "stride": args.stride,
+            "aggregation": args.aggregation, "quick": QUICK,
             "load_average": os.getloadavg(), "cpu": detect_cpu().to_dict(),
         }
         print(json.dumps(summary, default=str), flush=True)
