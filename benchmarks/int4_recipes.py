@@ -41,7 +41,6 @@ RECIPES: dict[str, tuple[str, ...]] = {
     "k-quant-last-block16": ("algo_config=k_quant_last", "block_size=16"),
     "k-quant": ("algo_config=k_quant",),
     "k-quant-mixed-fp32-activations": ("algo_config=k_quant_mixed", "accuracy_level=1"),
-    "k-quant-mixed-asymmetric": ("algo_config=k_quant_mixed", "is_symmetric=false"),
 }
 SPEED_GOAL = 6.0
 
