@@ -30,12 +30,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import generation as bench  # benchmarks/generation.py: prompts, PyTorch speed, GenAI runs
 
+from transferkit.export.generative import INT4_RECIPES, build_variant
+
 QUICK = os.environ.get("TK_BENCH_QUICK") == "1"
-# name -> the builder's --extra_options. The first three are transferkit's --int4-recipe values.
+# name -> the builder's --extra_options: transferkit's --int4-recipe values, then candidates it does not offer.
 RECIPES: dict[str, tuple[str, ...]] = {
-    "rtn": (),
-    "rtn-int8-head": ("algo_config=rtn_last",),
-    "k-quant-mixed": ("algo_config=k_quant_mixed",),
+    **INT4_RECIPES,
     "k-quant-mixed-block16": ("algo_config=k_quant_mixed", "block_size=16"),
     "rtn-block16": ("block_size=16",),
     "k-quant-last-block16": ("algo_config=k_quant_last", "block_size=16"),
@@ -55,8 +55,6 @@ def bootstrap_ci(differences: np.ndarray, *, samples: int = 10_000, seed: int = 
 
 def build_recipe(model_dir: Path, reference_variant: Path, out: Path, options: tuple[str, ...], cache: Path) -> None:
     """Build one int4 recipe and give it the reference variant's generation and session settings."""
-    from transferkit.export.generative import build_variant
-
     build_variant(model_dir, out, "int4", "cpu", cache, options)
     reference = json.loads((reference_variant / "genai_config.json").read_text())
     config = json.loads((out / "genai_config.json").read_text())

@@ -70,7 +70,7 @@ def train_and_evaluate(name: str, data: Path, work: Path, seed: int, steps: int,
     from transferkit.train import TrainConfig, run_training
 
     started = time.perf_counter()
-    settings = {"batch_size": 16, "learning_rate": 5e-5, **options}
+    settings = {"batch_size": 16, **options}
     result = run_training(TrainConfig(data_dir=data, model="minilm-l6", strategy="full", out_dir=work / name,
                                       max_steps=steps, seed=seed, **settings))
     train_s = time.perf_counter() - started
