@@ -9,6 +9,11 @@ paired bootstrap interval over prompts (ROUGE-L of greedy summaries moves by poi
 without its interval says little), the share of prompts whose 64 tokens are fp32's exactly, decode tokens/s and
 its ratio to PyTorch eager ``generate`` (KV cache on; measured before and after the sweep, the mean is used).
 
+``--baseline-model-dir``: a second model of the same base and tokenizer (the plain LoRA summarizer when
+``--model-dir`` was trained with ``--quantization-aware int4``), built in fp32 with the same settings; every recipe
+also gets its drop vs that model's fp32 (``drop_vs_baseline_pt``, with its interval), so a quantization-aware model
+is judged against what the user would otherwise serve, not only against its own fp32 graph.
+
 Goal (issue 16): an int4 recipe within 1 pt of fp32 at >= 6x PyTorch. The LAST stdout line is one JSON object:
 ``recipes`` (name -> rougeL, drop_pt, drop_ci95, identical_outputs, tokens_per_s, vs_pytorch), ``best``
 (the smallest drop among recipes at >= 6x), and the host CPU. ``TK_BENCH_QUICK=1``: 4 prompts, 2 recipes.
@@ -20,6 +25,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -53,9 +59,10 @@ def bootstrap_ci(differences: np.ndarray, *, samples: int = 10_000, seed: int = 
     return float(low), float(high)
 
 
-def build_recipe(model_dir: Path, reference_variant: Path, out: Path, options: tuple[str, ...], cache: Path) -> None:
-    """Build one int4 recipe and give it the reference variant's generation and session settings."""
-    build_variant(model_dir, out, "int4", "cpu", cache, options)
+def build_recipe(model_dir: Path, reference_variant: Path, out: Path, options: tuple[str, ...], cache: Path,
+                 precision: str = "int4") -> None:
+    """Build one variant and give it the reference variant's generation and session settings."""
+    build_variant(model_dir, out, precision, "cpu", cache, options)
     reference = json.loads((reference_variant / "genai_config.json").read_text())
     config = json.loads((out / "genai_config.json").read_text())
     config["search"] = reference["search"]
@@ -71,6 +78,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, default=bench_root / "lora")
     parser.add_argument("--data-dir", type=Path, default=bench_root / "aclsum")
+    parser.add_argument("--baseline-model-dir", type=Path, default=None,
+                        help="Also compare every recipe with this model's fp32 (e.g. the plain LoRA summarizer).")
     parser.add_argument("--prompts", type=int, default=4 if QUICK else 300, help="First N test prompts.")
     parser.add_argument("--recipes", default=",".join(list(RECIPES)[:2] if QUICK else RECIPES),
                         help=f"Comma-separated, from: {', '.join(RECIPES)}.")
@@ -103,6 +112,14 @@ def main() -> int:
         decode = lambda outputs: [tokenizer.decode(o, skip_special_tokens=True).strip() for o in outputs]  # noqa: E731
         fp32_scalars, fp32_rouge = summarize_outputs(decode(fp32_outputs), references)
         print(f"fp32: ROUGE-L {fp32_scalars['rougeL']:.4f}, {fp32_speed:.1f} tokens/s", flush=True)
+        baseline_rouge, baseline_scalars = None, None
+        if args.baseline_model_dir is not None:
+            build_recipe(args.baseline_model_dir, root / "onnx" / "fp32", root / "baseline-fp32", (),
+                         root / "builder-cache", precision="fp32")
+            _, baseline_outputs = bench.genai_run(root / "baseline-fp32", prompts)
+            baseline_scalars, baseline_rouge = summarize_outputs(decode(baseline_outputs), references)
+            shutil.rmtree(root / "baseline-fp32")
+            print(f"baseline fp32: ROUGE-L {baseline_scalars['rougeL']:.4f}", flush=True)
         results: dict[str, dict] = {}
         failed: dict[str, str] = {}
         for name in names:
@@ -125,20 +142,31 @@ def main() -> int:
                                                                        zip(outputs, fp32_outputs, strict=True)])), 3),
                              "tokens_per_s": round(speed, 2), "build_s": round(build_s, 1),
                              "extra_options": list(RECIPES[name])}
+            if baseline_rouge is not None:
+                low, high = bootstrap_ci(100 * (baseline_rouge - rouge))
+                results[name].update(
+                    drop_vs_baseline_pt=round(100 * (baseline_scalars["rougeL"] - scalars["rougeL"]), 3),
+                    drop_vs_baseline_ci95=[round(low, 2), round(high, 2)])
             print(f"{name}: {results[name]}", flush=True)
     torch_speeds.append(bench.pytorch_speed(args.model_dir, prompts))
     torch_speed = float(np.mean(torch_speeds))
     for result in results.values():
         result["vs_pytorch"] = round(result["tokens_per_s"] / torch_speed, 2)
-    print("| recipe | ROUGE-L | drop (pt) | 95% CI | identical to fp32 | tokens/s | vs PyTorch |")
-    print("|---|---|---|---|---|---|---|")
+    against_baseline = args.baseline_model_dir is not None
+    print("| recipe | ROUGE-L | drop (pt) | 95% CI | identical to fp32 | tokens/s | vs PyTorch |"
+          + (" drop vs baseline fp32 (pt) | 95% CI |" if against_baseline else ""))
+    print("|---|---|---|---|---|---|---|" + ("---|---|" if against_baseline else ""))
     for name, r in results.items():
+        baseline_cells = (f" {r['drop_vs_baseline_pt']:.2f} | {r['drop_vs_baseline_ci95'][0]:.2f} .. "
+                          f"{r['drop_vs_baseline_ci95'][1]:.2f} |" if against_baseline else "")
         print(f"| {name} | {r['rougeL']:.4f} | {r['drop_pt']:.2f} | {r['drop_ci95'][0]:.2f} .. {r['drop_ci95'][1]:.2f} "
-              f"| {r['identical_outputs']:.0%} | {r['tokens_per_s']:.1f} | {r['vs_pytorch']:.2f}x |")
+              f"| {r['identical_outputs']:.0%} | {r['tokens_per_s']:.1f} | {r['vs_pytorch']:.2f}x |{baseline_cells}")
     fast = {name: r for name, r in results.items() if r["vs_pytorch"] >= SPEED_GOAL}
     best = min(fast, key=lambda name: fast[name]["drop_pt"]) if fast else None
     summary = {"recipes": results, "failed_builds": failed, "best": best, "prompts": len(prompts),
                "rougeL_fp32": fp32_scalars["rougeL"], "fp32_tokens_per_s": round(fp32_speed, 2),
+               "model_dir": str(args.model_dir), "baseline_model_dir": str(args.baseline_model_dir or ""),
+               "rougeL_baseline_fp32": baseline_scalars["rougeL"] if baseline_scalars else None,
                "pytorch_tokens_per_s": [round(s, 2) for s in torch_speeds], "load_average": os.getloadavg()}
     print(json.dumps({**summary, **benchmark_host()}, sort_keys=True))
     return 0

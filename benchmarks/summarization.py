@@ -60,6 +60,8 @@ def main() -> None:
     parser.add_argument("--test-pairs", type=int, default=90, help="First N pairs of the test split.")
     parser.add_argument("--validation-pairs", type=int, default=24)
     parser.add_argument("--eval-steps", type=int, default=25)
+    parser.add_argument("--quantization-aware", default="none", choices=("none", "int4"),
+                        help="Train against the int4 export's weights (benchmarks/int4_recipes.py measures the gain).")
     parser.add_argument("--retrain", action="store_true", help="Train again even if the cached model exists.")
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="Where the model is kept (default: $TRANSFERKIT_CACHE/bench/summarization/lora).")
@@ -93,7 +95,8 @@ def main() -> None:
         run_training(TrainConfig(data_dir=data, model=BASE, out_dir=model, strategy="lora", epochs=args.epochs,
                                  max_steps=args.max_steps or None, batch_size=4, learning_rate=args.learning_rate,
                                  max_length=args.max_length, max_new_tokens=args.max_new_tokens,
-                                 eval_steps=args.eval_steps, logging_steps=5, seed=42))
+                                 eval_steps=args.eval_steps, logging_steps=5, seed=42,
+                                 quantization_aware=args.quantization_aware))
     else:
         logger.info("re-using the trained model %s (--retrain to train again)", model)
     summary = json.loads(summary_path.read_text())
@@ -131,7 +134,8 @@ def main() -> None:
         "zero_shot_generated_words": zero_shot["generated_words"],
         "train_pairs": train_rows, "test_pairs": evaluated.n_examples, "epochs": args.epochs,
         "max_steps": args.max_steps, "learning_rate": args.learning_rate, "max_length": args.max_length,
-        "max_new_tokens": args.max_new_tokens, "eval_seconds": round(eval_seconds, 1),
+        "max_new_tokens": args.max_new_tokens, "quantization_aware": args.quantization_aware,
+        "eval_seconds": round(eval_seconds, 1),
         "trainable_fraction": summary["parameters"]["trainable_fraction"],
         "peak_rss_mb": summary.get("memory", {}).get("peak_rss_mb"), "model_dir": str(model),
         **benchmark_host(),

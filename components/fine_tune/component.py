@@ -46,6 +46,7 @@ def fine_tune(
     dora: bool = False,
     lora_scale: float = 1.0,
     quantize_base: str = "none",
+    quantization_aware: str = "none",
     teacher: str = "",
     student_layers: int = 0,
     distill_alpha: float = 0.5,
@@ -71,6 +72,8 @@ def fine_tune(
         lora_target: Comma-separated module names or all-linear; "" = the architecture's default.
         lora_scale: Multiplier in (0, 1] of the merged low-rank update (LoRA's preserve-source knob).
         quantize_base: none | 4bit | 8bit (QLoRA, CUDA only).
+        quantization_aware: none | int4: strategies lora and full of a generative model train against the
+            weights of the int4 export (the other strategies ignore it).
         teacher: Strategy distill (the other strategies ignore teacher, student_layers and distill_*): the
             fine-tuned teacher model directory.
         student_layers: Strategy distill: bottom encoder layers of the base the student keeps; 0 = half.
@@ -104,7 +107,8 @@ def fine_tune(
         class_weights=class_weights, preserve_source=preserve_source, min_retention=min_retention, seed=seed,
         tuned_options=tuned_options, tuned_config=tuned_config.path if tuned_config else "",
         lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_target=lora_target, dora=dora,
-        lora_scale=lora_scale, quantize_base=quantize_base, teacher=teacher, student_layers=student_layers,
+        lora_scale=lora_scale, quantize_base=quantize_base,
+        quantization_aware=quantization_aware, teacher=teacher, student_layers=student_layers,
         distill_alpha=distill_alpha, distill_temperature=distill_temperature, max_new_tokens=max_new_tokens,
     )
     for name, value in result.metrics.items():

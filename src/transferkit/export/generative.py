@@ -376,13 +376,17 @@ def adapter_variant(config: Any, model_dir: Path, out: Path, merged: Any, prompt
                              f"{agreement:.0%} of {len(prompts)} prompts token-identical to the merged model")
 
 
-def _settings(model_dir: Path, config: Any) -> tuple[Any, int]:
-    """The saved generation settings and the max_length prompts were cut to in training."""
+def _settings(model_dir: Path, config: Any) -> tuple[Any, int, str]:
+    """The saved generation settings, the max_length prompts were cut to and the quantization trained against."""
     from transferkit.evaluate.generation import _generation_config, _read_summary
 
-    summary = _read_summary(model_dir)
-    max_length = int(config.max_length or (summary.get("resolved") or {}).get("max_length") or 512)
-    return _generation_config(model_dir), max_length
+    resolved = _read_summary(model_dir).get("resolved") or {}
+    max_length = int(config.max_length or resolved.get("max_length") or 512)
+    trained_for = (resolved.get("quantization_aware") or {}).get("mode", "none")
+    if trained_for == "int4" and config.int4_recipe != DEFAULT_INT4_RECIPE:
+        logger.warning("%s was trained against the %s int4 recipe; %s rounds differently, so its int4 variant is "
+                       "not the model that was trained", model_dir, DEFAULT_INT4_RECIPE, config.int4_recipe)
+    return _generation_config(model_dir), max_length, trained_for
 
 
 def export_generative(config: Any, dataset: Any, task: Any) -> GenerativeExportResult:
@@ -409,7 +413,7 @@ def export_generative(config: Any, dataset: Any, task: Any) -> GenerativeExportR
         raise PreparedDataError(f"{dataset.path / 'validation.parquet'}: no rows; the parity and quality gates need "
                                 "examples")
     pairs = read_pairs(dataset, "validation")
-    generation, max_length = _settings(resolved.path, config)
+    generation, max_length, trained_for = _settings(resolved.path, config)
     max_new = int(generation.max_new_tokens or 64)
     limit = config.max_eval_samples or DEFAULT_GATE_PROMPTS
     prompts = [generation_prompt(tokenizer, i, s, max_length, max_new)
@@ -481,7 +485,7 @@ def export_generative(config: Any, dataset: Any, task: Any) -> GenerativeExportR
                     "prompt": fmt, "context_length": int(context), "max_new_tokens": max_new,
                     "max_tokens_limit": int(context) - 1, "eos_token_id": generation.eos_token_id,
                     "generation": generation.to_diff_dict(), "threads": threads,
-                    "model": str(resolved.path), "seq_len_trained": max_length}
+                    "model": str(resolved.path), "seq_len_trained": max_length, "quantization_aware": trained_for}
             write_json(tmp / GENERATION_SPEC_FILE, spec)
             result = GenerativeExportResult(
                 out_dir=Path(config.out_dir), task=task.name, target=config.target, recommended_variant=recommended,

@@ -27,6 +27,8 @@ DECODINGS = ("greedy", "beam", "sampling")
 # Options that only generative tasks read (the classification tasks refuse them when set).
 GENERATION_OPTIONS = ("max_new_tokens", "decoding", "num_beams", "temperature", "top_p", "repetition_penalty")
 QUANTIZE_BASE = ("none", "4bit", "8bit")
+QUANTIZATION_AWARE_MODES = ("none", "int4")
+QUANTIZATION_AWARE_STRATEGIES = ("lora", "full")
 # LoRA options and their defaults: set to anything else with a strategy other than lora is a ConfigError.
 LORA_DEFAULTS: dict[str, Any] = {"lora_rank": 8, "lora_alpha": 16.0, "lora_dropout": 0.05, "lora_target": "",
                                  "dora": False, "lora_scale": 1.0, "quantize_base": "none"}
@@ -229,6 +231,9 @@ class TrainConfig:
         "preserve-source knob: less update, less forgetting)."))
     quantize_base: str = field(default="none", metadata=option(
         "--quantize-base", help="lora: load the frozen base in 4bit | 8bit (QLoRA; CUDA only) | none."))
+    quantization_aware: str = field(default="none", metadata=option(
+        "--quantization-aware", help="lora, full: train against the weights the export's int4 graph holds "
+        "(int4: generative models; the int4 export then keeps the trained quality) | none."))
     teacher: Path | None = field(default=None, metadata=option(
         "--teacher", kfp_unset="", help="distill: the fine-tuned teacher model directory (transferkit train output; "
         "same labels as the data, same tokenizer/processor as --model)."))
@@ -323,6 +328,7 @@ class TrainConfig:
             raise ConfigError(f"min_retention: expected a fraction in [0, 1], got {self.min_retention!r}")
         self._parsed_class_weights = parse_class_weights(self.class_weights)
         self._check_lora()
+        self._check_quantization_aware()
         self._check_distill()
         if self.unfreeze_top_layers and self.strategy != "feature_extraction":
             raise ConfigError(
@@ -364,6 +370,18 @@ class TrainConfig:
                               f"{self.lora_target!r}")
         if self.l2sp:
             raise ConfigError("l2sp: does not apply to strategy lora (the base weights are frozen)")
+
+    def _check_quantization_aware(self) -> None:
+        _choice("quantization_aware", self.quantization_aware, QUANTIZATION_AWARE_MODES)
+        if self.quantization_aware == "none":
+            return
+        if self.strategy not in QUANTIZATION_AWARE_STRATEGIES:
+            raise ConfigError(f"quantization_aware: applies to strategies {' and '.join(QUANTIZATION_AWARE_STRATEGIES)}"
+                              f", not {self.strategy}")
+        if self.dora or self.lora_scale != 1.0 or self.quantize_base != "none":
+            option_name = "dora" if self.dora else "lora_scale" if self.lora_scale != 1.0 else "quantize_base"
+            raise ConfigError(f"{option_name}: cannot be combined with quantization_aware {self.quantization_aware} "
+                              "(training rounds the plain merged weight W + BA the export quantizes)")
 
     def _check_distill(self) -> None:
         if self.teacher is not None:

@@ -190,6 +190,7 @@ class FineTuneRecipe:
         self.lora: dict[str, Any] | None = None
         self.distill: dict[str, Any] | None = None
         self.teacher: Any = None
+        self.quantization: Any = None  # the quantization-aware emulation handle
         if ctx.config.strategy == "lora":
             from transferkit.train.lora import check_quantize_base
 
@@ -208,6 +209,9 @@ class FineTuneRecipe:
         outcome.resolved = self._resolved(args, trainer, schedule, frozen, data)
         if self.distill is not None:
             outcome.resolved["distillation"] = self.distill
+        if self.quantization is not None:
+            outcome.resolved["quantization_aware"] = self.quantization.describe()
+            self.quantization.remove()  # the saved model holds the unrounded weights the export quantizes
         checkpoint_dir = self.config.resolved_checkpoint_dir
         if self.rank != 0:
             return build_result(self.ctx, outcome, written=False, checkpoint_dir=checkpoint_dir)
@@ -266,6 +270,8 @@ class FineTuneRecipe:
             frozen = self.ctx.side.freeze(model, "full", 0)
         else:
             frozen = self.ctx.side.freeze(model, config.strategy, config.unfreeze_top_layers)
+        if config.quantization_aware != "none":
+            self.quantization = self.ctx.side.quantization_aware(model, config.quantization_aware)
         if config.gradient_checkpointing and config.strategy in ("feature_extraction", "lora"):
             # Checkpointed segments need an input that requires grad when the embeddings are frozen.
             model.enable_input_require_grads()
@@ -360,6 +366,7 @@ class FineTuneRecipe:
         """Guard the checkpoint directory with the run identity; return the checkpoint to resume from."""
         ctx, config = self.ctx, self.config
         keys = ("strategy", "lora_rank", "lora_alpha", "lora_dropout", "lora_target", "dora", "quantize_base",
+                "quantization_aware",
                 "llrd", "unfreeze_top_layers", "early_stopping_patience", "early_stopping_min_delta",
                 "metric", "seed", "augment", "augment_prob", "class_weights", "l2sp", "group_by_length",
                 "label_descriptions", "student_layers", "distill_alpha", "distill_temperature")

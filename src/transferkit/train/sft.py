@@ -277,6 +277,19 @@ class SFTSide(TrainingSide):
 
         return freeze_for_strategy(model, strategy, unfreeze_top_layers)
 
+    def quantization_aware(self, model: Any, mode: str) -> Any:
+        """``int4``: train against the weights (and CPU int8 activations) of the export's default int4 graph.
+
+        Raises:
+            ConfigError: An encoder-decoder model (the generative export builds decoder-only graphs).
+        """
+        if self.seq2seq:
+            raise ConfigError(f"quantization_aware: {mode} emulates the ONNX Runtime GenAI int4 graph, which the "
+                              "export builds for decoder-only models; this model is an encoder-decoder")
+        from transferkit.train.quantization_aware import emulate_int4
+
+        return emulate_int4(model)
+
     def datasets(self, ctx: Any) -> tuple[Any, Any]:
         """Tokenized training and validation pairs (prompt masked, cut to ``max_length``)."""
         max_length = self.hp["max_length"]

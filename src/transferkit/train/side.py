@@ -79,6 +79,16 @@ class TrainingSide(ABC):
         """
         return metrics
 
+    def quantization_aware(self, model: Any, mode: str) -> Any:
+        """Make the model train against the weights its quantized export holds; return a handle with ``remove()``.
+
+        Raises:
+            ConfigError: This task's export has no such graph (the default: classification exports int8 by
+                post-training quantization).
+        """
+        raise ConfigError(f"quantization_aware: {mode} emulates the int4 graph of generative exports; this task's "
+                          "export quantizes to int8 after training (use --quantization-aware none)")
+
     def start_training(self, ctx: Any) -> None:  # noqa: B027 - optional hook
         """Settle what training (not off_the_shelf) needs before the model is built."""
 

@@ -18,7 +18,13 @@ from typing import Any
 from transferkit.errors import TrainingError
 from transferkit.options import from_kfp_parameters
 from transferkit.tasks import get_task
-from transferkit.train.config import DISTILL_DEFAULTS, LORA_DEFAULTS, TrainConfig, config_to_cli_args
+from transferkit.train.config import (
+    DISTILL_DEFAULTS,
+    LORA_DEFAULTS,
+    QUANTIZATION_AWARE_STRATEGIES,
+    TrainConfig,
+    config_to_cli_args,
+)
 from transferkit.train.outputs import SUMMARY_FILE
 
 
@@ -46,7 +52,8 @@ def config_from_parameters(data_dir: str | Path, out_dir: str | Path, parameters
     definition serves every task, for decoder bases (measured by perplexity, not by the similarity skill
     the mitigation keeps) and for strategy ``distill`` (its student is shallower than the base); likewise a
     strategy sweep (``["lora", "full"]``) passes the LoRA options to strategy ``lora`` only, the distillation
-    options (``teacher``, ``student_layers``...) to strategy ``distill`` only, and ``l2sp`` (meaningless on a
+    options (``teacher``, ``student_layers``...) to strategy ``distill`` only, ``quantization_aware`` to the
+    strategies that train the weights the export quantizes (``lora``, ``full``), and ``l2sp`` (meaningless on a
     frozen base) to every strategy but ``lora``.
     ``tuned_options`` (JSON train options, "" for none) and then ``tuned_config`` (the path of the tune step's
     ``best_config`` artifact) override the other parameters.
@@ -77,6 +84,8 @@ def config_from_parameters(data_dir: str | Path, out_dir: str | Path, parameters
     else:
         for name in LORA_DEFAULTS:
             values.pop(name, None)
+    if values.get("strategy") not in QUANTIZATION_AWARE_STRATEGIES:
+        values.pop("quantization_aware", None)
     if values.get("strategy") != "distill":
         for name in DISTILL_DEFAULTS:
             values.pop(name, None)

@@ -75,6 +75,7 @@ def test_export_builds_fp32_and_int4_with_gates_and_report(exported: tuple[Path,
     saved = json.loads((model / "generation_config.json").read_text())
     assert spec["recommended"] == "int4" and spec["max_new_tokens"] == saved["max_new_tokens"] == 12
     assert spec["context_length"] == 256 and set(spec["variants"]) == {"fp32", "int4"}
+    assert spec["quantization_aware"] == "none"  # trained without --quantization-aware
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["variants"]["int4"]["tokens_per_s"] == int4.tokens_per_s
     report = (out / "report.md").read_text()
