@@ -107,6 +107,27 @@ def test_lora_training_sees_the_rounded_merged_weights_and_remove_restores_the_m
         assert torch.equal(model(input_ids=ids).logits, before)
 
 
+def test_full_fine_tuning_rounds_every_trainable_weight_with_straight_through_gradients(llama: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from transferkit.train.quantization_aware import emulate_int4, int4_block_values
+
+    ids = torch.tensor([[5, 17, 230, 9, 44, 3]])
+    model = AutoModelForCausalLM.from_pretrained(llama)
+    reference = AutoModelForCausalLM.from_pretrained(llama)
+    with torch.no_grad():
+        for module in reference.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.copy_(int4_block_values(module.weight))
+    emulate_int4(model, quantize_activations=False)
+    model(input_ids=ids).logits[0, -1].logsumexp(-1).backward()
+    reference(input_ids=ids).logits[0, -1].logsumexp(-1).backward()
+    # The gradient of the rounded weight is applied to the unrounded one (straight-through).
+    for (name, parameter), expected in zip(model.named_parameters(), reference.parameters(), strict=True):
+        assert torch.allclose(parameter.grad, expected.grad, atol=1e-6), name
+
+
 def test_trained_int4_export_holds_exactly_the_trained_weights(llama: Path, pairs: Path, tmp_path: Path) -> None:
     """train --strategy lora --quantization-aware int4, then the real int4 export: every int4 weight of the graph
     is the trained model's rounded weight, and its logits are the emulated model's, not the fp32 model's."""
