@@ -10,8 +10,9 @@ rounding; trained against it, the int4 export is the model that was trained and 
 During training every such weight is replaced in the forward pass by its int4 value (activations by their
 int8 value); gradients pass straight through the rounding (the straight-through estimator). With LoRA the
 rounding applies to the merged weight ``W + BA`` — what the export quantizes — so the adapter learns to land
-the merged weights on the int4 grid. The saved model holds the unrounded weights; the export's quantizer then
-reproduces the trained values exactly.
+the merged weights on the int4 grid (the adapters' input dropout has no place in a merged weight and does not
+apply). The saved model holds the unrounded weights; the export's quantizer then reproduces the trained values
+exactly.
 
 Written by hand: torch's fake-quantization modules are per-tensor or per-channel and round half to even, so
 they cannot reproduce MLAS's blocks, scale sign and rounding; a test checks this module bit for bit against
