@@ -30,23 +30,34 @@ logger = logging.getLogger(__name__)
 BLOCK_SIZE = 32
 
 
+def _blocks(x: Any, block_size: int) -> Any:
+    """``x`` in fp32, its last dim zero-padded to whole blocks (as the quantizer pads) and split into them."""
+    import torch
+
+    padded = -x.shape[-1] % block_size
+    flat = torch.nn.functional.pad(x.float(), (0, padded)) if padded else x.float()
+    return flat.reshape(*flat.shape[:-1], -1, block_size)
+
+
+def _reciprocal(scale: Any) -> Any:
+    import torch
+
+    return torch.where(scale == 0, torch.zeros_like(scale), 1.0 / scale)
+
+
 def int4_block_values(weight: Any, block_size: int = BLOCK_SIZE) -> Any:
     """The values ONNX Runtime's int4 blockwise quantizer (MLAS, symmetric) keeps of a ``[out, in]`` weight.
 
-    Blocks run along the input dimension (zero-padded to whole blocks, as the quantizer pads). No gradient.
+    Blocks run along the input dimension. No gradient.
     """
     import torch
 
     with torch.no_grad():
         rows, cols = weight.shape
-        padded = -cols % block_size
-        w = torch.nn.functional.pad(weight.float(), (0, padded)) if padded else weight.float()
-        blocks = w.reshape(rows, -1, block_size)
+        blocks = _blocks(weight, block_size)
         high, low = blocks.amax(-1, keepdim=True), blocks.amin(-1, keepdim=True)
-        extreme = torch.where(high.abs() > low.abs(), high, low)
-        scale = extreme / -8.0
-        reciprocal = torch.where(scale == 0, torch.zeros_like(scale), 1.0 / scale)
-        codes = torch.clamp(torch.floor(blocks * reciprocal + 8.0 + 0.5), 0, 15) - 8.0
+        scale = torch.where(high.abs() > low.abs(), high, low) / -8.0
+        codes = torch.clamp(torch.floor(blocks * _reciprocal(scale) + 8.0 + 0.5), 0, 15) - 8.0
         values = (codes * scale).reshape(rows, -1)[:, :cols]
     return values.to(weight.dtype)
 
@@ -59,13 +70,9 @@ def int8_block_activations(x: Any, block_size: int = BLOCK_SIZE) -> Any:
     import torch
 
     with torch.no_grad():
-        cols = x.shape[-1]
-        padded = -cols % block_size
-        flat = torch.nn.functional.pad(x.float(), (0, padded)) if padded else x.float()
-        blocks = flat.reshape(*flat.shape[:-1], -1, block_size)
+        blocks = _blocks(x, block_size)
         scale = blocks.abs().amax(-1, keepdim=True) / 127.0
-        reciprocal = torch.where(scale == 0, torch.zeros_like(scale), 1.0 / scale)
-        values = (torch.round(blocks * reciprocal) * scale).reshape(flat.shape)[..., :cols].to(x.dtype)
+        values = (torch.round(blocks * _reciprocal(scale)) * scale).flatten(-2)[..., :x.shape[-1]].to(x.dtype)
     return x + (values - x).detach()
 
 
